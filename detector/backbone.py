@@ -1,0 +1,88 @@
+"""ResNet / ResNeXt backbone with an FPN producing P3-P7 (P6, P7 from stride-2 convs on C5).
+
+Weights are never downloaded: ``pretrained: imagenet`` reads torchvision's file from the local torch
+hub cache, and a missing file is an error that says where it was looked for.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .config import BackboneConfig
+
+_WEIGHTS = {
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+    "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
+    "resnext101_32x8d": torchvision.models.ResNeXt101_32X8D_Weights.IMAGENET1K_V1,
+}
+_STAGE_CHANNELS = {"resnet18": (128, 256, 512), "resnet34": (128, 256, 512)}  # others: (512, 1024, 2048)
+
+
+class WeightsNotFound(FileNotFoundError):
+    pass
+
+
+def imagenet_weights_path(name: str) -> Path:
+    """Where torchvision keeps the ImageNet weights of ``name`` in the local torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_WEIGHTS[name].url)
+
+
+def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "gn":
+        return lambda c: nn.GroupNorm(32 if c % 32 == 0 else 8, c)
+    return nn.BatchNorm2d
+
+
+def _load_state(cfg: BackboneConfig) -> dict[str, Tensor] | None:
+    if cfg.pretrained == "none":
+        return None
+    path = imagenet_weights_path(cfg.name) if cfg.pretrained == "imagenet" else Path(cfg.pretrained)
+    if not path.is_file():
+        hint = (f"place torchvision's {os.path.basename(_WEIGHTS[cfg.name].url)} there (nothing is downloaded at run time)"
+                if cfg.pretrained == "imagenet" else "give an existing file, 'imagenet' or 'none'")
+        raise WeightsNotFound(f"model.backbone.pretrained: weights for {cfg.name} not found at {path}; {hint}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+class Backbone(nn.Module):
+    """ResNet C3-C5 + FPN. Input (B, 3, H, W) normalised; output list of 5 maps (B, width, H/s, W/s), s = 8..128."""
+
+    def __init__(self, cfg: BackboneConfig, fpn_width: int):
+        super().__init__()
+        resnet = getattr(torchvision.models, cfg.name)(weights=None, norm_layer=_norm_layer(cfg.norm))
+        state = _load_state(cfg)
+        if state is not None:
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+            bad = [k for k in missing if not k.startswith("fc.")]
+            if bad:
+                raise ValueError(f"model.backbone.pretrained: file lacks {len(bad)} {cfg.name} weights, e.g. {bad[:3]}")
+        self.body = nn.ModuleDict(OrderedDict(
+            stem=nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool),
+            layer1=resnet.layer1, layer2=resnet.layer2, layer3=resnet.layer3, layer4=resnet.layer4))
+        for i, name in enumerate(["stem", "layer1", "layer2", "layer3", "layer4"]):
+            if i <= cfg.frozen_stages and cfg.frozen_stages > 0:
+                self.body[name].requires_grad_(False)
+        c3, c4, c5 = _STAGE_CHANNELS.get(cfg.name, (512, 1024, 2048))
+        self.fpn = FeaturePyramidNetwork([c3, c4, c5], fpn_width, extra_blocks=LastLevelP6P7(c5, fpn_width))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.body["stem"](x)
+        c2 = self.body["layer1"](x)
+        c3 = self.body["layer2"](c2)
+        c4 = self.body["layer3"](c3)
+        c5 = self.body["layer4"](c4)
+        return list(self.fpn(OrderedDict(c3=c3, c4=c4, c5=c5)).values())

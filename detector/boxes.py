@@ -1,0 +1,88 @@
+"""Box arithmetic shared by both detector families. Boxes are (x1, y1, x2, y2) in pixels."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Clamp on predicted log-size deltas (as torchvision/detectron) so exp() cannot overflow early in training.
+_MAX_LOG_SCALE = math.log(1000.0 / 16)
+
+
+def paired_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
+    """IoU of corresponding boxes. a, b: (..., 4) -> (...)."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area_a + area_b - inter + eps)
+
+
+def paired_giou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
+    """Generalised IoU of corresponding boxes. a, b: (..., 4) -> (...), in [-1, 1]."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    union = area_a + area_b - inter + eps
+    hull = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    return inter / union - (hull - union) / (hull + eps)
+
+
+def batched_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """All-pairs IoU per image. a: (B, N, 4), b: (B, M, 4) -> (B, N, M)."""
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    lt = torch.maximum(a[:, :, None, :2], b[:, None, :, :2])
+    rb = torch.minimum(a[:, :, None, 2:], b[:, None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / (area_a[:, :, None] + area_b[:, None, :] - inter).clamp(min=1e-7)
+
+
+class DeltaCoder:
+    """RetinaNet's (dx, dy, dw, dh) encoding of a box relative to its anchor, unit weights."""
+
+    @staticmethod
+    def encode(anchors: Tensor, boxes: Tensor) -> Tensor:
+        """anchors, boxes: (..., 4) -> deltas (..., 4)."""
+        aw = anchors[..., 2] - anchors[..., 0]
+        ah = anchors[..., 3] - anchors[..., 1]
+        ax = anchors[..., 0] + 0.5 * aw
+        ay = anchors[..., 1] + 0.5 * ah
+        bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=1e-3)
+        bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=1e-3)
+        bx = boxes[..., 0] + 0.5 * bw
+        by = boxes[..., 1] + 0.5 * bh
+        return torch.stack(((bx - ax) / aw, (by - ay) / ah, torch.log(bw / aw), torch.log(bh / ah)), dim=-1)
+
+    @staticmethod
+    def decode(anchors: Tensor, deltas: Tensor) -> Tensor:
+        """anchors: (..., 4) broadcastable to deltas (..., 4) -> boxes (..., 4)."""
+        aw = anchors[..., 2] - anchors[..., 0]
+        ah = anchors[..., 3] - anchors[..., 1]
+        ax = anchors[..., 0] + 0.5 * aw
+        ay = anchors[..., 1] + 0.5 * ah
+        cx = ax + deltas[..., 0] * aw
+        cy = ay + deltas[..., 1] * ah
+        w = aw * torch.exp(deltas[..., 2].clamp(max=_MAX_LOG_SCALE))
+        h = ah * torch.exp(deltas[..., 3].clamp(max=_MAX_LOG_SCALE))
+        return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+class DistanceCoder:
+    """Anchor-free (l, t, r, b) distances from a point to the box sides, in units of the level stride."""
+
+    @staticmethod
+    def encode(points: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
+        """points: (..., 2), strides: (...), boxes: (..., 4) -> (..., 4) distances / stride."""
+        ltrb = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)
+        return ltrb / strides[..., None]
+
+    @staticmethod
+    def decode(points: Tensor, strides: Tensor, dists: Tensor) -> Tensor:
+        """points: (..., 2), strides: (...), dists: (..., 4) in stride units -> boxes (..., 4)."""
+        d = dists * strides[..., None]
+        return torch.cat((points - d[..., :2], points + d[..., 2:]), dim=-1)

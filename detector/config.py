@@ -1,0 +1,240 @@
+"""The detector's configuration tree: every knob the papers vary, defaults in one place.
+
+A config is validated once, up front: unknown keys, out-of-range values and unknown names are
+errors that name the field path (``model.quality.loss``) before any compute is spent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class BackboneConfig(Strict):
+    name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"] = "resnet50"
+    pretrained: str = "imagenet"
+    """``none`` | ``imagenet`` (torchvision weights from the local torch cache) | a file path."""
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    """Frozen BN as in the papers; ``bn``/``gn`` for training from scratch (frozen random BN is an identity)."""
+    frozen_stages: int = Field(1, ge=0, le=4)
+    """0: nothing frozen; 1: stem + stage 1 (the papers); k: stem + stages 1..k."""
+
+
+class HeadConfig(Strict):
+    depth: int = Field(4, ge=0, le=8)
+    width: int = Field(256, ge=8)
+    norm: Literal["none", "gn"] = "none"
+
+
+class QualityConfig(Strict):
+    branch: Literal["none", "iou", "conf"] = "none"
+    """``iou``: on the regression tower (paper 000); ``conf``: on the classification tower (paper 004)."""
+    loss: Literal["bce", "l2", "l1", "smooth_l1", "gfocal", "bce_neg"] = "bce"
+    neg_weight: float = Field(1e-4, ge=0.0, le=1.0)
+    """Weight of the negatives' BCE term for ``bce_neg`` (CELoss^w of paper 004)."""
+    detach: bool = True
+    """False is the dagger variant of paper 000: the quality loss reaches the regression branch."""
+    weight: float = Field(1.0, ge=0.0)
+
+
+class AssignerConfig(Strict):
+    name: Literal["max_iou", "inside", "pseudo_iou", "scaled_box", "centerness"] = "max_iou"
+    pos_iou: float = Field(0.5, ge=0.0, le=1.0)
+    neg_iou: float = Field(0.4, ge=0.0, le=1.0)
+    threshold: float = Field(0.4, ge=0.0, le=1.0)
+    """T of ``pseudo_iou`` and c of ``centerness``."""
+    scale: float = Field(0.5, gt=0.0, le=1.0)
+    """s of ``scaled_box``."""
+
+    @model_validator(mode="after")
+    def _neg_below_pos(self) -> "AssignerConfig":
+        if self.neg_iou > self.pos_iou:
+            raise ValueError(f"neg_iou ({self.neg_iou}) must not exceed pos_iou ({self.pos_iou})")
+        return self
+
+
+class FocalConfig(Strict):
+    alpha: float = Field(0.25, ge=0.0, le=1.0)
+    gamma: float = Field(2.0, ge=0.0)
+
+
+class ModelConfig(Strict):
+    arch: Literal["retinanet", "anchor_free"] = "retinanet"
+    backbone: BackboneConfig = BackboneConfig()
+    fpn_width: int = Field(256, ge=8)
+    head: HeadConfig = HeadConfig()
+    quality: QualityConfig = QualityConfig()
+    box_loss: Literal["smooth_l1", "l1", "iou", "giou"] = "smooth_l1"
+    box_loss_weight: float = Field(1.0, ge=0.0)
+    smooth_l1_beta: float = Field(0.11, gt=0.0)
+    assigner: AssignerConfig = AssignerConfig()
+    centerness: bool = False
+    focal: FocalConfig = FocalConfig()
+
+    @model_validator(mode="after")
+    def _arch_consistency(self) -> "ModelConfig":
+        anchor_free_assigners = {"inside", "pseudo_iou", "scaled_box", "centerness"}
+        if self.arch == "retinanet":
+            if self.assigner.name != "max_iou":
+                raise ValueError(f"assigner.name {self.assigner.name!r} needs arch anchor_free; retinanet uses max_iou")
+            if self.centerness:
+                raise ValueError("centerness branch is anchor_free only")
+        else:
+            if self.assigner.name not in anchor_free_assigners:
+                raise ValueError(f"assigner.name {self.assigner.name!r} is anchor-based; anchor_free takes one of {sorted(anchor_free_assigners)}")
+            if self.box_loss not in ("iou", "giou"):
+                raise ValueError(f"box_loss {self.box_loss!r}: anchor_free regresses distances and takes iou or giou")
+        return self
+
+
+class DataConfig(Strict):
+    kind: Literal["synthetic", "coco", "voc"] = "synthetic"
+    root: str = "data/synthetic"
+    """Dataset root. Synthetic: a folder written by ``ablab data synthetic`` (made on demand if missing).
+    COCO: the folder holding ``annotations/`` and the image folders. VOC: the ``VOCdevkit`` folder."""
+    train_split: str = "train"
+    """COCO: ``train2017``; VOC: ``07+12`` / ``2007_trainval``; synthetic: ``train``."""
+    val_split: str = "val"
+    """COCO: ``val2017``; VOC: ``2007_test``; synthetic: ``val``."""
+    short: int = Field(600, ge=16)
+    long: int = Field(1000, ge=16)
+    flip: float = Field(0.5, ge=0.0, le=1.0)
+    max_images: Optional[int] = Field(None, ge=1)
+    """Cap on images per split (quick looks at a big set); None means all."""
+    synthetic: dict[str, int] = Field(default_factory=lambda: {"train": 400, "val": 100, "size": 256, "seed": 0})
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(16, ge=1)
+    """Images per step across all workers."""
+    lr: float = Field(0.01, gt=0.0)
+    """Learning rate for 16 images; scaled linearly by batch_size / 16."""
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_iters: int = Field(500, ge=0)
+    warmup_ratio: float = Field(1.0 / 3.0, gt=0.0, le=1.0)
+    steps: list[int] = Field(default_factory=lambda: [8, 11])
+    """Epochs at which the lr is multiplied by 0.1."""
+    grad_clip: Optional[float] = Field(35.0, gt=0.0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """bf16: CPU autocast + channels_last, or AMP on GPU; fp16: AMP on GPU only (fp32 on CPU)."""
+    seed: int = 0
+    loader_workers: int = Field(0, ge=0)
+    threads: Optional[int] = Field(None, ge=1)
+    """torch intra-op threads; None leaves torch's default."""
+
+
+class VariantConfig(Strict):
+    """One way to turn raw (p, q) into a detection confidence; many are scored from one forward pass."""
+
+    name: str
+    combine: Literal["cls", "product", "power"] = "power"
+    """cls: p only (quality off); product: p*q (the papers' "none"); power: p^a q^(1-a) as below."""
+    alpha: Optional[float] = Field(None, ge=0.0, le=1.0)
+    convention: Literal["iou_aware", "conf"] = "iou_aware"
+    """iou_aware (paper 000): p^alpha * q^(1-alpha); conf (paper 004): q^alpha * p^(1-alpha)."""
+    quality_source: Literal["predicted", "truth"] = "predicted"
+    """truth: IoU of the box with its nearest GT of any class (Table 6 upper bound of paper 000)."""
+    q_filter: bool = False
+    """Keep only boxes with q > 0.5 (the 'obj>0.5' rows of paper 004)."""
+
+    @model_validator(mode="after")
+    def _alpha_when_power(self) -> "VariantConfig":
+        if self.combine == "power" and self.alpha is None:
+            raise ValueError(f"variant {self.name!r}: combine 'power' needs alpha in [0, 1]")
+        if self.combine != "power" and self.alpha is not None:
+            raise ValueError(f"variant {self.name!r}: alpha only applies to combine 'power'")
+        return self
+
+    @property
+    def weight_on_p(self) -> float:
+        """The exponent of p in p^w q^(1-w), whichever paper's convention alpha was given in."""
+        assert self.alpha is not None
+        return self.alpha if self.convention == "iou_aware" else 1.0 - self.alpha
+
+
+class InferenceConfig(Strict):
+    score_thresh: float = Field(0.05, ge=0.0, le=1.0)
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    max_dets: int = Field(100, ge=1)
+    topk_per_level: int = Field(1000, ge=1)
+    variants: list[VariantConfig] = Field(default_factory=list)
+    """Empty: one default variant chosen from the quality branch (cls for none, alpha 0.5 otherwise)."""
+    correlation_samples: int = Field(10000, ge=0)
+    """Detections sampled per variant for the confidence-vs-IoU_eval scatter (Figure 4 of paper 000)."""
+    metrics: list[Literal["coco", "voc"]] = Field(default_factory=lambda: ["coco"])
+    """coco: COCO AP family + AP60-AP90; voc: VOC07 11-point mAP at 0.50:0.05:0.95."""
+
+
+class Config(Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+    def variants(self) -> list[VariantConfig]:
+        """The inference variants to evaluate; a model-appropriate default if none are listed."""
+        if self.inference.variants:
+            return self.inference.variants
+        if self.model.quality.branch == "none":
+            return [VariantConfig(name="cls", combine="cls")]
+        return [VariantConfig(name="alpha=0.5", combine="power", alpha=0.5)]
+
+
+class ConfigError(ValueError):
+    """A config that failed validation; the message names every offending field path."""
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        where = f"{prefix}.{path}" if prefix and path else (prefix or path or "<root>")
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(f"invalid {source}:\n{format_validation_error(err)}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return parse_config(raw or {}, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (lists and scalars are replaced)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``a.b.c`` set to value (intermediate dicts created)."""
+    head, _, rest = dotted.partition(".")
+    out = dict(raw)
+    out[head] = set_dotted(dict(out.get(head) or {}), rest, value) if rest else value
+    return out

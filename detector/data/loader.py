@@ -1,0 +1,127 @@
+"""From a data config to batches: dataset resolution, resize to [short, long], flip, padded collate."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..config import DataConfig
+from ..criterion import Targets
+from .datasets import DatasetError, DetectionSet, load_coco, load_voc
+from .synthetic import write_synthetic
+
+SIZE_DIVISOR = 128  # P7 has stride 128: padding to a multiple keeps every level's grid exact
+
+
+def ensure_synthetic(cfg: DataConfig) -> Path:
+    """The synthetic root, generated on first use. Written to a temp dir and renamed, so concurrent
+    workers never see a half-written dataset."""
+    root = Path(cfg.root)
+    if root.exists():
+        return root
+    params = {"train": 400, "val": 100, "size": 256, "seed": 0, **cfg.synthetic}
+    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    print(f"[data] writing synthetic dataset to {root} ({params})", file=sys.stderr, flush=True)
+    write_synthetic(tmp, **params)
+    try:
+        tmp.rename(root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return root
+
+
+def build_split(cfg: DataConfig, split: str) -> DetectionSet:
+    root = Path(cfg.root)
+    if cfg.kind == "synthetic":
+        root = ensure_synthetic(cfg)
+        return load_coco(root / "annotations" / f"instances_{split}.json", root, f"synthetic:{split}", cfg.max_images)
+    if cfg.kind == "coco":
+        if not root.exists():
+            raise DatasetError(f"data.root: COCO folder not found: {root} (it should hold annotations/ and {split}/)")
+        return load_coco(root / "annotations" / f"instances_{split}.json", root / split, f"coco:{split}", cfg.max_images)
+    return load_voc(root, split, max_images=cfg.max_images)
+
+
+def resize_scale(width: int, height: int, short: int, long: int) -> float:
+    """The scale that fits an image into [short, long] (short side to `short` unless the long side exceeds `long`)."""
+    return min(short / min(width, height), long / max(width, height))
+
+
+class TrainingImages(Dataset):
+    """Yields (image uint8 (3, h, w), boxes (G, 4), labels (G,), ignore (G,), image_id, scale)."""
+
+    def __init__(self, ds: DetectionSet, short: int, long: int, flip: float = 0.0):
+        self.ds, self.short, self.long, self.flip = ds, short, long, flip
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        r = self.ds.records[i]
+        try:
+            img = Image.open(r.path).convert("RGB")
+        except OSError as err:
+            raise DatasetError(f"cannot read image {r.path}: {err}") from None
+        scale = resize_scale(img.width, img.height, self.short, self.long)
+        w, h = round(img.width * scale), round(img.height * scale)
+        if (w, h) != img.size:
+            img = img.resize((w, h), Image.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        boxes = torch.from_numpy(r.boxes * scale)
+        if self.flip > 0 and torch.rand(()) < self.flip:
+            pixels = pixels.flip(-1)
+            boxes = torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), dim=1)
+        return pixels, boxes, torch.from_numpy(r.labels), torch.from_numpy(r.ignore), r.image_id, scale
+
+
+@dataclass
+class Batch:
+    """images: (B, 3, H, W) float in [0, 1], zero-padded to multiples of 128; targets padded to G boxes."""
+
+    images: Tensor
+    targets: Targets
+    image_ids: list[int]
+    scales: list[float]
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.images.to(device, non_blocking=True), self.targets.to(device), self.image_ids, self.scales)
+
+
+def collate(items) -> Batch:
+    b = len(items)
+    h = max(it[0].shape[1] for it in items)
+    w = max(it[0].shape[2] for it in items)
+    h, w = (math.ceil(x / SIZE_DIVISOR) * SIZE_DIVISOR for x in (h, w))
+    images = torch.zeros(b, 3, h, w, dtype=torch.uint8)
+    g = max(1, max(it[1].shape[0] for it in items))
+    boxes = torch.zeros(b, g, 4)
+    labels = torch.full((b, g), -1, dtype=torch.long)
+    ignore = torch.zeros(b, g, dtype=torch.bool)
+    for i, (px, bx, lb, ig, _, _) in enumerate(items):
+        images[i, :, : px.shape[1], : px.shape[2]] = px
+        n = bx.shape[0]
+        boxes[i, :n], labels[i, :n], ignore[i, :n] = bx, lb, ig
+    return Batch(images.float().div_(255), Targets(boxes, labels, ignore), [it[4] for it in items], [it[5] for it in items])
+
+
+def make_loader(ds: DetectionSet, cfg: DataConfig, batch_size: int, train: bool, workers: int = 0,
+                seed: int = 0, distributed: bool = False) -> DataLoader:
+    """A loader over the (per-worker shard of the) dataset. distributed: shard with DistributedSampler."""
+    images = TrainingImages(ds, cfg.short, cfg.long, cfg.flip if train else 0.0)
+    sampler: Optional[DistributedSampler] = None
+    if distributed:
+        sampler = DistributedSampler(images, shuffle=train, seed=seed, drop_last=False)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(images, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      num_workers=workers, collate_fn=collate, generator=gen, drop_last=False,
+                      persistent_workers=workers > 0)

@@ -1,0 +1,232 @@
+"""The engine that runs a detector: training loop and evaluation. No Ray, no MLflow: the platform
+drives it through ``on_epoch_end`` and checkpoints it hands back in."""
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import Config, VariantConfig
+from .data.datasets import DetectionSet, category_ids, records_to_coco
+from .data.loader import build_split, make_loader
+from .evaluation import coco_metrics, correlations, iou_eval_of, voc_metrics
+from .model import Detector
+from .scoring import detect, raw_predictions
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or inf; the message says when and which term."""
+
+
+def select_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16: autocast on CPU or GPU; fp16: AMP on GPU only; fp32: nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def lr_at(cfg: Config, epoch: int, iteration: int) -> float:
+    """Linear-scaled lr with linear warmup (from warmup_ratio) and x0.1 steps at the configured epochs."""
+    t = cfg.train
+    base = t.lr * t.batch_size / 16
+    lr = base * 0.1 ** sum(epoch >= s for s in t.steps)
+    if iteration < t.warmup_iters:
+        k = iteration / t.warmup_iters
+        lr *= t.warmup_ratio + (1 - t.warmup_ratio) * k
+    return lr
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr_at(cfg, 0, 0), momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+
+
+@dataclass
+class TrainState:
+    model: Detector
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0  # epochs completed
+    iteration: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "iteration": self.iteration, "history": self.history}
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.iteration, self.history = ckpt["epoch"], ckpt["iteration"], list(ckpt.get("history", []))
+
+
+def train(cfg: Config, *, checkpoint: Optional[dict] = None,
+          on_epoch_end: Optional[Callable[[TrainState, dict[str, float]], None]] = None,
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> TrainState:
+    """Train ``cfg`` for its epochs (resuming from ``checkpoint`` if given). Under torch.distributed the
+    model is wrapped in DDP and each worker reads its shard; the batch size is the global one."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    rank, world = _world()
+    device = select_device()
+    train_set = build_split(cfg.data, cfg.data.train_split)
+    model = Detector(cfg.model, len(train_set.classes)).to(device)
+    channels_last = cfg.train.precision == "bf16"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    state = TrainState(model, build_optimizer(model, cfg))
+    if checkpoint is not None:
+        state.restore(checkpoint)
+        log(f"[train] resumed at epoch {state.epoch}, iteration {state.iteration}")
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    per_worker = max(1, cfg.train.batch_size // world)
+    loader = make_loader(train_set, cfg.data, per_worker, train=True, workers=cfg.train.loader_workers,
+                         seed=cfg.train.seed, distributed=world > 1)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None
+    iters_per_epoch = len(loader)
+    log(f"[train] {len(train_set)} images, {len(train_set.classes)} classes, {iters_per_epoch} iters/epoch x "
+        f"{cfg.train.epochs} epochs on {device} ({world} worker{'s' if world > 1 else ''}, {cfg.train.precision})")
+
+    for epoch in range(state.epoch, cfg.train.epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.train.seed * 1000 + epoch)
+        net.train()
+        sums: dict[str, float] = {}
+        t0, seen = time.perf_counter(), 0
+        for i, batch in enumerate(loader):
+            batch = batch.to(device)
+            images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+            for g in state.optimizer.param_groups:
+                g["lr"] = lr_at(cfg, epoch, state.iteration)
+            with autocast_for(cfg.train.precision, device):
+                losses = model.criterion(*net(images), batch.targets)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, iteration {state.iteration}: {terms}")
+            state.optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(state.optimizer)
+            else:
+                loss.backward()
+            if cfg.train.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            if scaler is not None:
+                scaler.step(state.optimizer)
+                scaler.update()
+            else:
+                state.optimizer.step()
+            state.iteration += 1
+            seen += batch.images.shape[0]
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if rank == 0 and (i + 1) % max(1, iters_per_epoch // 4) == 0:
+                rate = seen / (time.perf_counter() - t0)
+                log(f"[train] epoch {epoch + 1}/{cfg.train.epochs} iter {i + 1}/{iters_per_epoch} "
+                    f"loss {float(loss.detach()):.4f} lr {lr_at(cfg, epoch, state.iteration):.4g} {rate:.1f} img/s")
+        state.epoch = epoch + 1
+        epoch_metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
+        epoch_metrics["epoch"] = state.epoch
+        epoch_metrics["train_seconds"] = time.perf_counter() - t0
+        state.history.append(epoch_metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(state, epoch_metrics)
+    return state
+
+
+@dataclass
+class EvalResult:
+    """metrics: ``{variant}/{metric}`` -> value. detections: variant -> COCO result dicts (original pixels).
+    scatter: variant -> (confidence, IoU_eval) samples for the Figure 4 plot."""
+
+    metrics: dict[str, float]
+    detections: dict[str, list[dict]]
+    scatter: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@torch.no_grad()
+def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = None,
+             variants: Optional[list[VariantConfig]] = None,
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> EvalResult:
+    """One inference pass over the val split; every variant is scored from it; COCO (and VOC) metrics and
+    confidence/IoU_eval correlations per variant."""
+    device = next(model.parameters()).device
+    val_set = val_set or build_split(cfg.data, cfg.data.val_split)
+    variants = variants or cfg.variants()
+    cat_ids = category_ids(val_set)
+    loader = make_loader(val_set, cfg.data, max(1, min(cfg.train.batch_size, 8)), train=False)
+    model.eval()
+    dets: dict[str, list[dict]] = {v.name: [] for v in variants}
+    t0 = time.perf_counter()
+    for batch in loader:
+        batch = batch.to(device)
+        with autocast_for(cfg.train.precision, device):
+            out, priors = model(batch.images)
+        raw = raw_predictions(out, priors, cfg.model.arch, batch.targets)
+        for name, per_image in detect(raw, variants, cfg.inference).items():
+            for img_id, scale, d in zip(batch.image_ids, batch.scales, per_image):
+                boxes = (d.boxes / scale).cpu().numpy()
+                for box, score, label in zip(boxes, d.scores.cpu().numpy(), d.labels.cpu().numpy()):
+                    x0, y0, x1, y1 = (float(v) for v in box)
+                    dets[name].append({"image_id": int(img_id), "category_id": cat_ids[int(label)], "label": int(label),
+                                       "bbox": [x0, y0, x1 - x0, y1 - y0], "box": [x0, y0, x1, y1], "score": float(score)})
+    log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")
+    gt_dataset = (val_set.coco_gt or records_to_coco(val_set)).dataset
+    by_id = {r.image_id: r for r in val_set.records}
+    metrics: dict[str, float] = {}
+    scatter = {}
+    rng = np.random.default_rng(0)
+    for v in variants:
+        d = dets[v.name]
+        m: dict[str, float] = {}
+        if "coco" in cfg.inference.metrics:
+            m.update(coco_metrics(gt_dataset, d))
+        if "voc" in cfg.inference.metrics:
+            m.update(voc_metrics(val_set.records, d, len(val_set.classes)))
+        conf = np.asarray([x["score"] for x in d])
+        iou_eval = iou_eval_of(by_id, d)
+        m.update(correlations(conf, iou_eval))
+        m["num_detections"] = float(len(d))
+        for k, val in m.items():
+            metrics[f"{v.name}/{k}"] = val
+        n = min(len(d), cfg.inference.correlation_samples)
+        pick = rng.choice(len(d), n, replace=False) if n < len(d) else np.arange(len(d))
+        scatter[v.name] = (conf[pick], iou_eval[pick])
+    return EvalResult(metrics, dets, scatter)
+
+
+def load_model(cfg: Config, checkpoint_path: str, num_classes: int) -> Detector:
+    model = Detector(cfg.model, num_classes).to(select_device())
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
+    if cfg.train.precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,163 @@
+"""Detection metrics: COCO (faster-coco-eval, pycocotools as the reference), VOC07 11-point mAP, and the
+correlation between detection confidence and localisation quality (IoU_eval)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from typing import Literal
+
+import numpy as np
+
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")
+# Indices into COCOeval's IoU thresholds 0.50:0.05:0.95.
+EXTRA_THRESHOLDS = {"AP60": 2, "AP70": 4, "AP80": 6, "AP90": 8}
+VOC_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+
+
+def ap_at_thresholds(precision: np.ndarray) -> dict[str, float]:
+    """AP60/70/80/90 from COCOeval's precision array (T, R, K, A, M): area 'all', maxDets 100,
+    mean over recall points and classes of the valid (> -1) entries, as COCOeval's own summary."""
+    out = {}
+    for name, t in EXTRA_THRESHOLDS.items():
+        p = precision[t, :, :, 0, -1]
+        valid = p[p > -1]
+        out[name] = float(valid.mean()) if valid.size else -1.0
+    return out
+
+
+def coco_metrics(gt_dataset: dict, detections: list[dict], backend: Literal["faster", "pycocotools"] = "faster") -> dict[str, float]:
+    """The 12 COCO summary stats plus AP60-AP90. detections: COCO result dicts (image_id, category_id,
+    bbox xywh, score). No detections scores 0 everywhere (pycocotools cannot load an empty result)."""
+    if not detections:
+        return {**{k: 0.0 for k in COCO_STATS}, **{k: 0.0 for k in EXTRA_THRESHOLDS}}
+    with contextlib.redirect_stdout(io.StringIO()):
+        if backend == "faster":
+            from faster_coco_eval import COCO, COCOeval_faster
+
+            gt = COCO(copy.deepcopy(gt_dataset))
+            ev = COCOeval_faster(gt, gt.loadRes(copy.deepcopy(detections)), iouType="bbox", print_function=lambda *a: None)
+        else:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+
+            gt = COCO()
+            gt.dataset = copy.deepcopy(gt_dataset)
+            gt.createIndex()
+            ev = COCOeval(gt, gt.loadRes(copy.deepcopy(detections)), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {k: float(v) for k, v in zip(COCO_STATS, ev.stats[:12])}
+    stats.update(ap_at_thresholds(np.asarray(ev.eval["precision"])))
+    return stats
+
+
+def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """VOC2007 11-point interpolated AP: mean over r in {0, 0.1, ..., 1} of max precision at recall >= r."""
+    ap = 0.0
+    for t in np.linspace(0, 1, 11):
+        p = precision[recall >= t]
+        ap += (p.max() if p.size else 0.0) / 11
+    return float(ap)
+
+
+def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple[np.ndarray, np.ndarray]],
+                 iou_thr: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy VOC matching for one class: (tp, fp) per detection in score order, and the number of
+    non-difficult GTs. dets: (image_id, score, box); gts: image_id -> (boxes (G, 4), difficult (G,))."""
+    n_pos = int(sum((~d).sum() for _, d in gts.values()))
+    order = sorted(range(len(dets)), key=lambda i: -dets[i][1])
+    tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
+    used = {k: np.zeros(len(v[0]), bool) for k, v in gts.items()}
+    for rank, i in enumerate(order):
+        img, _, box = dets[i]
+        g_boxes, difficult = gts.get(img, (np.zeros((0, 4)), np.zeros(0, bool)))
+        if len(g_boxes) == 0:
+            fp[rank] = 1
+            continue
+        # VOC devkit's +1 pixel convention is not used: boxes here are continuous, as COCO's.
+        iw = np.clip(np.minimum(g_boxes[:, 2], box[2]) - np.maximum(g_boxes[:, 0], box[0]), 0, None)
+        ih = np.clip(np.minimum(g_boxes[:, 3], box[3]) - np.maximum(g_boxes[:, 1], box[1]), 0, None)
+        inter = iw * ih
+        union = (box[2] - box[0]) * (box[3] - box[1]) + (g_boxes[:, 2] - g_boxes[:, 0]) * (g_boxes[:, 3] - g_boxes[:, 1]) - inter
+        iou = inter / np.maximum(union, 1e-9)
+        j = int(iou.argmax())
+        if iou[j] >= iou_thr:
+            if difficult[j]:
+                continue  # neither tp nor fp
+            if not used[img][j]:
+                tp[rank], used[img][j] = 1, True
+            else:
+                fp[rank] = 1
+        else:
+            fp[rank] = 1
+    return tp, fp, n_pos
+
+
+def voc_metrics(records, detections: list[dict], num_classes: int) -> dict[str, float]:
+    """VOC07 11-point mAP at IoU 0.5 (``mAP50``), at each of 0.50:0.05:0.95 (``mAP@.xx``) and their mean
+    (``mAP``: the "AP" of IoU-aware Table 5). Difficult / ignore boxes count neither way.
+    records: the dataset's Records; detections: dicts with image_id, label (0-based), box (xyxy), score."""
+    per_class_gt: list[dict] = [dict() for _ in range(num_classes)]
+    for r in records:
+        for c in range(num_classes):
+            m = r.labels == c
+            if m.any():
+                per_class_gt[c][r.image_id] = (r.boxes[m], r.ignore[m])
+    per_class_det: list[list] = [[] for _ in range(num_classes)]
+    for d in detections:
+        per_class_det[d["label"]].append((d["image_id"], d["score"], np.asarray(d["box"])))
+    out = {}
+    for thr in VOC_THRESHOLDS:
+        aps = []
+        for c in range(num_classes):
+            tp, fp, n_pos = _match_class(per_class_det[c], per_class_gt[c], thr)
+            if n_pos == 0:
+                continue
+            tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
+            recall = tp_c / n_pos
+            precision = tp_c / np.maximum(tp_c + fp_c, np.finfo(float).eps)
+            aps.append(voc07_ap(recall, precision))
+        out[f"mAP@{thr:.2f}"] = float(np.mean(aps)) if aps else 0.0
+    out["mAP50"] = out["mAP@0.50"]
+    out["mAP"] = float(np.mean([out[f"mAP@{t:.2f}"] for t in VOC_THRESHOLDS]))
+    for t in (60, 70, 80, 90):
+        out[f"mAP{t}"] = out[f"mAP@{t / 100:.2f}"]
+    return out
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as Spearman's rho needs)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def correlations(confidence: np.ndarray, iou_eval: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation of detection confidence with IoU_eval."""
+    if len(confidence) < 2 or np.std(confidence) == 0 or np.std(iou_eval) == 0:
+        return {"pearson": 0.0, "spearman": 0.0}
+    pearson = float(np.corrcoef(confidence, iou_eval)[0, 1])
+    spearman = float(np.corrcoef(_average_ranks(confidence), _average_ranks(iou_eval))[0, 1])
+    return {"pearson": pearson, "spearman": spearman}
+
+
+def iou_eval_of(records_by_id: dict, detections: list[dict]) -> np.ndarray:
+    """IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image."""
+    out = np.zeros(len(detections))
+    for i, d in enumerate(detections):
+        r = records_by_id[d["image_id"]]
+        m = (r.labels == d["label"]) & ~r.ignore
+        if not m.any():
+            continue
+        g, b = r.boxes[m], np.asarray(d["box"])
+        iw = np.clip(np.minimum(g[:, 2], b[2]) - np.maximum(g[:, 0], b[0]), 0, None)
+        ih = np.clip(np.minimum(g[:, 3], b[3]) - np.maximum(g[:, 1], b[1]), 0, None)
+        inter = iw * ih
+        union = (b[2] - b[0]) * (b[3] - b[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
+        out[i] = float((inter / np.maximum(union, 1e-9)).max())
+    return out

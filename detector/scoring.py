@@ -1,0 +1,108 @@
+"""Inference: from one forward pass to detections under any number of confidence variants.
+
+A forward pass gives :class:`RawPredictions` (decoded boxes, class probabilities p, quality q and
+IoU_truth for every prior). Each variant re-scores them, then takes the per-level top-k, the score
+threshold, class-wise NMS and the final cap, so an alpha sweep never runs the network twice.
+The combined confidence is applied before the top-k and the threshold, on every level.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from .boxes import batched_box_iou
+from .config import InferenceConfig, VariantConfig
+from .criterion import HeadOutput, Targets, decode_boxes
+from .priors import Priors
+
+
+@dataclass
+class RawPredictions:
+    """Per batch. boxes: (B, N, 4) decoded; p: (B, N, C) class probabilities (times centerness when the
+    anchor-free centerness branch is on); q: (B, N) predicted quality or None; iou_truth: (B, N) IoU with
+    the nearest GT of any class, or None when no GT was given; level_sizes: priors per FPN level."""
+
+    boxes: Tensor
+    p: Tensor
+    q: Optional[Tensor]
+    iou_truth: Optional[Tensor]
+    level_sizes: list[int]
+
+
+@dataclass
+class Detections:
+    """One image. boxes (K, 4) xyxy input pixels, scores (K,), labels (K,) 0-based."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+
+def raw_predictions(out: HeadOutput, priors: Priors, arch: str, targets: Optional[Targets] = None) -> RawPredictions:
+    boxes = decode_boxes(arch, priors, out.box_reg.float())
+    p = out.cls_logits.float().sigmoid()
+    if out.centerness_logits is not None:
+        p = p * out.centerness_logits.float().sigmoid()[..., None]
+    q = out.quality_logits.float().sigmoid() if out.quality_logits is not None else None
+    iou_truth = None
+    if targets is not None:
+        if targets.boxes.shape[1] == 0:
+            iou_truth = boxes.new_zeros(boxes.shape[:2])
+        else:
+            iou = batched_box_iou(boxes, targets.boxes.float())
+            iou_truth = iou.masked_fill((targets.labels < 0)[:, None, :], 0.0).amax(-1)
+    return RawPredictions(boxes, p, q, iou_truth, list(priors.level_sizes))
+
+
+def confidence(raw: RawPredictions, variant: VariantConfig) -> Tensor:
+    """(B, N, C) detection confidence of a variant. p^w q^(1-w), w the weight on p in the variant's convention."""
+    if variant.combine == "cls" and not variant.q_filter:
+        return raw.p
+    q = raw.iou_truth if variant.quality_source == "truth" else raw.q
+    if q is None:
+        need = "ground truth (evaluate with targets)" if variant.quality_source == "truth" else "a quality branch"
+        raise ValueError(f"variant {variant.name!r} needs {need}")
+    q = q[..., None]
+    if variant.combine == "cls":
+        score = raw.p
+    elif variant.combine == "product":
+        score = raw.p * q
+    else:
+        w = variant.weight_on_p
+        score = raw.p.pow(w) * q.pow(1.0 - w)
+    if variant.q_filter:
+        score = score * (q > 0.5)
+    return score
+
+
+def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Detections]:
+    """Per-level top-k, score threshold, class-wise NMS, max_dets. score: (B, N, C)."""
+    b, _, c = score.shape
+    values, priors_idx, labels = [], [], []
+    start = 0
+    for n in raw.level_sizes:
+        s = score[:, start:start + n].reshape(b, -1)
+        v, i = s.topk(min(cfg.topk_per_level, s.shape[1]), dim=1)
+        values.append(v)
+        priors_idx.append(i // c + start)
+        labels.append(i % c)
+        start += n
+    values, priors_idx, labels = torch.cat(values, 1), torch.cat(priors_idx, 1), torch.cat(labels, 1)
+    keep_mask = values > cfg.score_thresh
+    results = []
+    for img in range(b):
+        m = keep_mask[img]
+        v, idx, lab = values[img, m], priors_idx[img, m], labels[img, m]
+        bx = raw.boxes[img, idx]
+        keep = batched_nms(bx, v, lab, cfg.nms_iou)[: cfg.max_dets]
+        results.append(Detections(bx[keep], v[keep], lab[keep]))
+    return results
+
+
+def detect(raw: RawPredictions, variants: list[VariantConfig], cfg: InferenceConfig) -> dict[str, list[Detections]]:
+    """Every variant's detections from one set of raw predictions."""
+    return {v.name: select(raw, confidence(raw, v), cfg) for v in variants}

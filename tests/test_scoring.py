@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from detector.config import InferenceConfig, VariantConfig
+from detector.scoring import RawPredictions, confidence, detect, select
+
+
+def _raw(p, q, iou_truth=None, boxes=None):
+    p = torch.tensor(p, dtype=torch.float32).view(1, -1, 1)
+    n = p.shape[1]
+    if boxes is None:
+        boxes = torch.tensor([[i * 20.0, 0, i * 20 + 10, 10] for i in range(n)]).view(1, n, 4)
+    return RawPredictions(boxes, p, torch.tensor([q], dtype=torch.float32),
+                          None if iou_truth is None else torch.tensor([iou_truth], dtype=torch.float32), [n])
+
+
+def test_power_combination_in_both_paper_conventions():
+    raw = _raw([0.64], [0.25])
+    ours = lambda **kw: confidence(raw, VariantConfig(name="v", **kw)).item()
+    assert ours(combine="power", alpha=0.5) == pytest.approx(0.4)                     # sqrt(0.64 * 0.25)
+    assert ours(combine="power", alpha=0.25) == pytest.approx(0.64 ** 0.25 * 0.25 ** 0.75)  # 000: alpha on p
+    assert ours(combine="power", alpha=0.25, convention="conf") == pytest.approx(0.25 ** 0.25 * 0.64 ** 0.75)  # 004: alpha on q
+    assert ours(combine="product") == pytest.approx(0.16)
+    assert ours(combine="cls") == pytest.approx(0.64)
+    assert ours(combine="power", alpha=1.0) == pytest.approx(0.64)
+
+
+def test_q_filter_and_truth_source():
+    raw = _raw([0.5, 0.5], [0.4, 0.9], iou_truth=[0.81, 0.04])
+    filt = confidence(raw, VariantConfig(name="f", combine="cls", q_filter=True)).view(-1)
+    assert filt.tolist() == pytest.approx([0.0, 0.5])
+    truth = confidence(raw, VariantConfig(name="t", combine="power", alpha=0.5, quality_source="truth")).view(-1)
+    assert truth.tolist() == pytest.approx([(0.5 * 0.81) ** 0.5, (0.5 * 0.04) ** 0.5])  # IoU_truth replaces q
+
+
+def test_variant_needs_alpha_only_for_power():
+    with pytest.raises(ValueError, match="needs alpha"):
+        VariantConfig(name="x", combine="power")
+    with pytest.raises(ValueError, match="alpha only applies"):
+        VariantConfig(name="x", combine="product", alpha=0.3)
+    with pytest.raises(ValueError):
+        VariantConfig(name="x", combine="power", alpha=1.5)
+
+
+def test_combined_confidence_is_applied_before_the_score_threshold():
+    # p = 0.9 passes 0.05 alone, but p^0.5 q^0.5 = sqrt(0.9 * 0.001) = 0.03 does not
+    raw = _raw([0.9, 0.3], [0.001, 0.9])
+    cfg = InferenceConfig()
+    by_cls = select(raw, confidence(raw, VariantConfig(name="c", combine="cls")), cfg)[0]
+    by_pow = select(raw, confidence(raw, VariantConfig(name="a", combine="power", alpha=0.5)), cfg)[0]
+    assert len(by_cls.scores) == 2
+    assert by_pow.scores.tolist() == pytest.approx([(0.3 * 0.9) ** 0.5])
+
+
+def test_per_level_topk_happens_after_rescoring():
+    # one level of 3 priors, top-1: under cls prior 0 wins, under the product prior 2 wins
+    raw = _raw([0.9, 0.2, 0.6], [0.1, 0.1, 0.95])
+    cfg = InferenceConfig(topk_per_level=1)
+    out = detect(raw, [VariantConfig(name="cls", combine="cls"), VariantConfig(name="prod", combine="product")], cfg)
+    assert out["cls"][0].boxes[0, 0].item() == 0.0
+    assert out["prod"][0].boxes[0, 0].item() == 40.0
+
+
+def test_nms_suppresses_overlapping_boxes_of_the_same_class():
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [1.0, 0, 11, 10], [50.0, 50, 60, 60]]])
+    raw = _raw([0.9, 0.8, 0.7], [1.0, 1.0, 1.0], boxes=boxes)
+    d = select(raw, confidence(raw, VariantConfig(name="c", combine="cls")), InferenceConfig())[0]
+    assert d.scores.tolist() == pytest.approx([0.9, 0.7])
