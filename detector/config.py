@@ -68,6 +68,9 @@ class ModelConfig(Strict):
     arch: Literal["retinanet", "anchor_free"] = "retinanet"
     backbone: BackboneConfig = BackboneConfig()
     fpn_width: int = Field(256, ge=8)
+    anchor_scale: float = Field(4.0, gt=0)
+    """Octave base scale: the smallest anchor of a level is anchor_scale x stride (4 in the papers; smaller
+    for tiny inputs, where objects are smaller than 4 x 8 px)."""
     head: HeadConfig = HeadConfig()
     quality: QualityConfig = QualityConfig()
     box_loss: Literal["smooth_l1", "l1", "iou", "giou"] = "smooth_l1"
@@ -154,6 +157,12 @@ class VariantConfig(Strict):
         return self
 
     @property
+    def needs_predicted_quality(self) -> bool:
+        """True if scoring reads the model's quality branch (so a model without one cannot run it)."""
+        uses_q = self.combine != "cls" or self.q_filter
+        return uses_q and self.quality_source == "predicted"
+
+    @property
     def weight_on_p(self) -> float:
         """The exponent of p in p^w q^(1-w), whichever paper's convention alpha was given in."""
         assert self.alpha is not None
@@ -238,3 +247,32 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     out = dict(raw)
     out[head] = set_dotted(dict(out.get(head) or {}), rest, value) if rest else value
     return out
+
+
+def parse_variant(spec: str, convention: str = "iou_aware") -> VariantConfig:
+    """Shorthand for a variant: ``cls`` | ``none`` (p*q) | ``alpha=A``, each optionally followed by
+    ``,truth`` (IoU_truth as q) and/or ``,q>0.5`` (quality filter). The name is the spec itself."""
+    head, *flags = [s.strip() for s in spec.split(",")]
+    fields: dict[str, Any] = {"name": spec, "convention": convention}
+    if head == "cls":
+        fields["combine"] = "cls"
+    elif head in ("none", "product"):
+        fields["combine"] = "product"
+    elif head.startswith("alpha="):
+        try:
+            fields.update(combine="power", alpha=float(head[len("alpha="):]))
+        except ValueError:
+            raise ConfigError(f"variant {spec!r}: alpha must be a number") from None
+    else:
+        raise ConfigError(f"variant {spec!r}: expected cls, none or alpha=A (then ,truth and/or ,q>0.5)")
+    for flag in flags:
+        if flag == "truth":
+            fields["quality_source"] = "truth"
+        elif flag == "q>0.5":
+            fields["q_filter"] = True
+        else:
+            raise ConfigError(f"variant {spec!r}: unknown flag {flag!r} (truth, q>0.5)")
+    try:
+        return VariantConfig(**fields)
+    except ValidationError as err:
+        raise ConfigError(f"variant {spec!r}:\n{format_validation_error(err)}") from None

@@ -32,7 +32,7 @@ class Detector(nn.Module):
     def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> Priors:
         key = (tuple(feature_sizes), str(device))
         if key not in self._priors:
-            self._priors[key] = make_priors(feature_sizes, self.anchors_per_location, device)
+            self._priors[key] = make_priors(feature_sizes, self.anchors_per_location, device, self.cfg.anchor_scale)
         return self._priors[key]
 
     def forward(self, images: Tensor) -> tuple[HeadOutput, Priors]:

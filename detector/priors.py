@@ -16,7 +16,6 @@ REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (
 
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 ANCHOR_SCALES = tuple(2 ** (i / 3) for i in range(3))
-ANCHOR_OCTAVE_BASE = 4
 NUM_ANCHORS = len(ANCHOR_RATIOS) * len(ANCHOR_SCALES)
 
 
@@ -44,9 +43,9 @@ def _grid_centres(h: int, w: int, stride: int, device: torch.device) -> Tensor:
     return torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=-1)
 
 
-def _cell_anchors(stride: int, device: torch.device) -> Tensor:
-    """(A, 4) anchors centred at the origin: octave base 4, 3 scales x 3 ratios (ratio-major)."""
-    base = ANCHOR_OCTAVE_BASE * stride
+def _cell_anchors(stride: int, octave_base: float, device: torch.device) -> Tensor:
+    """(A, 4) anchors centred at the origin: side octave_base x stride, 3 scales x 3 ratios (ratio-major)."""
+    base = octave_base * stride
     ratios = torch.tensor(ANCHOR_RATIOS, device=device)
     scales = torch.tensor(ANCHOR_SCALES, device=device)
     h_ratio = ratios.sqrt()
@@ -55,7 +54,8 @@ def _cell_anchors(stride: int, device: torch.device) -> Tensor:
     return torch.stack((-w / 2, -h / 2, w / 2, h / 2), dim=-1)
 
 
-def make_priors(feature_sizes: list[tuple[int, int]], anchors_per_location: int, device: torch.device) -> Priors:
+def make_priors(feature_sizes: list[tuple[int, int]], anchors_per_location: int, device: torch.device,
+                octave_base: float = 4.0) -> Priors:
     """Priors for feature maps of the given (H, W) per level. anchors_per_location: 9 or 1 (points)."""
     boxes, points, strides, levels, sizes = [], [], [], [], []
     for lvl, ((h, w), stride) in enumerate(zip(feature_sizes, STRIDES)):
@@ -64,7 +64,7 @@ def make_priors(feature_sizes: list[tuple[int, int]], anchors_per_location: int,
             pts = centres
             bx = torch.cat((centres, centres), dim=-1)
         else:
-            cell = _cell_anchors(stride, device)
+            cell = _cell_anchors(stride, octave_base, device)
             bx = (torch.cat((centres, centres), dim=-1)[:, None, :] + cell[None]).reshape(-1, 4)
             pts = centres.repeat_interleave(anchors_per_location, dim=0)
         n = bx.shape[0]

@@ -1,1 +1,18 @@
-"""ablab: studies of quality-aware detectors on Ray Tune x Ray Train, tracked in MLflow."""
+"""ablab: ablation studies of quality-aware single-stage detectors on Ray Tune x Ray Train, tracked in MLflow.
+
+    import ablab
+    df = ablab.results("table5", profile="smoke")   # one row per trial x inference variant
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def results(study: str, profile: str | None = None, **kwargs: Any):
+    """A pandas DataFrame of a study's trials x inference variants, read from MLflow (see ablab.results)."""
+    from .results import results as _results
+
+    return _results(study, profile=profile, **kwargs)
+
+
+__all__ = ["results"]

@@ -1,0 +1,127 @@
+"""The ``ablab`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from detector.config import ConfigError
+from detector.data import DatasetError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ablab", description="Ablation studies of quality-aware single-stage detectors.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    syn = data.add_parser("synthetic", help="write the synthetic COCO/VOC dataset")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--train", type=int, default=400)
+    syn.add_argument("--val", type=int, default=100)
+    syn.add_argument("--size", type=int, default=256)
+    syn.add_argument("--seed", type=int, default=0)
+
+    tr = sub.add_parser("train", help="train and evaluate one config in this process (no Ray, no MLflow)")
+    tr.add_argument("config")
+    tr.add_argument("--out", help="output folder (default runs/<config name>)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set train.epochs=2")
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint under any inference variants, from one pass")
+    ev.add_argument("config")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--variants", nargs="*", default=[],
+                    help="names from the config, or cls | none | alpha=A [,truth] [,q>0.5]")
+    ev.add_argument("--convention", choices=["iou_aware", "conf"], default="iou_aware",
+                    help="what alpha weighs: iou_aware (paper 000) p^a q^(1-a); conf (paper 004) q^a p^(1-a)")
+    ev.add_argument("--out")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    va = sub.add_parser("validate", help="check a study, its trial configs and data paths without running")
+    va.add_argument("study")
+    va.add_argument("--profile", default="smoke")
+
+    for name, text in (("run", "run a study on Ray (embedded local cluster unless --address)"),
+                       ("resume", "finish an interrupted study; finished trials are not re-run")):
+        r = sub.add_parser(name, help=text)
+        r.add_argument("study")
+        r.add_argument("--profile", default="smoke")
+        r.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else an embedded local cluster)")
+        r.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the output dir)")
+        r.add_argument("--out-root", help="where study outputs go (default $ABLAB_OUTPUT_ROOT or ./outputs)")
+
+    sb = sub.add_parser("submit", help="submit `ablab run` as a Ray job with the runtime env filled in")
+    sb.add_argument("study")
+    sb.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    sb.add_argument("--profile", default="smoke")
+    sb.add_argument("--tracking-uri", help="MLflow URI the job logs to (default $MLFLOW_TRACKING_URI)")
+    sb.add_argument("--working-dir", default=".")
+    sb.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env")
+    sb.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
+
+    rs = sub.add_parser("results", help="a study's results from MLflow: print, or write Parquet/CSV")
+    rs.add_argument("study")
+    rs.add_argument("--profile")
+    rs.add_argument("--tracking-uri")
+    rs.add_argument("--out-root")
+    rs.add_argument("--parquet", help="write the DataFrame to this Parquet file")
+    rs.add_argument("--csv", help="write the DataFrame to this CSV file")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            from detector.data import write_synthetic
+
+            root = write_synthetic(args.out, args.train, args.val, args.size, args.seed,
+                                   progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+            print(f"synthetic dataset written to {root} ({args.train} train / {args.val} val, {args.size}px, seed {args.seed})")
+            return 0
+        from . import single
+
+        if args.command == "train":
+            return single.train_command(args.config, args.out, args.overrides)
+        if args.command == "evaluate":
+            return single.evaluate_command(args.config, args.checkpoint, args.variants, args.convention, args.out,
+                                           args.overrides)
+        if args.command == "validate":
+            from .runner import plan_study
+
+            plan = plan_study(args.study, args.profile)
+            print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
+                  f"{len(plan.study.variant_configs()) or 1} variants; data found; outputs -> {plan.out_dir}")
+            return 0
+        if args.command in ("run", "resume"):
+            from .runner import run_study
+
+            failed = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
+                               resume=args.command == "resume")
+            return 1 if failed else 0
+        if args.command == "submit":
+            from .submit import submit
+
+            return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait)
+        if args.command == "results":
+            from .results import results
+
+            df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+            if args.parquet:
+                df.to_parquet(args.parquet, index=False)
+                print(f"wrote {len(df)} rows to {args.parquet}")
+            if args.csv:
+                df.to_csv(args.csv, index=False)
+                print(f"wrote {len(df)} rows to {args.csv}")
+            if not (args.parquet or args.csv):
+                cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
+                print(df[cols].to_string(index=False))
+            return 0
+    except (ConfigError, DatasetError, FileNotFoundError, LookupError) as err:
+        print(f"ablab: error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

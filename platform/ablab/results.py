@@ -1,0 +1,82 @@
+"""Query a study's results from MLflow alone: anyone with the tracking URI can tabulate them."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from .tracking import EXPERIMENT_PREFIX, default_tracking_uri, metric_key
+
+
+def _study_id(study: str) -> str:
+    """A study id, or the path of a study file (its ``study:`` field)."""
+    if study.endswith((".yaml", ".yml")) and Path(study).is_file():
+        from .study import load_study
+
+        return load_study(study).study
+    return study
+
+
+def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:
+    from .runner import output_root
+
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_root(out_root) / study_id)
+
+
+def _cast(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return {"True": True, "False": False, "None": None}.get(value, value)
+
+
+def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+            out_root: Optional[str] = None, include_failed: bool = True, **filters: Any) -> pd.DataFrame:
+    """One row per trial x inference variant: identity columns (study, profile, trial, seed, trial_key,
+    run_id, status, error, variant), config columns (the flattened trial config, typed), and metric
+    columns (AP, AP50, ..., AP90, pearson, ...). ``filters``: column=value equality (dots as in the config,
+    e.g. ``**{"model.quality.branch": "iou"}`` or ``trial="iou"``)."""
+    study_id = _study_id(study)
+    uri = resolve_tracking_uri(study_id, tracking_uri, out_root)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"no MLflow store for study {study_id} at {uri}; run the study or pass tracking_uri")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + study_id)
+    if exp is None:
+        raise LookupError(f"study {study_id!r} has no MLflow experiment in {uri}")
+    query = "tags.`ablab.role` = 'trial'" + (f" and tags.`ablab.profile` = '{profile}'" if profile else "")
+    runs = []
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string=query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    rows = []
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        identity = {"study": study_id, "profile": tags.get("ablab.profile"), "trial": tags.get("ablab.trial"),
+                    "seed": int(tags.get("ablab.seed", 0)), "trial_key": tags.get("ablab.trial_key"),
+                    "run_id": run.info.run_id, "status": run.info.status, "error": tags.get("ablab.error")}
+        if not include_failed and run.info.status != "FINISHED":
+            continue
+        config = {k: _cast(v) for k, v in params.items()}
+        variants = json.loads(tags.get("ablab.variants", "[]")) or sorted(
+            {k.rpartition("/")[0] for k in metrics if not k.startswith("train/")})
+        for variant in variants:
+            prefix = metric_key(variant, "")
+            values = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+            rows.append({**identity, "variant": variant, **config, **values})
+        if not variants:
+            rows.append({**identity, "variant": None, **config})
+    df = pd.DataFrame(rows)
+    for col, value in filters.items():
+        if col not in df.columns:
+            raise KeyError(f"filter {col!r}: no such column (have e.g. {list(df.columns)[:12]})")
+        df = df[df[col] == value]
+    return df.reset_index(drop=True)

@@ -1,0 +1,214 @@
+"""Running a study: validate everything, start or join Ray, run the grid on Ray Tune with one Ray Train
+TorchTrainer per trial, mirror it into MLflow from this (driver) process, and summarise."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from detector.config import Config, ConfigError
+from detector.data import build_split
+
+from .study import Study, load_study, resolve_configs
+from .trial import point_key, set_health_check_interval
+
+LAUNCH_FILE = "launch.json"
+
+
+def log(msg: str) -> None:
+    print(f"[ablab] {msg}", file=sys.stderr, flush=True)
+
+
+def output_root(explicit: Optional[str] = None) -> Path:
+    """--out-root > $ABLAB_OUTPUT_ROOT > ./outputs, except inside a Ray job whose working dir is a
+    temporary copy: there ~/ablab-outputs, so results outlive the job."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    if os.environ.get("ABLAB_OUTPUT_ROOT"):
+        return Path(os.environ["ABLAB_OUTPUT_ROOT"]).expanduser().resolve()
+    if os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID"):
+        return (Path.home() / "ablab-outputs").resolve()
+    return Path("outputs").resolve()
+
+
+def study_dir(study: Study, profile: str, root: Optional[str] = None) -> Path:
+    return output_root(root) / study.study / profile
+
+
+@dataclass
+class Plan:
+    """Everything resolved before any compute: the study, its trial configs, where results go."""
+
+    study_path: str
+    study: Study
+    profile: str
+    points: list[dict[str, Any]]
+    configs: dict[str, Config]
+    out_dir: Path
+
+    @property
+    def keys(self) -> list[str]:
+        return [point_key(p) for p in self.points]
+
+
+def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True) -> Plan:
+    """Validate the study and every trial config, and open every data split once (which also writes the
+    synthetic set if missing): a bad study or missing data fails here, before Ray starts."""
+    study = load_study(study_path)
+    study.profile(profile)
+    resolved = resolve_configs(study, profile)
+    if not resolved:
+        raise ConfigError(f"study {study.study}, profile {profile}: no trials")
+    points = [p for p, _ in resolved]
+    configs = {point_key(p): c for p, c in resolved}
+    if check_data:
+        seen = set()
+        for cfg in configs.values():
+            for split in (cfg.data.train_split, cfg.data.val_split):
+                key = (cfg.data.kind, cfg.data.root, split)
+                if key not in seen:
+                    seen.add(key)
+                    build_split(cfg.data, split)
+    return Plan(study_path, study, profile, points, configs, study_dir(study, profile, out_root))
+
+
+def start_ray(address: Optional[str]) -> str:
+    """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one)."""
+    import ray
+
+    set_health_check_interval()
+    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
+    if ray.is_initialized():
+        return "already connected"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return address
+    # A local embedded cluster is private to this process: no token file needed.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+    return "local"
+
+
+def concurrency(plan: Plan) -> int:
+    """Trials that fit at once on the cluster's CPUs/GPUs (the trial driver itself holds no CPU), capped by
+    the study: a study never waits on resources that can never free up."""
+    import ray
+
+    res = plan.study.resources_for(plan.profile)
+    total = ray.cluster_resources()
+    per_trial_cpu = res.workers * res.cpus_per_worker
+    if per_trial_cpu > total.get("CPU", 0):
+        raise ConfigError(f"resources: a trial needs {per_trial_cpu:g} CPUs ({res.workers} workers x {res.cpus_per_worker:g}) "
+                          f"but the cluster has {total.get('CPU', 0):g}")
+    fits = int(total.get("CPU", 0) // per_trial_cpu)
+    if res.gpus_per_worker:
+        need = res.workers * res.gpus_per_worker
+        if need > total.get("GPU", 0):
+            raise ConfigError(f"resources: a trial needs {need:g} GPUs but the cluster has {total.get('GPU', 0):g}")
+        fits = min(fits, int(total["GPU"] // need))
+    if res.max_concurrent_trials:
+        fits = min(fits, res.max_concurrent_trials)
+    return max(1, min(fits, len(plan.points)))
+
+
+def _tuner_parts(plan: Plan, tracking_uri: str):
+    from ray import tune
+
+    from .tracking import MlflowStudyLogger, RunRegistry
+    from .trial import trial_driver
+
+    res = plan.study.resources_for(plan.profile)
+    configs = {k: c.model_dump() for k, c in plan.configs.items()}
+    trainable = tune.with_parameters(trial_driver, configs=configs, resources=res.model_dump(),
+                                     storage_path=str(plan.out_dir / "train"),
+                                     artifacts_root=str(plan.out_dir / "trials"))
+    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1 << 20})
+    logger = MlflowStudyLogger(tracking_uri, plan.study, plan.profile, configs, plan.out_dir / "trials",
+                               RunRegistry(plan.out_dir / "mlflow_runs.json"), plan.out_dir)
+    return trainable, logger
+
+
+def _param_space(plan: Plan) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key in plan.points[0]:
+        values = list(dict.fromkeys(p[key] for p in plan.points))
+        space[key] = tune.grid_search(values)
+    return space
+
+
+def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
+              tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False) -> int:
+    """Run (or resume) a study; returns the number of failed trials."""
+    from ray import tune
+
+    t0 = time.perf_counter()
+    plan = plan_study(study_path, profile, out_root)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    launch_file = plan.out_dir / LAUNCH_FILE
+    if resume:
+        if not launch_file.is_file():
+            raise ConfigError(f"nothing to resume: {launch_file} not found (run the study first)")
+        tracking_uri = tracking_uri or json.loads(launch_file.read_text())["tracking_uri"]
+    else:
+        from .tracking import default_tracking_uri
+
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(plan.out_dir.parent)
+        if (plan.out_dir / "tune").exists():
+            raise ConfigError(f"{plan.out_dir} already holds a run of this study: `ablab resume {study_path}"
+                              f" --profile {profile}` finishes it; delete the folder to start over")
+    launch_file.write_text(json.dumps({"study": study_path, "profile": profile, "tracking_uri": tracking_uri}, indent=1))
+
+    where = start_ray(address)
+    res = plan.study.resources_for(profile)
+    max_conc = concurrency(plan)
+    log(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
+        f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
+    log(f"ray: {where}; {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, {max_conc} at a time")
+    log(f"mlflow: {tracking_uri}")
+    if tracking_uri.startswith("sqlite:"):
+        log(f"browse: mlflow ui --backend-store-uri {tracking_uri}")
+    log(f"outputs: {plan.out_dir}")
+
+    trainable, logger = _tuner_parts(plan, tracking_uri)
+    run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=[logger],
+                                failure_config=tune.FailureConfig(max_failures=0), verbose=1)
+    if resume and tune.Tuner.can_restore(str(plan.out_dir / "tune")):
+        tuner = tune.Tuner.restore(str(plan.out_dir / "tune"), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        tuner = tune.Tuner(trainable, param_space=_param_space(plan),
+                           tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=False),
+                           run_config=run_config)
+    results = tuner.fit()
+    failed = summarize(plan, results, tracking_uri, time.perf_counter() - t0)
+    return failed
+
+
+def summarize(plan: Plan, results, tracking_uri: str, wall: float) -> int:
+    first = (plan.study.variant_configs() or [None])[0]
+    metric = f"{first.name}/AP" if first else None
+    lines, failed = [], 0
+    for r in results:
+        key = point_key(r.config) if r.config else "?"
+        m = r.metrics or {}
+        if r.error is not None or m.get("failed"):
+            failed += 1
+            status = "FAILED"
+        else:
+            status = "done" if m.get("done") else "incomplete"
+        ap = m.get(metric) if metric else next((v for k, v in m.items() if k.endswith("/AP")), None)
+        lines.append(f"  {key:<40} {status:<10} AP={ap:.3f}" if isinstance(ap, float) else f"  {key:<40} {status}")
+    log(f"finished in {wall:.0f}s: {len(lines) - failed} ok, {failed} failed")
+    for line in lines:
+        print(line, file=sys.stderr)
+    log(f"results: ablab table {plan.study_path} --profile {plan.profile}   |   "
+        f"python -c \"import ablab; print(ablab.results('{plan.study.study}', profile='{plan.profile}'))\"")
+    log(f"mlflow: {tracking_uri}")
+    return failed

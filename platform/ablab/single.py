@@ -1,0 +1,94 @@
+"""Single-process commands (no Ray, no MLflow): train one config, evaluate a checkpoint."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from detector.config import Config, ConfigError, VariantConfig, deep_merge, load_config, parse_config, parse_variant, set_dotted
+from detector.data import build_split
+from detector.engine import EvalResult, evaluate, load_model, train
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def config_with_overrides(path: str, overrides: list[str]) -> Config:
+    """Load a config file and apply ``a.b.c=value`` overrides (values parsed as YAML)."""
+    cfg = load_config(path)
+    raw: dict[str, Any] = cfg.model_dump()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
+        raw = set_dotted(raw, key, yaml.safe_load(value))
+    return parse_config(deep_merge({}, raw), source=f"{path} with --set")
+
+
+def metrics_table(metrics: dict[str, float], keys: tuple[str, ...] = ("AP", "AP50", "AP75", "AP90", "mAP", "pearson")) -> str:
+    """A plain-text table: one row per variant, the given metrics (those present) as columns."""
+    variants: dict[str, dict[str, float]] = {}
+    for k, v in metrics.items():
+        name, _, metric = k.rpartition("/")
+        variants.setdefault(name, {})[metric] = v
+    cols = [k for k in keys if any(k in m for m in variants.values())]
+    width = max([len("variant")] + [len(n) for n in variants])
+    lines = [f"{'variant':<{width}}  " + "  ".join(f"{c:>7}" for c in cols)]
+    for name, m in variants.items():
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{m.get(c, float('nan')):7.3f}" for c in cols))
+    return "\n".join(lines)
+
+
+def write_results(out: Path, result: EvalResult) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
+    for name, dets in result.detections.items():
+        safe = name.replace("/", "_").replace(">", "gt").replace(",", "_")
+        (out / f"detections_{safe}.json").write_text(json.dumps(
+            [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]))
+
+
+def train_command(config: str, out: Optional[str], overrides: list[str]) -> int:
+    cfg = config_with_overrides(config, overrides)
+    out_dir = Path(out or Path("runs") / Path(config).stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    log(f"[ablab] training {config} -> {out_dir}")
+
+    def save(state, epoch_metrics):
+        torch.save(state.checkpoint(), out_dir / "checkpoint.pt")
+        log(f"[train] epoch {state.epoch} done: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in epoch_metrics.items() if k.startswith("loss")))
+
+    state = train(cfg, on_epoch_end=save)
+    result = evaluate(state.model, cfg)
+    write_results(out_dir, result)
+    print(metrics_table(result.metrics))
+    log(f"[ablab] metrics: {out_dir / 'metrics.json'}  checkpoint: {out_dir / 'checkpoint.pt'}")
+    return 0
+
+
+def resolve_variants(cfg: Config, specs: list[str], convention: str) -> list[VariantConfig]:
+    """Variants by name from the config, else parsed from the shorthand (see parse_variant)."""
+    named = {v.name: v for v in cfg.inference.variants}
+    return [named[s] if s in named else parse_variant(s, convention) for s in specs] or cfg.variants()
+
+
+def evaluate_command(config: str, checkpoint: str, variants: list[str], convention: str, out: Optional[str],
+                     overrides: list[str]) -> int:
+    cfg = config_with_overrides(config, overrides)
+    chosen = resolve_variants(cfg, variants, convention)
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"--checkpoint: file not found: {checkpoint}")
+    val = build_split(cfg.data, cfg.data.val_split)
+    model = load_model(cfg, checkpoint, len(val.classes))
+    result = evaluate(model, cfg, val, chosen)
+    if out:
+        write_results(Path(out), result)
+    print(metrics_table(result.metrics))
+    return 0

@@ -1,0 +1,215 @@
+"""The study file: which detectors to train (training axes -> Ray Tune grid), which inference variants to
+score from each (inference axis, one pass per trial), how the paper's table is laid out, the paper's
+reference numbers, and the profiles (``paper``, ``smoke``) that say on what data and at what scale.
+
+Validated with pydantic: unknown keys are errors, and every error names its field path.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from detector.config import (Config, ConfigError, VariantConfig, deep_merge, format_validation_error, parse_config,
+                             parse_variant, set_dotted)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrialSpec(Strict):
+    """One trained model of the study (a point on the training axis)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Dotted config overrides applied on top of the profile, e.g. ``model.quality.branch: iou``."""
+
+
+class Resources(Strict):
+    workers: int = Field(1, ge=1)
+    """Ray Train workers per trial (DDP processes)."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: Optional[int] = Field(None, ge=1)
+    """Upper bound; the platform also caps it by what the cluster can hold, so a study cannot deadlock."""
+    max_failures: int = Field(1, ge=0)
+    """Worker restarts per trial (from the last checkpoint) before the trial fails."""
+
+
+class Row(Strict):
+    label: str
+    trial: Optional[str] = None
+    """The trained model this row reads (None for a cited row)."""
+    variant: Optional[str] = None
+    """The inference variant this row reads (default: the study's first)."""
+    cited: bool = False
+    """A row the paper only cites (other methods): shown with the paper's numbers, never run."""
+    reference: dict[str, Optional[float]] = Field(default_factory=dict)
+    """The paper's numbers for this row, by column."""
+
+    @model_validator(mode="after")
+    def _trial_unless_cited(self) -> "Row":
+        if not self.cited and self.trial is None:
+            raise ValueError(f"row {self.label!r}: a non-cited row names its trial")
+        return self
+
+
+class Table(Strict):
+    caption: str = ""
+    columns: list[str]
+    """Metric names as the evaluation reports them (AP, AP50, ..., AP90, mAP, AR, ...)."""
+    scale: float = Field(100.0, gt=0)
+    """Multiply our fractions by this to match the paper's units (100 for percent, 1 for fractions)."""
+    rows: list[Row]
+
+
+class Profile(Strict):
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    """Config merged over the study's base for this profile (data set, backbone, schedule, sizes)."""
+    resources: Optional[Resources] = None
+    trials: Optional[list[str]] = None
+    """Restrict the profile to these trials (None: all)."""
+
+
+class Study(Strict):
+    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    paper: Literal["iou_aware", "pseudo_iou", "retinanet_conf"]
+    table: str
+    title: str = ""
+    alpha_convention: Literal["iou_aware", "conf"] = "iou_aware"
+    """What the alpha of this study's variants weighs (iou_aware: p; conf: the object confidence q)."""
+    base: dict[str, Any] = Field(default_factory=dict)
+    trials: list[TrialSpec]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """Extra training axes crossed with the trials: dotted key -> values."""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    variants: list[str | VariantConfig] = Field(default_factory=list)
+    """Inference axis: shorthand (``cls``, ``none``, ``alpha=0.4``, ``alpha=0.4,truth``, ``cls,q>0.5``) or full specs."""
+    resources: Resources = Resources()
+    profiles: dict[str, Profile]
+    table_layout: Optional[Table] = Field(None, alias="layout")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Study":
+        names = [t.name for t in self.trials]
+        if len(set(names)) != len(names):
+            raise ValueError(f"trials: duplicate names in {names}")
+        for pname, p in self.profiles.items():
+            for t in p.trials or []:
+                if t not in names:
+                    raise ValueError(f"profiles.{pname}.trials: unknown trial {t!r} (known: {names})")
+        if self.table_layout:
+            variant_names = {v.name for v in self.variant_configs()}
+            for i, row in enumerate(self.table_layout.rows):
+                if row.trial is not None and row.trial not in names:
+                    raise ValueError(f"layout.rows.{i}.trial: unknown trial {row.trial!r} (known: {names})")
+                if row.variant is not None and row.variant not in variant_names:
+                    raise ValueError(f"layout.rows.{i}.variant: unknown variant {row.variant!r} (known: {sorted(variant_names)})")
+        return self
+
+    def variant_configs(self) -> list[VariantConfig]:
+        return [v if isinstance(v, VariantConfig) else parse_variant(v, self.alpha_convention) for v in self.variants]
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise ConfigError(f"profile {name!r} not in study {self.study} (has: {sorted(self.profiles)})")
+        return self.profiles[name]
+
+    def resources_for(self, profile: str) -> Resources:
+        return self.profile(profile).resources or self.resources
+
+    def trial_points(self, profile: str) -> list[dict[str, Any]]:
+        """Every training point of the profile's grid: {"trial": name, "seed": s, <grid key>: value, ...}."""
+        allowed = self.profile(profile).trials
+        names = [t.name for t in self.trials if allowed is None or t.name in allowed]
+        keys = list(self.grid)
+        points = []
+        for name, seed, *values in itertools.product(names, self.seeds, *(self.grid[k] for k in keys)):
+            points.append({"trial": name, "seed": seed, **dict(zip(keys, values))})
+        return points
+
+    def trial_config(self, profile: str, point: dict[str, Any]) -> Config:
+        """The full detector config of one training point."""
+        raw = deep_merge(self.base, self.profile(profile).base)
+        spec = next(t for t in self.trials if t.name == point["trial"])
+        for key, value in {**spec.set, **{k: v for k, v in point.items() if k not in ("trial", "seed")}}.items():
+            raw = set_dotted(raw, key, value)
+        raw = set_dotted(raw, "train.seed", point["seed"])
+        source = f"study {self.study}, profile {profile}, trial {point['trial']}"
+        variants = self.variant_configs()
+        if variants:
+            branch = parse_config(raw, source=source).model.quality.branch
+            applicable = [v for v in variants if branch != "none" or not v.needs_predicted_quality]
+            raw = set_dotted(raw, "inference.variants", [v.model_dump() for v in applicable])
+        return parse_config(raw, source=source)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, path: str = "") -> Any:
+    """${VAR} and ${VAR:-default} in strings: paper profiles take their data paths from the environment."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {var} is not set (it gives {m.group(0)})")
+        return _ENV.sub(sub, value)
+    return value
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid study {path}:\n{format_validation_error(err)}") from None
+
+
+def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Config]]:
+    """(point, config) for every trial of the profile, with ${ENV} paths expanded: all errors before any compute."""
+    out = []
+    for point in study.trial_points(profile):
+        cfg = study.trial_config(profile, point)
+        cfg = parse_config(_expand_env(cfg.model_dump()), source=f"study {study.study}, trial {point['trial']}")
+        out.append((point, cfg))
+    _check_rows_evaluable(study, out)
+    return out
+
+
+def _check_rows_evaluable(study: Study, resolved: list[tuple[dict[str, Any], Config]]) -> None:
+    """Every table row must read a variant its trial actually evaluates (e.g. no alpha on a model without q)."""
+    if not study.table_layout:
+        return
+    evaluated = {p["trial"]: {v.name for v in c.variants()} for p, c in resolved}
+    for i, row in enumerate(study.table_layout.rows):
+        if row.cited or row.trial not in evaluated:
+            continue
+        variant = row.variant or next(iter(evaluated[row.trial]), None)
+        if variant not in evaluated[row.trial]:
+            raise ConfigError(f"layout.rows.{i} ({row.label!r}): trial {row.trial!r} cannot be scored by variant "
+                              f"{variant!r} (it evaluates {sorted(evaluated[row.trial])})")

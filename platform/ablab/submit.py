@@ -1,0 +1,50 @@
+"""Submitting a study as a Ray job, with its runtime environment filled in."""
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Optional
+
+from detector.config import ConfigError
+
+# Environment that a study's job needs from the submitting machine when set there.
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "ABLAB_OUTPUT_ROOT",
+                 "ABLAB_COCO_ROOT", "ABLAB_VOC_ROOT")
+
+
+def runtime_env(working_dir: str, tracking_uri: Optional[str], pip: list[str]) -> dict:
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if tracking_uri:
+        env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    # The job's working dir is a copy of this checkout: import its detector/ and platform/ablab/ first.
+    env_vars["PYTHONPATH"] = os.pathsep.join(["platform", "."] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env_vars.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    env: dict = {"working_dir": working_dir, "env_vars": env_vars,
+                 "excludes": ["outputs/", "runs/", "data/", ".git/", "*.db", "**/__pycache__/"]}
+    if pip:
+        env["pip"] = pip
+    return env
+
+
+def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[str], working_dir: str,
+           pip: list[str], wait: bool) -> int:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    rel = os.path.relpath(Path(study_path).resolve(), Path(working_dir).resolve())
+    if rel.startswith(".."):
+        raise ConfigError(f"study {study_path} must live inside the working dir {working_dir}")
+    entrypoint = f"python -m ablab.cli run {shlex.quote(rel)} --profile {shlex.quote(profile)}"
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(working_dir, tracking_uri, pip))
+    print(f"submitted {job_id} to {address}: {entrypoint}")
+    print(f"follow: ray job logs --address {address} --follow {job_id}")
+    if not wait:
+        return 0
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    while (status := client.get_job_status(job_id)) not in terminal:
+        time.sleep(2)
+    print(client.get_job_logs(job_id), end="")
+    print(f"job {job_id}: {status}")
+    return 0 if status == JobStatus.SUCCEEDED else 1

@@ -1,0 +1,174 @@
+"""MLflow tracking from the study driver: the single writer of the study's runs.
+
+One experiment per study, a parent run per launch, a child run per trial. Run ids are keyed by the
+trial's stable key and persisted in ``<out>/mlflow_runs.json`` (and tagged on the runs), so a resumed
+study reopens the same runs instead of creating new ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from .trial import point_key
+
+EXPERIMENT_PREFIX = "ablab/"
+
+
+def metric_key(variant: str, metric: str) -> str:
+    """MLflow allows only [/\\w.\\- :] in names: ``alpha=0.4,truth`` -> ``alpha_0.4-truth``."""
+    return f"{variant.replace('=', '_').replace(',', '-').replace('>', 'gt')}/{metric}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def default_tracking_uri(study_root: Path) -> str:
+    """The local default store: one SQLite file per study (profiles are told apart by a tag)."""
+    return f"sqlite:///{(study_root / 'mlflow.db').resolve()}"
+
+
+class RunRegistry:
+    """{parent_run_id, trials: {key: run_id}} persisted as JSON, written atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+class MlflowStudyLogger(Callback):
+    """A Ray Tune callback, run in the driver process, that mirrors the study into MLflow."""
+
+    def __init__(self, tracking_uri: str, study, profile: str, configs: dict[str, dict], artifacts_root: Path,
+                 registry: RunRegistry, out_dir: Path):
+        self.client = MlflowClient(tracking_uri)
+        self.study, self.profile, self.configs = study, profile, configs
+        self.artifacts_root, self.registry, self.out_dir = artifacts_root, registry, out_dir
+        self.commit = git_commit()
+        self.variant_names = [v.name for v in study.variant_configs()] or None
+        name = EXPERIMENT_PREFIX + study.study
+        exp = self.client.get_experiment_by_name(name)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            name, tags={"ablab.study": study.study, "ablab.paper": study.paper, "ablab.table": study.table})
+        self.parent = self._parent_run()
+
+    def _common_tags(self) -> dict[str, str]:
+        return {"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table,
+                "ablab.profile": self.profile, "mlflow.source.git.commit": self.commit}
+
+    def _parent_run(self) -> str:
+        run_id = self.registry.data.get("parent")
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.study.study}:{self.profile}",
+                                     tags={**self._common_tags(), "ablab.role": "launch"})
+        self.registry.data["parent"] = run.info.run_id
+        self.registry.save()
+        return run.info.run_id
+
+    def _rows_of(self, trial: str) -> list[str]:
+        layout = self.study.table_layout
+        return [r.label for r in layout.rows if r.trial == trial] if layout else []
+
+    def run_for(self, key: str, point: dict[str, Any]) -> str:
+        run_id = self.registry.data["trials"].get(key)
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        tags = {**self._common_tags(), "mlflow.parentRunId": self.parent, "ablab.role": "trial",
+                "ablab.trial_key": key, "ablab.trial": point["trial"], "ablab.seed": str(point["seed"]),
+                "ablab.rows": json.dumps(self._rows_of(point["trial"])),
+                "ablab.columns": json.dumps(self.study.table_layout.columns if self.study.table_layout else []),
+                "ablab.variants": json.dumps(self.variant_names or [])}
+        run = self.client.create_run(self.experiment_id, run_name=key, tags=tags)
+        params = [Param(k, v[:6000]) for k, v in flatten(self.configs[key]).items()]
+        params += [Param(f"grid.{k}", str(v)) for k, v in point.items() if k not in ("trial", "seed")]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        self.registry.data["trials"][key] = run.info.run_id
+        self.registry.save()
+        return run.info.run_id
+
+    # ---- Tune callback hooks ----
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_for(point_key(trial.config), trial.config)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.run_for(point_key(trial.config), trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_for(point_key(trial.config), trial.config)
+        epoch = int(result.get("epoch", 0))
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = []
+        for k, v in result.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if k.startswith("loss") or k in ("num_pos", "train_seconds"):
+                metrics.append(Metric(f"train/{k}", float(v), ts, epoch))
+            elif "/" in k:
+                variant, _, metric = k.rpartition("/")
+                metrics.append(Metric(metric_key(variant, metric), float(v), ts, epoch))
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, failed=True)
+
+    def _finish(self, trial, failed: bool) -> None:
+        key = point_key(trial.config)
+        run_id = self.run_for(key, trial.config)
+        trial_dir = self.artifacts_root / key
+        error_file = trial_dir / "error.txt"
+        reason: Optional[str] = None
+        if error_file.is_file():
+            reason = error_file.read_text().strip()
+        elif failed:
+            err = trial.get_error() if hasattr(trial, "get_error") else None
+            reason = str(err) if err else "trial failed (see Ray Tune logs)"
+        cfg_path = trial_dir / "config.json"
+        cfg_path.write_text(json.dumps(self.configs[key], indent=1))
+        for name in ("config.json", "metrics.json", "detections.json", "scatter.json", "model.pt", "error.txt"):
+            if (trial_dir / name).is_file():
+                self.client.log_artifact(run_id, str(trial_dir / name))
+        if reason:
+            self.client.set_tag(run_id, "ablab.error", reason[:5000])
+        self.client.set_terminated(run_id, status="FAILED" if reason else "FINISHED")
+
+    def on_experiment_end(self, trials, **info):
+        failed = sum(1 for t in trials if t.status == "ERROR")
+        self.client.set_tag(self.parent, "ablab.trials", str(len(trials)))
+        self.client.set_tag(self.parent, "ablab.failed_trials", str(failed))
+        self.client.set_terminated(self.parent, status="FINISHED")

@@ -1,0 +1,72 @@
+"""Failure handling: a NaN trial fails alone, and a killed driver's study resumes without duplicates."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform_helpers import ablab_env, write_study
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(out, study):
+    client = MlflowClient(f"sqlite:///{out / study / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(f"ablab/{study}")
+    return client.search_runs([exp.experiment_id])
+
+
+def test_nan_loss_fails_that_trial_alone_with_its_reason(synthetic_root, tmp_path):
+    study = write_study(tmp_path / "nan_study.yaml", synthetic_root, trials=[
+        {"name": "ok", "set": {}},
+        {"name": "diverges", "set": {"train.lr": 1.0e12, "train.grad_clip": None, "train.warmup_iters": 0}}],
+        layout=None)
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "run", str(study)], capture_output=True, text=True,
+                       env=ablab_env(tmp_path / "out"), timeout=900)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "1 ok, 1 failed" in r.stderr
+    runs = {x.data.tags["ablab.trial"]: x for x in _runs(tmp_path / "out", "nan_study") if x.data.tags["ablab.role"] == "trial"}
+    assert runs["ok"].info.status == "FINISHED" and "cls/AP" in runs["ok"].data.metrics
+    assert runs["diverges"].info.status == "FAILED"
+    assert "NonFiniteLoss" in runs["diverges"].data.tags["ablab.error"]
+    assert "non-finite loss" in runs["diverges"].data.tags["ablab.error"]
+
+
+def test_resume_after_the_driver_is_killed(synthetic_root, tmp_path):
+    study = write_study(tmp_path / "resumable.yaml", synthetic_root, epochs=3, max_images=24, trials=[
+        {"name": "short", "set": {"train.epochs": 1}}, {"name": "long", "set": {}}],
+        resources={"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1}, layout=None)
+    env = ablab_env(tmp_path / "out")
+    out = tmp_path / "out" / "resumable" / "smoke"
+    driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"), start_new_session=True)
+    deadline = time.time() + 600
+    long_ckpts = lambda: list((out / "train" / "train-long_seed0").glob("checkpoint_*")) if (out / "train").exists() else []
+    while time.time() < deadline and not long_ckpts():
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.5)
+    assert long_ckpts(), "the long trial never checkpointed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded cluster it started
+    driver.wait()
+    before = {x.data.tags["ablab.trial"]: x.info.status for x in _runs(tmp_path / "out", "resumable")
+              if x.data.tags["ablab.role"] == "trial"}
+    assert before["short"] == "FINISHED" and before["long"] == "RUNNING"
+
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "resume", str(study)], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed at epoch" in r.stderr  # the long trial continued from its checkpoint
+    assert "training short" not in r.stderr and "(short_seed0" not in r.stderr
+    runs = _runs(tmp_path / "out", "resumable")
+    trials = [x for x in runs if x.data.tags["ablab.role"] == "trial"]
+    assert sorted(x.data.tags["ablab.trial"] for x in trials) == ["long", "short"]  # one run per trial
+    assert all(x.info.status == "FINISHED" for x in runs)  # no orphan left RUNNING
+    long_run = next(x for x in trials if x.data.tags["ablab.trial"] == "long")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'resumable' / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(long_run.info.run_id, "train/loss")]
+    assert sorted(set(steps)) == [1, 2, 3]
+    assert "cls/AP" in long_run.data.metrics

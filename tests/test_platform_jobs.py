@@ -1,0 +1,81 @@
+"""Ray jobs against a real `ray start --head`, logging to a real `mlflow server` on 127.0.0.1."""
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform_helpers import ablab_env, free_port, wait_for_http, write_study
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """An mlflow server and a Ray head (dashboard + job server), both on 127.0.0.1, torn down after."""
+    tmp = tmp_path_factory.mktemp("services")
+    mlflow_port, dash_port, gcs_port = free_port(), free_port(), free_port()
+    env = ablab_env(tmp / "out", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+                               "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
+                               "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow.log", "w"))
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "2",
+                             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+                             "--temp-dir", str(tmp / "ray")], env=env, stdout=open(tmp / "ray.log", "w"),
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{mlflow_port}/health", 90)
+        wait_for_http(f"http://127.0.0.1:{dash_port}/api/version", 120)
+        yield {"mlflow": f"http://127.0.0.1:{mlflow_port}", "ray": f"http://127.0.0.1:{dash_port}", "env": env, "tmp": tmp}
+    finally:
+        head.terminate()
+        server.terminate()
+        for p in (head, server):
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _working_dir(tmp: Path, data_root: Path, name: str) -> Path:
+    """A checkout-like working dir holding the study, as a user's repo would."""
+    wd = tmp / f"wd_{name}"
+    (wd / "studies").mkdir(parents=True)
+    write_study(wd / "studies" / f"{name}.yaml", data_root, trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
+                layout=None)
+    return wd
+
+
+def _job_runs(services, study):
+    client = MlflowClient(services["mlflow"])
+    exp = client.get_experiment_by_name(f"ablab/{study}")
+    assert exp is not None, f"no experiment for {study} on the mlflow server"
+    return client.search_runs([exp.experiment_id])
+
+
+def test_ray_job_submit_runs_a_study(services, synthetic_root):
+    wd = _working_dir(services["tmp"], synthetic_root, "job_cli")
+    r = subprocess.run(["ray", "job", "submit", "--address", services["ray"], "--working-dir", ".", "--",
+                        "ablab", "run", "studies/job_cli.yaml", "--profile", "smoke"],
+                       cwd=wd, capture_output=True, text=True, env=services["env"], timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "SUCCEEDED" in r.stdout + r.stderr
+    runs = _job_runs(services, "job_cli")
+    trials = [x for x in runs if x.data.tags.get("ablab.role") == "trial"]
+    assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+    assert "alpha_0.5/AP" in trials[0].data.metrics
+
+
+def test_ablab_submit_fills_in_the_runtime_env(services, synthetic_root):
+    wd = _working_dir(services["tmp"], synthetic_root, "job_submit")
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "submit", "studies/job_submit.yaml", "--address", services["ray"],
+                        "--tracking-uri", services["mlflow"], "--wait"],
+                       cwd=wd, capture_output=True, text=True, env=services["env"], timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "SUCCEEDED" in r.stdout
+    trials = [x for x in _job_runs(services, "job_submit") if x.data.tags.get("ablab.role") == "trial"]
+    assert len(trials) == 1 and trials[0].info.status == "FINISHED"

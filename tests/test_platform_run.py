@@ -1,0 +1,81 @@
+"""A real study end to end: local Ray cluster, Ray Tune x Ray Train, MLflow (SQLite), results()."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform_helpers import ablab_env, write_study
+
+pytestmark = pytest.mark.slow
+
+
+def ablab(*args, env, timeout=900):
+    return subprocess.run([sys.executable, "-m", "ablab.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_study(synthetic_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    study = write_study(tmp / "two_trials.yaml", synthetic_root)
+    env = ablab_env(tmp / "out")
+    r = ablab("run", str(study), "--profile", "smoke", env=env)
+    return study, tmp / "out", env, r
+
+
+def test_two_trial_study_runs_and_is_tracked(finished_study):
+    study, out, env, r = finished_study
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "browse: mlflow ui --backend-store-uri sqlite:///" in r.stderr
+    assert "2 ok, 0 failed" in r.stderr
+    client = MlflowClient(f"sqlite:///{out / 'two_trials' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ablab/two_trials")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [x for x in runs if x.data.tags.get("ablab.role") == "launch"]
+    children = [x for x in runs if x.data.tags.get("ablab.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert all(x.info.status == "FINISHED" for x in runs)
+    iou = next(c for c in children if c.data.tags["ablab.trial"] == "iou")
+    assert iou.data.params["model.quality.branch"] == "iou"
+    assert iou.data.tags["ablab.profile"] == "smoke" and iou.data.tags["ablab.study"] == "two_trials"
+    assert "alpha_0.5/AP75" in iou.data.metrics and "cls/AP" in iou.data.metrics
+    assert [m.step for m in client.get_metric_history(iou.info.run_id, "train/loss")] == [1]
+    artifacts = {a.path for a in client.list_artifacts(iou.info.run_id)}
+    assert {"config.json", "metrics.json", "detections.json", "model.pt"} <= artifacts
+    registry = json.loads((out / "two_trials" / "smoke" / "mlflow_runs.json").read_text())
+    assert set(registry["trials"].values()) == {c.info.run_id for c in children}
+
+
+def test_results_round_trip_and_parquet(finished_study, tmp_path):
+    import ablab
+
+    study, out, env, r = finished_study
+    df = ablab.results("two_trials", profile="smoke", out_root=str(out))
+    assert len(df) == 4  # 2 trials x 2 variants
+    assert set(df["variant"]) == {"cls", "alpha=0.5"}
+    assert {"AP", "AP50", "AP90", "model.quality.branch", "train.epochs"} <= set(df.columns)
+    assert df["train.epochs"].dtype.kind == "i"  # params typed back from MLflow's strings
+    metrics = json.loads((out / "two_trials" / "smoke" / "trials" / "iou_seed0" / "metrics.json").read_text())
+    row = df[(df.trial == "iou") & (df.variant == "alpha=0.5")].iloc[0]
+    assert row["AP"] == pytest.approx(metrics["alpha=0.5/AP"])
+    only_iou = ablab.results(str(study), profile="smoke", out_root=str(out), **{"model.quality.branch": "iou"})
+    assert set(only_iou["trial"]) == {"iou"}
+    pq = tmp_path / "res.parquet"
+    r = ablab("results", str(study), "--profile", "smoke", "--parquet", str(pq), env=env)
+    assert r.returncode == 0, r.stderr
+    back = pd.read_parquet(pq)
+    assert len(back) == 4 and back["AP"].tolist() == pytest.approx(df["AP"].tolist())
+
+
+def test_validate_checks_without_running(finished_study, tmp_path, synthetic_root):
+    study, out, env, _ = finished_study
+    r = ablab("validate", str(study), "--profile", "smoke", env=env, timeout=120)
+    assert r.returncode == 0 and "2 trials" in r.stdout
+    bad = write_study(tmp_path / "bad.yaml", tmp_path / "missing_root_does_not_get_made" / "x",
+                      trials=[{"name": "a", "set": {"model.quality.brnch": "iou"}}])
+    r = ablab("validate", str(bad), "--profile", "smoke", env=env, timeout=120)
+    assert r.returncode == 2 and "model.quality.brnch" in r.stderr
