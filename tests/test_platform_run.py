@@ -12,7 +12,7 @@ from platform_helpers import ablab_env, write_study
 pytestmark = pytest.mark.slow
 
 
-def ablab(*args, env, timeout=900):
+def run_cli(*args, env, timeout=900):
     return subprocess.run([sys.executable, "-m", "ablab.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
@@ -22,7 +22,7 @@ def finished_study(synthetic_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     study = write_study(tmp / "two_trials.yaml", synthetic_root)
     env = ablab_env(tmp / "out")
-    r = ablab("run", str(study), "--profile", "smoke", env=env)
+    r = run_cli("run", str(study), "--profile", "smoke", env=env)
     return study, tmp / "out", env, r
 
 
@@ -55,7 +55,7 @@ def test_results_round_trip_and_parquet(finished_study, tmp_path):
 
     study, out, env, r = finished_study
     df = ablab.results("two_trials", profile="smoke", out_root=str(out))
-    assert len(df) == 4  # 2 trials x 2 variants
+    assert len(df) == 3  # baseline: cls only (no quality branch); iou: cls and alpha=0.5
     assert set(df["variant"]) == {"cls", "alpha=0.5"}
     assert {"AP", "AP50", "AP90", "model.quality.branch", "train.epochs"} <= set(df.columns)
     assert df["train.epochs"].dtype.kind == "i"  # params typed back from MLflow's strings
@@ -65,17 +65,17 @@ def test_results_round_trip_and_parquet(finished_study, tmp_path):
     only_iou = ablab.results(str(study), profile="smoke", out_root=str(out), **{"model.quality.branch": "iou"})
     assert set(only_iou["trial"]) == {"iou"}
     pq = tmp_path / "res.parquet"
-    r = ablab("results", str(study), "--profile", "smoke", "--parquet", str(pq), env=env)
+    r = run_cli("results", str(study), "--profile", "smoke", "--parquet", str(pq), env=env)
     assert r.returncode == 0, r.stderr
     back = pd.read_parquet(pq)
-    assert len(back) == 4 and back["AP"].tolist() == pytest.approx(df["AP"].tolist())
+    assert len(back) == 3 and back["AP"].tolist() == pytest.approx(df["AP"].tolist())
 
 
 def test_validate_checks_without_running(finished_study, tmp_path, synthetic_root):
     study, out, env, _ = finished_study
-    r = ablab("validate", str(study), "--profile", "smoke", env=env, timeout=120)
+    r = run_cli("validate", str(study), "--profile", "smoke", env=env, timeout=120)
     assert r.returncode == 0 and "2 trials" in r.stdout
     bad = write_study(tmp_path / "bad.yaml", tmp_path / "missing_root_does_not_get_made" / "x",
-                      trials=[{"name": "a", "set": {"model.quality.brnch": "iou"}}])
-    r = ablab("validate", str(bad), "--profile", "smoke", env=env, timeout=120)
+                      trials=[{"name": "a", "set": {"model.quality.brnch": "iou"}}], layout=None)
+    r = run_cli("validate", str(bad), "--profile", "smoke", env=env, timeout=120)
     assert r.returncode == 2 and "model.quality.brnch" in r.stderr

@@ -10,7 +10,7 @@ from typing import Any
 
 def results(study: str, profile: str | None = None, **kwargs: Any):
     """A pandas DataFrame of a study's trials x inference variants, read from MLflow (see ablab.results)."""
-    from .results import results as _results
+    from .query import results as _results
 
     return _results(study, profile=profile, **kwargs)
 

@@ -104,7 +104,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait)
         if args.command == "results":
-            from .results import results
+            from .query import results
 
             df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
             if args.parquet:

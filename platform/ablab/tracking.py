@@ -72,7 +72,6 @@ class MlflowStudyLogger(Callback):
         self.study, self.profile, self.configs = study, profile, configs
         self.artifacts_root, self.registry, self.out_dir = artifacts_root, registry, out_dir
         self.commit = git_commit()
-        self.variant_names = [v.name for v in study.variant_configs()] or None
         name = EXPERIMENT_PREFIX + study.study
         exp = self.client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
@@ -107,7 +106,7 @@ class MlflowStudyLogger(Callback):
                 "ablab.trial_key": key, "ablab.trial": point["trial"], "ablab.seed": str(point["seed"]),
                 "ablab.rows": json.dumps(self._rows_of(point["trial"])),
                 "ablab.columns": json.dumps(self.study.table_layout.columns if self.study.table_layout else []),
-                "ablab.variants": json.dumps(self.variant_names or [])}
+                "ablab.variants": json.dumps([v["name"] for v in self.configs[key]["inference"]["variants"]])}
         run = self.client.create_run(self.experiment_id, run_name=key, tags=tags)
         params = [Param(k, v[:6000]) for k, v in flatten(self.configs[key]).items()]
         params += [Param(f"grid.{k}", str(v)) for k, v in point.items() if k not in ("trial", "seed")]
