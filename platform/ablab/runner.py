@@ -119,7 +119,7 @@ def concurrency(plan: Plan) -> int:
 def _tuner_parts(plan: Plan, tracking_uri: str):
     from ray import tune
 
-    from .tracking import MlflowStudyLogger, RunRegistry
+    from .tracking import MlflowStudyLogger
     from .trial import trial_driver
 
     res = plan.study.resources_for(plan.profile)
@@ -129,7 +129,7 @@ def _tuner_parts(plan: Plan, tracking_uri: str):
                                      artifacts_root=str(plan.out_dir / "trials"))
     trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1 << 20})
     logger = MlflowStudyLogger(tracking_uri, plan.study, plan.profile, configs, plan.out_dir / "trials",
-                               RunRegistry(plan.out_dir / "mlflow_runs.json"), plan.out_dir)
+                               plan.out_dir / "mlflow_runs.json")
     return trainable, logger
 
 

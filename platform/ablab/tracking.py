@@ -16,7 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from .trial import point_key
+from .trial import HISTORY_FILE, point_key
 
 EXPERIMENT_PREFIX = "ablab/"
 
@@ -67,15 +67,36 @@ class MlflowStudyLogger(Callback):
     """A Ray Tune callback, run in the driver process, that mirrors the study into MLflow."""
 
     def __init__(self, tracking_uri: str, study, profile: str, configs: dict[str, dict], artifacts_root: Path,
-                 registry: RunRegistry, out_dir: Path):
-        self.client = MlflowClient(tracking_uri)
+                 registry_path: Path):
+        # Tuner.restore unpickles this object as it was when the experiment state was saved: keep only
+        # plain state here, and read the run registry from disk whenever a run is looked up.
+        self.tracking_uri = tracking_uri
         self.study, self.profile, self.configs = study, profile, configs
-        self.artifacts_root, self.registry, self.out_dir = artifacts_root, registry, out_dir
+        self.artifacts_root, self.registry_path = artifacts_root, registry_path
         self.commit = git_commit()
-        name = EXPERIMENT_PREFIX + study.study
+        self._client: Optional[MlflowClient] = None
+        self._logged_epochs: dict[str, set[int]] = {}
+        self.experiment_id: Optional[str] = None
+        self.parent: Optional[str] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_logged_epochs": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    @property
+    def registry(self) -> RunRegistry:
+        return RunRegistry(self.registry_path)
+
+    def setup(self, **info) -> None:
+        name = EXPERIMENT_PREFIX + self.study.study
         exp = self.client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            name, tags={"ablab.study": study.study, "ablab.paper": study.paper, "ablab.table": study.table})
+            name, tags={"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table})
         self.parent = self._parent_run()
 
     def _common_tags(self) -> dict[str, str]:
@@ -83,14 +104,15 @@ class MlflowStudyLogger(Callback):
                 "ablab.profile": self.profile, "mlflow.source.git.commit": self.commit}
 
     def _parent_run(self) -> str:
-        run_id = self.registry.data.get("parent")
+        registry = self.registry
+        run_id = registry.data.get("parent")
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=f"{self.study.study}:{self.profile}",
                                      tags={**self._common_tags(), "ablab.role": "launch"})
-        self.registry.data["parent"] = run.info.run_id
-        self.registry.save()
+        registry.data["parent"] = run.info.run_id
+        registry.save()
         return run.info.run_id
 
     def _rows_of(self, trial: str) -> list[str]:
@@ -98,9 +120,11 @@ class MlflowStudyLogger(Callback):
         return [r.label for r in layout.rows if r.trial == trial] if layout else []
 
     def run_for(self, key: str, point: dict[str, Any]) -> str:
-        run_id = self.registry.data["trials"].get(key)
+        registry = self.registry
+        run_id = registry.data["trials"].get(key)
         if run_id:
-            self.client.update_run(run_id, status="RUNNING")
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
             return run_id
         tags = {**self._common_tags(), "mlflow.parentRunId": self.parent, "ablab.role": "trial",
                 "ablab.trial_key": key, "ablab.trial": point["trial"], "ablab.seed": str(point["seed"]),
@@ -112,8 +136,8 @@ class MlflowStudyLogger(Callback):
         params += [Param(f"grid.{k}", str(v)) for k, v in point.items() if k not in ("trial", "seed")]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
-        self.registry.data["trials"][key] = run.info.run_id
-        self.registry.save()
+        registry.data["trials"][key] = run.info.run_id
+        registry.save()
         return run.info.run_id
 
     # ---- Tune callback hooks ----
@@ -125,15 +149,37 @@ class MlflowStudyLogger(Callback):
         self.run_for(point_key(trial.config), trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_for(point_key(trial.config), trial.config)
+        key = point_key(trial.config)
+        run_id = self.run_for(key, trial.config)
         epoch = int(result.get("epoch", 0))
-        ts = int(result.get("timestamp", 0) * 1000)
+        logged = self._epochs_logged(key, run_id)
+        if epoch > 0 and result.get("checkpoint_path"):
+            history = Path(result["checkpoint_path"]) / HISTORY_FILE
+            if history.is_file():
+                for past in json.loads(history.read_text()):
+                    if int(past["epoch"]) < epoch and int(past["epoch"]) not in logged:
+                        self._log_epoch(run_id, past, int(result.get("timestamp", 0) * 1000))
+                        logged.add(int(past["epoch"]))
+        if epoch > 0 and epoch in logged and not result.get("done"):
+            return  # already in MLflow (a restarted worker or restored trial reporting again)
+        self._log_epoch(run_id, result, int(result.get("timestamp", 0) * 1000))
+        if epoch > 0:
+            logged.add(epoch)
+
+    def _epochs_logged(self, key: str, run_id: str) -> set[int]:
+        if key not in self._logged_epochs:
+            self._logged_epochs[key] = {m.step for m in self.client.get_metric_history(run_id, "train/loss")}
+        return self._logged_epochs[key]
+
+    def _log_epoch(self, run_id: str, result: dict[str, Any], ts: int) -> None:
+        epoch = int(result.get("epoch", 0))
         metrics = []
         for k, v in result.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
             if k.startswith("loss") or k in ("num_pos", "train_seconds"):
-                metrics.append(Metric(f"train/{k}", float(v), ts, epoch))
+                if not result.get("done"):
+                    metrics.append(Metric(f"train/{k}", float(v), ts, epoch))
             elif "/" in k:
                 variant, _, metric = k.rpartition("/")
                 metrics.append(Metric(metric_key(variant, metric), float(v), ts, epoch))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-TRIAL_DIR_KEY = "ablab_trial_dir"
+HISTORY_FILE = "history.json"
 
 
 def _rank() -> int:
@@ -47,6 +47,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 torch.save(state.checkpoint(), Path(d) / "state.pt")
+                # Lets the driver backfill epochs it never logged (e.g. it was killed in between).
+                (Path(d) / HISTORY_FILE).write_text(json.dumps(state.history))
                 checkpoint = Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
