@@ -33,10 +33,8 @@ def write_study(path: Path, data_root: Path, trials=None, epochs: int = 1, max_i
 
 
 def ablab_env(out_root: Path, **extra) -> dict:
-    env = {**os.environ, "ABLAB_OUTPUT_ROOT": str(out_root), "RAY_AUTH_MODE": "disabled", **extra}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    return env
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    return {**env, "ABLAB_OUTPUT_ROOT": str(out_root), "RAY_AUTH_MODE": "disabled", **extra}
 
 
 def free_port() -> int:

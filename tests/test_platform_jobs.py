@@ -2,7 +2,7 @@
 import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def services(tmp_path_factory):
     """An mlflow server and a Ray head (dashboard + job server), both on 127.0.0.1, torn down after."""
     tmp = tmp_path_factory.mktemp("services")
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # AF_UNIX socket paths must stay under 108 bytes
     mlflow_port, dash_port, gcs_port = free_port(), free_port(), free_port()
     env = ablab_env(tmp / "out", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
@@ -25,7 +26,7 @@ def services(tmp_path_factory):
                                "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow.log", "w"))
     head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "2",
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-                             "--temp-dir", str(tmp / "ray")], env=env, stdout=open(tmp / "ray.log", "w"),
+                             "--temp-dir", ray_tmp], env=env, stdout=open(tmp / "ray.log", "w"),
                             stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{mlflow_port}/health", 90)
@@ -39,6 +40,7 @@ def services(tmp_path_factory):
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _working_dir(tmp: Path, data_root: Path, name: str) -> Path:
@@ -63,7 +65,10 @@ def test_ray_job_submit_runs_a_study(services, synthetic_root):
                         "ablab", "run", "studies/job_cli.yaml", "--profile", "smoke"],
                        cwd=wd, capture_output=True, text=True, env=services["env"], timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "SUCCEEDED" in r.stdout + r.stderr
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    jobs = [j for j in JobSubmissionClient(services["ray"]).list_jobs() if "studies/job_cli.yaml" in j.entrypoint]
+    assert len(jobs) == 1 and jobs[0].status == JobStatus.SUCCEEDED
     runs = _job_runs(services, "job_cli")
     trials = [x for x in runs if x.data.tags.get("ablab.role") == "trial"]
     assert len(trials) == 1 and trials[0].info.status == "FINISHED"

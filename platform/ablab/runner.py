@@ -80,8 +80,12 @@ def start_ray(address: Optional[str]) -> str:
     """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one)."""
     import ray
 
+    # Inside a Ray job the variable may already come from the job's runtime env, and Ray refuses a driver
+    # runtime env that sets it again; the embedded cluster inherits this process's environment.
+    inherited = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" in os.environ
     set_health_check_interval()
-    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
+    runtime_env = None if inherited else {
+        "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
     if ray.is_initialized():
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")
@@ -90,7 +94,7 @@ def start_ray(address: Optional[str]) -> str:
         return address
     # A local embedded cluster is private to this process: no token file needed.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+    ray.init(address="local", include_dashboard=False, log_to_driver=True)
     return "local"
 
 
