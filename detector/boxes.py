@@ -10,24 +10,25 @@ from torch import Tensor
 _MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
-def paired_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
-    """IoU of corresponding boxes. a, b: (..., 4) -> (...)."""
+def _paired_inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
     area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
     area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area_a + area_b - inter + eps)
+    return inter, area_a + area_b - inter
+
+
+def paired_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
+    """IoU of corresponding boxes. a, b: (..., 4) -> (...)."""
+    inter, union = _paired_inter_union(a, b)
+    return inter / (union + eps)
 
 
 def paired_giou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     """Generalised IoU of corresponding boxes. a, b: (..., 4) -> (...), in [-1, 1]."""
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    union = area_a + area_b - inter + eps
+    inter, union = _paired_inter_union(a, b)
+    union = union + eps
     hull = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
     return inter / union - (hull - union) / (hull + eps)
 
@@ -42,29 +43,28 @@ def batched_box_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / (area_a[:, :, None] + area_b[:, None, :] - inter).clamp(min=1e-7)
 
 
+def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(cx, cy, w, h) of boxes (..., 4)."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
 class DeltaCoder:
     """RetinaNet's (dx, dy, dw, dh) encoding of a box relative to its anchor, unit weights."""
 
     @staticmethod
     def encode(anchors: Tensor, boxes: Tensor) -> Tensor:
         """anchors, boxes: (..., 4) -> deltas (..., 4)."""
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
-        bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=1e-3)
-        bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=1e-3)
-        bx = boxes[..., 0] + 0.5 * bw
-        by = boxes[..., 1] + 0.5 * bh
+        ax, ay, aw, ah = _centre_size(anchors)
+        bx, by, bw, bh = _centre_size(boxes)
+        bw, bh = bw.clamp(min=1e-3), bh.clamp(min=1e-3)
         return torch.stack(((bx - ax) / aw, (by - ay) / ah, torch.log(bw / aw), torch.log(bh / ah)), dim=-1)
 
     @staticmethod
     def decode(anchors: Tensor, deltas: Tensor) -> Tensor:
         """anchors: (..., 4) broadcastable to deltas (..., 4) -> boxes (..., 4)."""
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
+        ax, ay, aw, ah = _centre_size(anchors)
         cx = ax + deltas[..., 0] * aw
         cy = ay + deltas[..., 1] * ah
         w = aw * torch.exp(deltas[..., 2].clamp(max=_MAX_LOG_SCALE))

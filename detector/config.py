@@ -217,17 +217,22 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"invalid {source}:\n{format_validation_error(err)}") from None
 
 
-def load_config(path: str | Path) -> Config:
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; clear errors for a missing file, bad YAML or a non-mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    return parse_config(raw or {}, source=str(path))
+    return raw or {}
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(read_yaml_mapping(path, "config"), source=str(path))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from detector.config import (Config, ConfigError, VariantConfig, deep_merge, format_validation_error, parse_config,
-                             parse_variant, set_dotted)
+                             parse_variant, read_yaml_mapping, set_dotted)
 
 
 class Strict(BaseModel):
@@ -175,15 +174,7 @@ def _expand_env(value: Any, path: str = "") -> Any:
 
 
 def load_study(path: str | Path) -> Study:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = read_yaml_mapping(path, "study")
     try:
         return Study.model_validate(raw)
     except ValidationError as err:
@@ -196,6 +187,8 @@ def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Co
     for point in study.trial_points(profile):
         cfg = study.trial_config(profile, point)
         cfg = parse_config(_expand_env(cfg.model_dump()), source=f"study {study.study}, trial {point['trial']}")
+        # Ray workers need not share the driver's working directory: pin data paths now.
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
         out.append((point, cfg))
     _check_rows_evaluable(study, out)
     return out

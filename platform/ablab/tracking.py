@@ -180,6 +180,8 @@ class MlflowStudyLogger(Callback):
             if k.startswith("loss") or k in ("num_pos", "train_seconds"):
                 if not result.get("done"):
                     metrics.append(Metric(f"train/{k}", float(v), ts, epoch))
+            elif k == "eval_seconds":
+                metrics.append(Metric(k, float(v), ts, epoch))
             elif "/" in k:
                 variant, _, metric = k.rpartition("/")
                 metrics.append(Metric(metric_key(variant, metric), float(v), ts, epoch))

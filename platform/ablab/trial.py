@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     final: dict[str, float] = {"done": 1.0, "epoch": float(state.epoch)}
     if rank == 0:
+        t0 = time.perf_counter()
         result = evaluate(state.model, cfg)
         final.update(result.metrics)
+        final["eval_seconds"] = time.perf_counter() - t0
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
         (trial_dir / "detections.json").write_text(json.dumps(

@@ -1,0 +1,60 @@
+"""The detectors actually learn: trained from scratch on the synthetic set on 2 CPU cores within a few
+minutes, they reach a COCO AP50 on the val split that an untrained model (AP50 ~0) cannot.
+
+The thresholds are the highest that passed reliably in repeated runs on a 2-core machine; see README.
+"""
+import time
+
+import pytest
+import torch
+
+from detector.config import parse_config
+from detector.data import write_synthetic
+from detector.engine import evaluate, train
+from detector.model import Detector
+
+pytestmark = pytest.mark.slow
+
+SMOKE = {
+    "model": {"backbone": {"name": "resnet18", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
+              "fpn_width": 64, "head": {"depth": 2, "width": 64, "norm": "gn"}, "anchor_scale": 2},
+    "train": {"epochs": 30, "batch_size": 8, "lr": 0.04, "warmup_iters": 100, "steps": [24, 28],
+              "precision": "bf16", "threads": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def learning_data(tmp_path_factory):
+    """400 train / 100 val images at 256 px; models see them at 128 px."""
+    return write_synthetic(tmp_path_factory.mktemp("learn") / "ds", train=400, val=100, size=256, seed=0)
+
+
+def _config(root, **model):
+    raw = {**SMOKE, "model": {**SMOKE["model"], **model},
+           "data": {"kind": "synthetic", "root": str(root), "short": 128, "long": 128}}
+    return parse_config(raw)
+
+
+def test_untrained_model_scores_about_zero(learning_data):
+    cfg = _config(learning_data)
+    torch.manual_seed(0)
+    ap50 = evaluate(Detector(cfg.model, 6), cfg).metrics["cls/AP50"]
+    assert ap50 < 0.02
+
+
+def _train_and_score(cfg, label: str) -> float:
+    t0 = time.perf_counter()
+    state = train(cfg)
+    minutes = (time.perf_counter() - t0) / 60
+    ap50 = evaluate(state.model, cfg).metrics["cls/AP50"]
+    print(f"{label}: AP50 {ap50:.3f} after {minutes:.1f} min")
+    return ap50
+
+
+def test_retinanet_learns_the_synthetic_set(learning_data):
+    assert _train_and_score(_config(learning_data), "retinanet") >= RETINANET_AP50
+
+
+def test_anchor_free_pseudo_iou_learns_the_synthetic_set(learning_data):
+    cfg = _config(learning_data, arch="anchor_free", box_loss="giou", assigner={"name": "pseudo_iou", "threshold": 0.4})
+    assert _train_and_score(cfg, "anchor-free pseudo_iou T=0.4") >= ANCHOR_FREE_AP50
