@@ -58,6 +58,38 @@ def _load_state(cfg: BackboneConfig) -> dict[str, Tensor] | None:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+class ConvFrozenBN(nn.Module):
+    """conv followed by a frozen BN, computed as one conv with the BN scale folded into the weight:
+    BN(conv(x, W)) = conv(x, W * s) + b. Same values and the same gradient w.r.t. W, without two
+    elementwise passes over the activation (a third of a bf16 step on CPU)."""
+
+    def __init__(self, conv: nn.Conv2d, bn: FrozenBatchNorm2d):
+        super().__init__()
+        self.conv = conv
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", (bn.bias - bn.running_mean * scale).detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv
+        return nn.functional.conv2d(x, c.weight * self.scale.view(-1, 1, 1, 1), self.shift, c.stride, c.padding,
+                                    c.dilation, c.groups)
+
+
+def fold_frozen_bn(module: nn.Module) -> None:
+    """Replace every (conv, FrozenBatchNorm2d) pair of torchvision's ResNet blocks by a ConvFrozenBN."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(child[1], FrozenBatchNorm2d):
+            setattr(module, name, ConvFrozenBN(child[0], child[1]))  # a downsample branch
+            continue
+        for i in (1, 2, 3):
+            conv, bn = getattr(child, f"conv{i}", None), getattr(child, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, FrozenBatchNorm2d):
+                setattr(child, f"conv{i}", ConvFrozenBN(conv, bn))
+                setattr(child, f"bn{i}", nn.Identity())
+        fold_frozen_bn(child)
+
+
 class Backbone(nn.Module):
     """ResNet C3-C5 + FPN. Input (B, 3, H, W) normalised; output list of 5 maps (B, width, H/s, W/s), s = 8..128."""
 
@@ -70,6 +102,9 @@ class Backbone(nn.Module):
             bad = [k for k in missing if not k.startswith("fc.")]
             if bad:
                 raise ValueError(f"model.backbone.pretrained: file lacks {len(bad)} {cfg.name} weights, e.g. {bad[:3]}")
+        if cfg.norm == "frozen_bn":
+            resnet.conv1, resnet.bn1 = ConvFrozenBN(resnet.conv1, resnet.bn1), nn.Identity()
+            fold_frozen_bn(resnet)
         self.body = nn.ModuleDict(OrderedDict(
             stem=nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool),
             layer1=resnet.layer1, layer2=resnet.layer2, layer3=resnet.layer3, layer4=resnet.layer4))

@@ -110,8 +110,9 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
                          seed=cfg.train.seed, distributed=world > 1)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None
     iters_per_epoch = len(loader)
-    log(f"[train] {len(train_set)} images, {len(train_set.classes)} classes, {iters_per_epoch} iters/epoch x "
-        f"{cfg.train.epochs} epochs on {device} ({world} worker{'s' if world > 1 else ''}, {cfg.train.precision})")
+    shard = len(loader.sampler) if world > 1 else len(train_set)
+    log(f"[train] rank {rank}/{world}: {shard} of {len(train_set)} images, {len(train_set.classes)} classes, "
+        f"{iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs on {device} ({cfg.train.precision})")
 
     for epoch in range(state.epoch, cfg.train.epochs):
         if hasattr(loader.sampler, "set_epoch"):

@@ -14,11 +14,13 @@ from detector.engine import evaluate, train
 from detector.model import Detector
 
 pytestmark = pytest.mark.slow
+RETINANET_AP50 = 0.5  # measured 0.535 (3.8 min, 2 cores)
+ANCHOR_FREE_AP50 = 0.2  # measured 0.295 (3.7 min, 2 cores)
 
 SMOKE = {
     "model": {"backbone": {"name": "resnet18", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
               "fpn_width": 64, "head": {"depth": 2, "width": 64, "norm": "gn"}, "anchor_scale": 2},
-    "train": {"epochs": 30, "batch_size": 8, "lr": 0.04, "warmup_iters": 100, "steps": [24, 28],
+    "train": {"epochs": 28, "batch_size": 8, "lr": 0.16, "warmup_iters": 100, "steps": [22, 26],
               "precision": "bf16", "threads": 2},
 }
 

@@ -70,3 +70,30 @@ def test_resume_after_the_driver_is_killed(synthetic_root, tmp_path):
     steps = [m.step for m in client.get_metric_history(long_run.info.run_id, "train/loss")]
     assert sorted(set(steps)) == [1, 2, 3]
     assert "cls/AP" in long_run.data.metrics
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_path):
+    study = write_study(tmp_path / "restart.yaml", synthetic_root, epochs=4, max_images=24, layout=None,
+                        trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
+                        resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 2})
+    out = tmp_path / "out" / "restart" / "smoke"
+    driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study)], env=ablab_env(tmp_path / "out"),
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"), start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        ckpts = lambda: list((out / "train" / "train-iou_seed0").glob("checkpoint_*")) if (out / "train").exists() else []
+        while time.time() < deadline and not ckpts():
+            assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.3)
+        workers = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+        assert workers, "no Ray Train worker process found"
+        for pid in workers:
+            os.kill(int(pid), signal.SIGKILL)
+        assert driver.wait(600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    log = (tmp_path / "run.log").read_text()
+    assert "resumed at epoch" in log
+    trial = next(x for x in _runs(tmp_path / "out", "restart") if x.data.tags["ablab.role"] == "trial")
+    assert trial.info.status == "FINISHED" and "alpha_0.5/AP" in trial.data.metrics

@@ -79,3 +79,13 @@ def test_validate_checks_without_running(finished_study, tmp_path, synthetic_roo
                       trials=[{"name": "a", "set": {"model.quality.brnch": "iou"}}], layout=None)
     r = run_cli("validate", str(bad), "--profile", "smoke", env=env, timeout=120)
     assert r.returncode == 2 and "model.quality.brnch" in r.stderr
+
+
+def test_a_trial_trains_with_ddp_over_two_workers_each_on_its_shard(synthetic_root, tmp_path):
+    study = write_study(tmp_path / "ddp.yaml", synthetic_root, max_images=16, layout=None,
+                        trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
+                        resources={"workers": 2, "cpus_per_worker": 1})
+    r = run_cli("run", str(study), env=ablab_env(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 ok, 0 failed" in r.stderr
+    assert "rank 0/2: 8 of 16 images" in r.stderr and "rank 1/2: 8 of 16 images" in r.stderr

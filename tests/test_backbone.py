@@ -1,0 +1,55 @@
+import pytest
+import torch
+import torchvision
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from detector.backbone import Backbone, WeightsNotFound, fold_frozen_bn
+from detector.config import BackboneConfig
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_folding_frozen_bn_keeps_outputs_and_weight_gradients(name):
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    for m in ref.modules():  # non-trivial frozen statistics
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.uniform_(0.5, 1.5); m.bias.uniform_(-0.2, 0.2)
+            m.running_mean.uniform_(-0.1, 0.1); m.running_var.uniform_(0.5, 2.0)
+    folded = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    folded.load_state_dict(ref.state_dict())
+    fold_frozen_bn(folded)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for n, m in folded.named_modules() if n.startswith("layer"))
+    # float64, so that 50 layers of float32 rounding do not hide a real difference
+    ref.double()
+    folded.double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    a, b = ref(x), folded(x)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    a.sum().backward()
+    b.sum().backward()
+    ga = ref.layer2[0].conv1.weight.grad
+    gb = folded.layer2[0].conv1.conv.weight.grad
+    assert ((ga - gb).norm() / ga.norm()).item() < 1e-5
+
+
+def test_missing_imagenet_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(WeightsNotFound, match=r"resnet18 not found at .*checkpoints.*nothing is downloaded"):
+        Backbone(BackboneConfig(name="resnet18", pretrained="imagenet"), 32)
+    with pytest.raises(WeightsNotFound, match="no_such.pth"):
+        Backbone(BackboneConfig(name="resnet18", pretrained=str(tmp_path / "no_such.pth")), 32)
+
+
+def test_weights_from_a_file_are_loaded(tmp_path):
+    torch.manual_seed(1)
+    src = torchvision.models.resnet18(weights=None)
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    bb = Backbone(BackboneConfig(name="resnet18", pretrained=str(tmp_path / "r18.pth"), norm="bn"), 32)
+    assert torch.equal(bb.body["layer3"][0].conv1.weight, src.layer3[0].conv1.weight)
+
+
+def test_frozen_stages_freeze_stem_and_stage_one():
+    bb = Backbone(BackboneConfig(name="resnet18", pretrained="none", frozen_stages=1), 32)
+    assert not any(p.requires_grad for p in bb.body["stem"].parameters())
+    assert not any(p.requires_grad for p in bb.body["layer1"].parameters())
+    assert all(p.requires_grad for p in bb.body["layer2"].parameters())
