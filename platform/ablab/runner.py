@@ -92,9 +92,11 @@ def start_ray(address: Optional[str]) -> str:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return address
-    # A local embedded cluster is private to this process: no token file needed.
+    # A local embedded cluster is private to this process: no token file needed. The dashboard serves the
+    # state API, which Train V2 needs to release a finished trial's placement group; without it every
+    # trial leaks its workers' CPUs and the third trial on 2 CPUs waits forever.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     return "local"
 
 
