@@ -21,16 +21,19 @@ def _runs(out, study):
 
 
 def test_nan_loss_fails_that_trial_alone_with_its_reason(synthetic_root, tmp_path):
+    # Three trials on two CPUs: the third only starts if finished trials give their CPUs back.
     study = write_study(tmp_path / "nan_study.yaml", synthetic_root, trials=[
         {"name": "ok", "set": {}},
-        {"name": "diverges", "set": {"train.lr": 1.0e12, "train.grad_clip": None, "train.warmup_iters": 0}}],
+        {"name": "diverges", "set": {"train.lr": 1.0e12, "train.grad_clip": None, "train.warmup_iters": 0}},
+        {"name": "ok_too", "set": {"model.quality.branch": "iou"}}],
         layout=None)
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "run", str(study)], capture_output=True, text=True,
                        env=ablab_env(tmp_path / "out"), timeout=900)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert "1 ok, 1 failed" in r.stderr
+    assert "2 ok, 1 failed" in r.stderr
     runs = {x.data.tags["ablab.trial"]: x for x in _runs(tmp_path / "out", "nan_study") if x.data.tags["ablab.role"] == "trial"}
     assert runs["ok"].info.status == "FINISHED" and "cls/AP" in runs["ok"].data.metrics
+    assert runs["ok_too"].info.status == "FINISHED"
     assert runs["diverges"].info.status == "FAILED"
     assert "NonFiniteLoss" in runs["diverges"].data.tags["ablab.error"]
     assert "non-finite loss" in runs["diverges"].data.tags["ablab.error"]

@@ -214,7 +214,7 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float) -> int:
     log(f"finished in {wall:.0f}s: {len(lines) - failed} ok, {failed} failed")
     for line in lines:
         print(line, file=sys.stderr)
-    log(f"results: ablab table {plan.study_path} --profile {plan.profile}   |   "
+    log(f"results: ablab results {plan.study_path} --profile {plan.profile}   |   "
         f"python -c \"import ablab; print(ablab.results('{plan.study.study}', profile='{plan.profile}'))\"")
     log(f"mlflow: {tracking_uri}")
     return failed
