@@ -89,3 +89,15 @@ def test_a_trial_trains_with_ddp_over_two_workers_each_on_its_shard(synthetic_ro
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 ok, 0 failed" in r.stderr
     assert "rank 0/2: 8 of 16 images" in r.stderr and "rank 1/2: 8 of 16 images" in r.stderr
+
+
+def test_table_is_rebuilt_from_mlflow(finished_study):
+    import ablab
+
+    study, out, env, _ = finished_study
+    r = run_cli("table", str(study), "--profile", "smoke", "--out-root", str(out), env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    df = ablab.results("two_trials", profile="smoke", out_root=str(out))
+    ap = df[(df.trial == "iou") & (df.variant == "alpha=0.5")].iloc[0]["AP"] * 100
+    line = next(l for l in r.stdout.splitlines() if l.startswith("| IoU-aware"))
+    assert f"{ap:.1f} / 35.5 ({ap - 35.5:+.1f})" in line

@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--out-root")
     rs.add_argument("--parquet", help="write the DataFrame to this Parquet file")
     rs.add_argument("--csv", help="write the DataFrame to this CSV file")
+
+    tb = sub.add_parser("table", help="the paper's table rebuilt from MLflow, ours beside the paper's")
+    tb.add_argument("study")
+    tb.add_argument("--profile", default="smoke")
+    tb.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
+    tb.add_argument("--tracking-uri")
+    tb.add_argument("--out-root")
     return p
 
 
@@ -116,6 +123,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not (args.parquet or args.csv):
                 cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
                 print(df[cols].to_string(index=False))
+            return 0
+        if args.command == "table":
+            from .query import results
+            from .study import load_study
+            from .table import build_table, caption, render
+
+            study = load_study(args.study)
+            data = study.trial_config(args.profile, study.trial_points(args.profile)[0]).data
+            df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+            cap = caption(study, args.profile, f"{data.kind} {data.val_split}")
+            print(render(study, build_table(study, df), args.format, cap), end="")
             return 0
     except (ConfigError, DatasetError, FileNotFoundError, LookupError) as err:
         print(f"ablab: error: {err}", file=sys.stderr)

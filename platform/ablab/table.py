@@ -1,0 +1,100 @@
+"""A paper table rebuilt from MLflow alone: the paper's rows and columns, our value beside the paper's
+with the delta, cells we have not measured shown as missing (never filled in)."""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+
+from .study import Row, Study
+
+
+@dataclass
+class Cell:
+    ours: Optional[float]
+    paper: Optional[float]
+
+    @property
+    def delta(self) -> Optional[float]:
+        return None if self.ours is None or self.paper is None else self.ours - self.paper
+
+
+def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None) -> list[tuple[Row, list[Cell]]]:
+    """One (row, cells) per layout row. Ours: the mean over seeds of the row's trial x variant, times the
+    layout's scale (100: percent), or None when MLflow holds no finished value for it."""
+    layout = study.table_layout
+    if layout is None:
+        raise ValueError(f"study {study.study} has no table layout")
+    scale = layout.scale if scale is None else scale
+    default_variant = next(iter(v.name for v in study.variant_configs()), None)
+    done = results[results["status"] == "FINISHED"] if "status" in results else results
+    out = []
+    for row in layout.rows:
+        cells = []
+        for col in layout.columns:
+            ours = None
+            if not row.cited and col in done.columns:
+                sel = done[(done["trial"] == row.trial) & (done["variant"] == (row.variant or default_variant))][col].dropna()
+                if len(sel):
+                    ours = float(sel.mean()) * scale
+            cells.append(Cell(ours, row.reference.get(col)))
+        out.append((row, cells))
+    return out
+
+
+def _fmt(x: Optional[float], digits: int, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def caption(study: Study, profile: str, dataset: str) -> str:
+    layout = study.table_layout
+    base = layout.caption if layout and layout.caption else f"{study.paper} table {study.table}"
+    return (f"{base}. Ours: profile '{profile}' on {dataset}; paper: as published. "
+            f"Cells: ours / paper (delta); '-' = not measured. alpha convention: {study.alpha_convention}.")
+
+
+def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str) -> str:
+    """md | csv | html | latex."""
+    layout = study.table_layout
+    digits = 1 if layout.scale >= 100 else 3
+    cols = layout.columns
+    label = lambda row: row.label + (" (cited)" if row.cited else "")
+    cell_text = lambda c: f"{_fmt(c.ours, digits)} / {_fmt(c.paper, digits)} ({_fmt(c.delta, digits, True)})"
+    if fmt == "csv":
+        header = ["row", "cited"] + [f"{c}_{k}" for c in cols for k in ("ours", "paper", "delta")]
+        lines = [",".join(header)]
+        for row, cells in table:
+            vals = [f'"{row.label}"', str(row.cited).lower()]
+            for c in cells:
+                vals += ["" if c.ours is None else f"{c.ours:.4f}", "" if c.paper is None else f"{c.paper}",
+                         "" if c.delta is None else f"{c.delta:.4f}"]
+            lines.append(",".join(vals))
+        return "\n".join(lines) + "\n"
+    if fmt == "html":
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = []
+        for row, cells in table:
+            tds = "".join(f"<td><b>{_fmt(c.ours, digits)}</b> / {_fmt(c.paper, digits)} "
+                          f"<small>({_fmt(c.delta, digits, True)})</small></td>" for c in cells)
+            body.append(f"<tr class=\"{'cited' if row.cited else 'ours'}\"><th>{html.escape(label(row))}</th>{tds}</tr>")
+        return (f"<table class=\"ablab-table\"><caption>{html.escape(cap)}</caption><thead><tr><th></th>{head}</tr></thead>"
+                f"<tbody>{''.join(body)}</tbody></table>\n")
+    if fmt == "latex":
+        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+        lines = [r"\begin{table}", r"\centering", r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\hline",
+                 " & ".join([""] + [esc(c) for c in cols]) + r" \\", r"\hline"]
+        for row, cells in table:
+            lines.append(" & ".join([esc(label(row))] + [f"{_fmt(c.ours, digits)} / {_fmt(c.paper, digits)}" for c in cells]) + r" \\")
+        lines += [r"\hline", r"\end{tabular}", rf"\caption{{{esc(cap)}}}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+    width = max(len(label(r)) for r, _ in table)
+    lines = [cap, "", "| " + "row".ljust(width) + " | " + " | ".join(cols) + " |",
+             "|" + "-" * (width + 2) + "|" + "|".join("---" for _ in cols) + "|"]
+    for row, cells in table:
+        lines.append("| " + label(row).ljust(width) + " | " + " | ".join(cell_text(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,44 @@
+"""Paper tables rebuilt from results: ours beside the paper's, deltas, missing cells never invented."""
+import pandas as pd
+import pytest
+
+from ablab.study import Study
+from ablab.table import build_table, caption, render
+
+
+def _study() -> Study:
+    return Study.model_validate({
+        "study": "t", "paper": "iou_aware", "table": "3", "variants": ["cls", "alpha=0.4"],
+        "trials": [{"name": "base"}, {"name": "iou", "set": {"model.quality.branch": "iou"}}],
+        "profiles": {"smoke": {}},
+        "layout": {"caption": "Table 3", "columns": ["AP", "AP90"], "rows": [
+            {"label": "YOLOv3", "cited": True, "reference": {"AP": 33.0, "AP90": None}},
+            {"label": "baseline", "trial": "base", "variant": "cls", "reference": {"AP": 34.4, "AP90": 10.9}},
+            {"label": "0.4", "trial": "iou", "variant": "alpha=0.4", "reference": {"AP": 35.5, "AP90": 12.5}}]}})
+
+
+def test_ours_beside_paper_with_delta_and_seed_mean():
+    df = pd.DataFrame([
+        {"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.30, "AP90": 0.10},
+        {"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.32, "AP90": 0.12},  # second seed
+        {"trial": "iou", "variant": "alpha=0.4", "status": "FAILED", "AP": 0.99, "AP90": 0.99}])
+    rows = build_table(_study(), df)
+    cited, base, iou = (cells for _, cells in rows)
+    assert cited[0].ours is None and cited[0].paper == 33.0  # cited rows are never run
+    assert base[0].ours == pytest.approx(31.0) and base[0].delta == pytest.approx(31.0 - 34.4)
+    assert iou[0].ours is None and iou[0].delta is None     # failed trial: missing, not invented
+
+
+def test_renderings_show_missing_cells_as_missing():
+    df = pd.DataFrame([{"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.31, "AP90": 0.11}])
+    study = _study()
+    table = build_table(study, df)
+    cap = caption(study, "smoke", "synthetic val")
+    md = render(study, table, "md", cap)
+    assert "| baseline" in md and "31.0 / 34.4 (-3.4)" in md and "YOLOv3 (cited)" in md
+    assert "- / 35.5 (-)" in md and "profile 'smoke' on synthetic val" in md
+    assert "<caption>" in render(study, table, "html", cap)
+    assert r"\begin{tabular}" in render(study, table, "latex", cap)
+    csv = render(study, table, "csv", cap).splitlines()
+    assert csv[0].startswith("row,cited,AP_ours,AP_paper,AP_delta")
+    assert csv[2].startswith('"baseline",false,31.0000,34.4,-3.4000')
