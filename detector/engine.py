@@ -51,6 +51,14 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every DDP worker: all of them stop together, none waits in an all-reduce."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if world > 1:
+        dist.all_reduce(bad)
+    return bool(bad.item() == 0)
+
+
 def lr_at(cfg: Config, epoch: int, iteration: int) -> float:
     """Linear-scaled lr with linear warmup (from warmup_ratio) and x0.1 steps at the configured epochs."""
     t = cfg.train
@@ -129,9 +137,10 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
             with autocast_for(cfg.train.precision, device):
                 losses = model.criterion(*net(images), batch.targets)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
+            if not _finite_everywhere(loss, world):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, iteration {state.iteration}: {terms}")
+                raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, iteration {state.iteration} "
+                                    f"(this worker's terms: {terms})")
             state.optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -20,6 +20,24 @@ def _runs(out, study):
     return client.search_runs([exp.experiment_id])
 
 
+def _epochs_in_mlflow(out, study, trial=None) -> list[int]:
+    # Only read once the driver has created the store and the trial's run (it writes the registry after):
+    # opening a half-initialised SQLite store from here would run MLflow's migrations a second time.
+    registry = out / study / "smoke" / "mlflow_runs.json"
+    if not registry.is_file() or (trial and not any(k.startswith(f"{trial}_") for k in
+                                                    json.loads(registry.read_text())["trials"])):
+        return []
+    db = out / study / "mlflow.db"
+    try:
+        client = MlflowClient(f"sqlite:///{db}")
+        exp = client.get_experiment_by_name(f"ablab/{study}")
+        runs = client.search_runs([exp.experiment_id], "tags.`ablab.role` = 'trial'") if exp else []
+        runs = [r for r in runs if trial is None or r.data.tags.get("ablab.trial") == trial]
+        return [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "train/loss")]
+    except Exception:  # the store is being created by the driver
+        return []
+
+
 def test_nan_loss_fails_that_trial_alone_with_its_reason(synthetic_root, tmp_path):
     # Three trials on two CPUs: the third only starts if finished trials give their CPUs back.
     study = write_study(tmp_path / "nan_study.yaml", synthetic_root, trials=[
@@ -44,15 +62,14 @@ def test_resume_after_the_driver_is_killed(synthetic_root, tmp_path):
         {"name": "short", "set": {"train.epochs": 1}}, {"name": "long", "set": {}}],
         resources={"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1}, layout=None)
     env = ablab_env(tmp_path / "out")
-    out = tmp_path / "out" / "resumable" / "smoke"
     driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study)], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"), start_new_session=True)
     deadline = time.time() + 600
-    long_ckpts = lambda: list((out / "train" / "train-long_seed0").glob("checkpoint_*")) if (out / "train").exists() else []
-    while time.time() < deadline and not long_ckpts():
+    # Once the long trial's first epoch is in MLflow, Train has registered that epoch's checkpoint.
+    while time.time() < deadline and not _epochs_in_mlflow(tmp_path / "out", "resumable", "long"):
         assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.5)
-    assert long_ckpts(), "the long trial never checkpointed"
+        time.sleep(0.3)
+    assert _epochs_in_mlflow(tmp_path / "out", "resumable", "long"), "the long trial never reported an epoch"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded cluster it started
     driver.wait()
     before = {x.data.tags["ablab.trial"]: x.info.status for x in _runs(tmp_path / "out", "resumable")
@@ -76,16 +93,17 @@ def test_resume_after_the_driver_is_killed(synthetic_root, tmp_path):
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_path):
-    study = write_study(tmp_path / "restart.yaml", synthetic_root, epochs=4, max_images=24, layout=None,
+    # Long enough (about 10 s of training) that the kill lands mid-training, not after the trial is done.
+    study = write_study(tmp_path / "restart.yaml", synthetic_root, epochs=10, max_images=24, layout=None,
                         trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
                         resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 2})
-    out = tmp_path / "out" / "restart" / "smoke"
     driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study)], env=ablab_env(tmp_path / "out"),
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"), start_new_session=True)
     try:
+        # Kill only once an epoch's report has reached MLflow: by then Train has registered its checkpoint
+        # (a checkpoint folder on disk alone can still be mid-registration).
         deadline = time.time() + 600
-        ckpts = lambda: list((out / "train" / "train-iou_seed0").glob("checkpoint_*")) if (out / "train").exists() else []
-        while time.time() < deadline and not ckpts():
+        while time.time() < deadline and not _epochs_in_mlflow(tmp_path / "out", "restart"):
             assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.3)
         workers = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
