@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -189,9 +188,3 @@ def category_ids(ds: DetectionSet) -> list[int]:
     if ds.coco_gt is not None:
         return sorted(ds.coco_gt.getCatIds())
     return list(range(1, len(ds.classes) + 1))
-
-
-def dataset_paths_hint(kind: str) -> str:
-    return {"coco": "COCO: data.root holds annotations/instances_<split>.json and <split>/ images (e.g. train2017)",
-            "voc": "VOC: data.root is a VOCdevkit folder with VOC2007/ (and VOC2012/)",
-            "synthetic": "synthetic: made by `ablab data synthetic --out DIR`"}[kind] + os.linesep

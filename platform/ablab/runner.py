@@ -50,10 +50,6 @@ class Plan:
     configs: dict[str, Config]
     out_dir: Path
 
-    @property
-    def keys(self) -> list[str]:
-        return [point_key(p) for p in self.points]
-
 
 def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True) -> Plan:
     """Validate the study and every trial config, and open every data split once (which also writes the

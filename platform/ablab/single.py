@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from detector.config import Config, ConfigError, VariantConfig, deep_merge, load_config, parse_config, parse_variant, set_dotted
+from detector.config import Config, ConfigError, VariantConfig, load_config, parse_config, parse_variant, set_dotted
 from detector.data import build_split
 from detector.engine import EvalResult, evaluate, load_model, train
 
@@ -27,7 +27,7 @@ def config_with_overrides(path: str, overrides: list[str]) -> Config:
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
         raw = set_dotted(raw, key, yaml.safe_load(value))
-    return parse_config(deep_merge({}, raw), source=f"{path} with --set")
+    return parse_config(raw, source=f"{path} with --set")
 
 
 def metrics_table(metrics: dict[str, float], keys: tuple[str, ...] = ("AP", "AP50", "AP75", "AP90", "mAP", "pearson")) -> str:

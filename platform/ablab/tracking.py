@@ -76,11 +76,12 @@ class MlflowStudyLogger(Callback):
         self.commit = git_commit()
         self._client: Optional[MlflowClient] = None
         self._logged_epochs: dict[str, set[int]] = {}
+        self._reopened: set[str] = set()  # runs set back to RUNNING by this process
         self.experiment_id: Optional[str] = None
         self.parent: Optional[str] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_logged_epochs": {}}
+        return {**self.__dict__, "_client": None, "_logged_epochs": {}, "_reopened": set()}
 
     @property
     def client(self) -> MlflowClient:
@@ -123,8 +124,9 @@ class MlflowStudyLogger(Callback):
         registry = self.registry
         run_id = registry.data["trials"].get(key)
         if run_id:
-            if self.client.get_run(run_id).info.status != "RUNNING":
+            if run_id not in self._reopened:  # once per run and process, not on every result
                 self.client.update_run(run_id, status="RUNNING")
+                self._reopened.add(run_id)
             return run_id
         tags = {**self._common_tags(), "mlflow.parentRunId": self.parent, "ablab.role": "trial",
                 "ablab.trial_key": key, "ablab.trial": point["trial"], "ablab.seed": str(point["seed"]),
@@ -138,6 +140,7 @@ class MlflowStudyLogger(Callback):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
         registry.data["trials"][key] = run.info.run_id
         registry.save()
+        self._reopened.add(run.info.run_id)
         return run.info.run_id
 
     # ---- Tune callback hooks ----
