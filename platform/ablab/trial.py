@@ -13,8 +13,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import torch
-
 HISTORY_FILE = "history.json"
 
 
@@ -28,6 +26,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train, checkpointing and reporting every epoch; then evaluate every variant (rank 0) and report the
     final metrics. A non-finite loss is reported as the trial's failure reason instead of being retried."""
     import ray.train
+    import torch  # here, not at module level: the trial driver process never needs it
     from ray.train import Checkpoint
 
     from detector.config import parse_config
