@@ -104,7 +104,8 @@ class DataConfig(Strict):
     train_split: str = "train"
     """COCO: ``train2017``; VOC: ``07+12`` / ``2007_trainval``; synthetic: ``train``."""
     val_split: str = "val"
-    """COCO: ``val2017``; VOC: ``2007_test``; synthetic: ``val``."""
+    """COCO: ``val2017`` (or ``test-dev2017``: no labels, so detections are written and no metrics);
+    VOC: ``2007_test``; synthetic: ``val``."""
     short: int = Field(600, ge=16)
     long: int = Field(1000, ge=16)
     flip: float = Field(0.5, ge=0.0, le=1.0)

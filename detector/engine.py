@@ -209,6 +209,9 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
                     dets[name].append({"image_id": int(img_id), "category_id": cat_ids[int(label)], "label": int(label),
                                        "bbox": [x0, y0, x1 - x0, y1 - y0], "box": [x0, y0, x1, y1], "score": float(score)})
     log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")
+    if not val_set.labelled:
+        log(f"[eval] {val_set.name} has no annotations (e.g. COCO test-dev): detections written, no metrics")
+        return EvalResult({f"{v.name}/num_detections": float(len(dets[v.name])) for v in variants}, dets, {})
     gt_dataset = (val_set.coco_gt or records_to_coco(val_set)).dataset
     by_id = {r.image_id: r for r in val_set.records}
     metrics: dict[str, float] = {}

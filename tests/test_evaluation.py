@@ -83,3 +83,29 @@ def test_correlations_with_ties():
     c = correlations(conf, iou)
     assert c["pearson"] == pytest.approx(np.corrcoef(conf, iou)[0, 1])
     assert c["spearman"] == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
+
+
+def test_split_without_annotations_yields_detections_and_no_metrics(synthetic_root, tmp_path):
+    """COCO test-dev ships image info only: evaluation writes detections for the server, computes nothing."""
+    import json
+    import shutil
+
+    from conftest import tiny_config
+    from detector.config import parse_config
+    from detector.data import build_split
+    from detector.engine import evaluate
+    from detector.model import Detector
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(synthetic_root / "VOCdevkit", root / "test2017" / "VOCdevkit")  # file_name is relative
+    info = json.loads((synthetic_root / "annotations" / "instances_val.json").read_text())
+    info.pop("annotations")
+    (root / "annotations" / "image_info_test-dev2017.json").write_text(json.dumps(info))
+    cfg = parse_config(tiny_config(root, data={"kind": "coco", "val_split": "test-dev2017", "max_images": 4},
+                                   inference={"score_thresh": 0.0}))
+    test_dev = build_split(cfg.data, "test-dev2017")
+    assert not test_dev.labelled and len(test_dev) == 4
+    result = evaluate(Detector(cfg.model, len(test_dev.classes)), cfg, test_dev)
+    assert set(result.metrics) == {"cls/num_detections"}
+    assert len(result.detections["cls"]) == result.metrics["cls/num_detections"] > 0

@@ -45,7 +45,9 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
     assert "alpha_0.5/AP75" in iou.data.metrics and "cls/AP" in iou.data.metrics
     assert [m.step for m in client.get_metric_history(iou.info.run_id, "train/loss")] == [1]
     artifacts = {a.path for a in client.list_artifacts(iou.info.run_id)}
-    assert {"config.json", "metrics.json", "detections.json", "model.pt"} <= artifacts
+    assert {"config.json", "metrics.json", "detections", "model.pt"} <= artifacts
+    submitted = {a.path for a in client.list_artifacts(iou.info.run_id, "detections")}
+    assert submitted == {"detections/alpha=0.5.json", "detections/cls.json"}  # one COCO results file per variant
     registry = json.loads((out / "two_trials" / "smoke" / "mlflow_runs.json").read_text())
     assert set(registry["trials"].values()) == {c.info.run_id for c in children}
 

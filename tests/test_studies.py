@@ -38,3 +38,33 @@ def test_reference_numbers_for_every_paper_cell(path):
     for row in layout.rows:
         missing = [c for c in layout.columns if c not in row.reference]
         assert not missing, f"{path.name}: row {row.label!r} lacks reference numbers for {missing}"
+
+
+def test_trial_overrides_per_profile_and_shared_profile_files(tmp_path):
+    """A backbone row gets its paper backbone under `paper` and a smaller stand-in under `smoke`; profiles
+    can share a file of config (`extends`) that their own `base` refines."""
+    (tmp_path / "shared.yaml").write_text("train: {epochs: 7, lr: 0.02}\nmodel: {fpn_width: 32}\n")
+    (tmp_path / "s.yaml").write_text(
+        "study: s\npaper: iou_aware\ntable: '1'\n"
+        "trials:\n  - {name: r101, profiles: {paper: {model.backbone.name: resnet101}, smoke: {model.backbone.name: resnet34}}}\n"
+        "profiles:\n  paper: {}\n  smoke: {extends: shared.yaml, base: {train: {epochs: 3}}}\n")
+    study = load_study(tmp_path / "s.yaml")
+    point = study.trial_points("smoke")[0]
+    smoke, paper = study.trial_config("smoke", point), study.trial_config("paper", point)
+    assert (smoke.model.backbone.name, paper.model.backbone.name) == ("resnet34", "resnet101")
+    assert (smoke.train.epochs, smoke.train.lr, smoke.model.fpn_width) == (3, 0.02, 32)
+    assert paper.train.epochs == 12
+
+
+def test_trial_override_for_an_unknown_profile_is_an_error(tmp_path):
+    (tmp_path / "s.yaml").write_text("study: s\npaper: iou_aware\ntable: '1'\n"
+                                     "trials: [{name: a, profiles: {papr: {train.epochs: 1}}}]\nprofiles: {paper: {}}\n")
+    with pytest.raises(ConfigError, match="trials.a.profiles: unknown profile 'papr'"):
+        load_study(tmp_path / "s.yaml")
+
+
+def test_missing_shared_profile_file_is_named(tmp_path):
+    (tmp_path / "s.yaml").write_text("study: s\npaper: iou_aware\ntable: '1'\ntrials: [{name: a}]\n"
+                                     "profiles: {smoke: {extends: nowhere.yaml}}\n")
+    with pytest.raises(ConfigError, match="profiles.smoke.extends: file not found: .*nowhere.yaml"):
+        load_study(tmp_path / "s.yaml")

@@ -40,5 +40,27 @@ def test_renderings_show_missing_cells_as_missing():
     assert "<caption>" in render(study, table, "html", cap)
     assert r"\begin{tabular}" in render(study, table, "latex", cap)
     csv = render(study, table, "csv", cap).splitlines()
-    assert csv[0].startswith("row,cited,AP_ours,AP_paper,AP_delta")
-    assert csv[2].startswith('"baseline",false,31.0000,34.4,-3.4000')
+    assert csv[0].startswith("row,cited,not_reproduced,AP_ours,AP_paper,AP_delta")
+    assert csv[2].startswith('"baseline",false,"",31.0000,34.4,-3.4000')
+
+
+def test_columns_read_mapped_metrics_and_unreproduced_rows_stay_empty():
+    study = Study.model_validate({
+        "study": "voc", "paper": "pseudo_iou", "table": "1a", "variants": ["cls"],
+        "trials": [{"name": "piou"}], "profiles": {"smoke": {}},
+        "layout": {"columns": ["mAP"], "metrics": {"mAP": "mAP50"}, "rows": [
+            {"label": "Pseudo-IoU", "trial": "piou", "reference": {"mAP": 79.0}},
+            {"label": "Pseudo-IoU DCN", "not_reproduced": "DCN backbone not built", "reference": {"mAP": 43.4}}]}})
+    df = pd.DataFrame([{"trial": "piou", "variant": "cls", "status": "FINISHED", "mAP": 0.2, "mAP50": 0.7}])
+    (_, (piou,)), (_, (dcn,)) = build_table(study, df)
+    assert piou.ours == pytest.approx(70.0)  # the VOC "mAP" column is mAP at IoU 0.5
+    assert dcn.ours is None and dcn.paper == 43.4
+    md = render(study, build_table(study, df), "md", "cap")
+    assert "Pseudo-IoU DCN (not reproduced: DCN backbone not built)" in md
+
+
+def test_metrics_mapping_must_name_columns():
+    with pytest.raises(ValueError, match="not columns"):
+        Study.model_validate({
+            "study": "x", "paper": "pseudo_iou", "table": "1", "trials": [{"name": "a"}], "profiles": {"smoke": {}},
+            "layout": {"columns": ["mAP"], "metrics": {"AP": "mAP50"}, "rows": [{"label": "a", "trial": "a"}]}})

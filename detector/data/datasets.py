@@ -42,8 +42,11 @@ class Record:
 class DetectionSet:
     """Records + class names + (for COCO-style sets) the pycocotools ground truth used by evaluation."""
 
-    def __init__(self, name: str, records: list[Record], classes: list[str], coco_gt=None, dropped: int = 0):
+    def __init__(self, name: str, records: list[Record], classes: list[str], coco_gt=None, dropped: int = 0,
+                 labelled: bool = True):
         self.name = name
+        self.labelled = labelled
+        """False for a split published without annotations (COCO test-dev): detections only, no metrics."""
         self.records = records
         self.classes = classes
         self.coco_gt = coco_gt
@@ -103,7 +106,7 @@ def load_coco(ann_file: Path, image_dir: Path, name: str, max_images: Optional[i
                               np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
                               np.asarray(ignore, bool)))
     _check_images(records)
-    return DetectionSet(name, records, classes, coco_gt=coco, dropped=dropped)
+    return DetectionSet(name, records, classes, coco_gt=coco, dropped=dropped, labelled="annotations" in coco.dataset)
 
 
 def _voc_splits(spec: str) -> list[tuple[str, str]]:

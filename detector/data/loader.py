@@ -48,6 +48,9 @@ def build_split(cfg: DataConfig, split: str) -> DetectionSet:
     if cfg.kind == "coco":
         if not root.exists():
             raise DatasetError(f"data.root: COCO folder not found: {root} (it should hold annotations/ and {split}/)")
+        if split.startswith("test-dev"):  # published without annotations: image info only, images in test2017/
+            return load_coco(root / "annotations" / f"image_info_{split}.json", root / "test2017", f"coco:{split}",
+                             cfg.max_images)
         return load_coco(root / "annotations" / f"instances_{split}.json", root / split, f"coco:{split}", cfg.max_images)
     return load_voc(root, split, max_images=cfg.max_images)
 

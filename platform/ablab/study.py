@@ -28,6 +28,9 @@ class TrialSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     set: dict[str, Any] = Field(default_factory=dict)
     """Dotted config overrides applied on top of the profile, e.g. ``model.quality.branch: iou``."""
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Dotted overrides for one profile only, applied after ``set``: e.g. the paper's ResNet-101 row gets a
+    ResNet-34 stand-in under ``smoke``."""
 
 
 class Resources(Strict):
@@ -49,27 +52,51 @@ class Row(Strict):
     """The inference variant this row reads (default: the study's first)."""
     cited: bool = False
     """A row the paper only cites (other methods): shown with the paper's numbers, never run."""
+    not_reproduced: Optional[str] = None
+    """Why a row the paper ran is not run here (e.g. a DCN backbone that is not built): shown, never run."""
     reference: dict[str, Optional[float]] = Field(default_factory=dict)
     """The paper's numbers for this row, by column."""
 
     @model_validator(mode="after")
     def _trial_unless_cited(self) -> "Row":
-        if not self.cited and self.trial is None:
-            raise ValueError(f"row {self.label!r}: a non-cited row names its trial")
+        if self.cited or self.not_reproduced:
+            if self.trial is not None:
+                raise ValueError(f"row {self.label!r}: a cited or not-reproduced row has no trial")
+        elif self.trial is None:
+            raise ValueError(f"row {self.label!r}: a row names its trial (or is cited / not_reproduced)")
         return self
+
+    @property
+    def measured(self) -> bool:
+        return self.trial is not None
 
 
 class Table(Strict):
     caption: str = ""
     columns: list[str]
-    """Metric names as the evaluation reports them (AP, AP50, ..., AP90, mAP, AR, ...)."""
+    """Column headers as in the paper; each reads the metric of the same name unless ``metrics`` maps it."""
+    metrics: dict[str, str] = Field(default_factory=dict)
+    """Column -> metric as the evaluation reports it, where they differ (e.g. VOC's ``AP: mAP``)."""
     scale: float = Field(100.0, gt=0)
     """Multiply our fractions by this to match the paper's units (100 for percent, 1 for fractions)."""
     rows: list[Row]
 
+    def metric(self, column: str) -> str:
+        return self.metrics.get(column, column)
+
+    @model_validator(mode="after")
+    def _metrics_name_columns(self) -> "Table":
+        unknown = sorted(set(self.metrics) - set(self.columns))
+        if unknown:
+            raise ValueError(f"metrics: {unknown} are not columns ({self.columns})")
+        return self
+
 
 class Profile(Strict):
     description: str = ""
+    extends: Optional[str] = None
+    """A YAML file of config shared by several studies' profiles (path relative to the study file);
+    ``base`` is merged over it."""
     base: dict[str, Any] = Field(default_factory=dict)
     """Config merged over the study's base for this profile (data set, backbone, schedule, sizes)."""
     resources: Optional[Resources] = None
@@ -102,6 +129,10 @@ class Study(Strict):
         names = [t.name for t in self.trials]
         if len(set(names)) != len(names):
             raise ValueError(f"trials: duplicate names in {names}")
+        for t in self.trials:
+            for pname in t.profiles:
+                if pname not in self.profiles:
+                    raise ValueError(f"trials.{t.name}.profiles: unknown profile {pname!r} (known: {sorted(self.profiles)})")
         for pname, p in self.profiles.items():
             for t in p.trials or []:
                 if t not in names:
@@ -140,7 +171,9 @@ class Study(Strict):
         """The full detector config of one training point."""
         raw = deep_merge(self.base, self.profile(profile).base)
         spec = next(t for t in self.trials if t.name == point["trial"])
-        for key, value in {**spec.set, **{k: v for k, v in point.items() if k not in ("trial", "seed")}}.items():
+        overrides = {**spec.set, **spec.profiles.get(profile, {}),
+                     **{k: v for k, v in point.items() if k not in ("trial", "seed")}}
+        for key, value in overrides.items():
             raw = set_dotted(raw, key, value)
         raw = set_dotted(raw, "train.seed", point["seed"])
         source = f"study {self.study}, profile {profile}, trial {point['trial']}"
@@ -176,9 +209,17 @@ def _expand_env(value: Any, path: str = "") -> Any:
 def load_study(path: str | Path) -> Study:
     raw = read_yaml_mapping(path, "study")
     try:
-        return Study.model_validate(raw)
+        study = Study.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid study {path}:\n{format_validation_error(err)}") from None
+    for name, profile in study.profiles.items():
+        if profile.extends:
+            shared = Path(path).resolve().parent / profile.extends
+            if not shared.is_file():
+                raise ConfigError(f"profiles.{name}.extends: file not found: {shared}")
+            profile.base = deep_merge(read_yaml_mapping(shared, f"profiles.{name}.extends"), profile.base)
+            profile.extends = None  # merged: a Study is self-contained once loaded
+    return study
 
 
 def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Config]]:
@@ -200,7 +241,7 @@ def _check_rows_evaluable(study: Study, resolved: list[tuple[dict[str, Any], Con
         return
     evaluated = {p["trial"]: {v.name for v in c.variants()} for p, c in resolved}
     for i, row in enumerate(study.table_layout.rows):
-        if row.cited or row.trial not in evaluated:
+        if not row.measured or row.trial not in evaluated:
             continue
         variant = row.variant or next(iter(evaluated[row.trial]), None)
         if variant not in evaluated[row.trial]:

@@ -36,8 +36,9 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
         cells = []
         for col in layout.columns:
             ours = None
-            if not row.cited and col in done.columns:
-                sel = done[(done["trial"] == row.trial) & (done["variant"] == (row.variant or default_variant))][col].dropna()
+            metric = layout.metric(col)
+            if row.measured and metric in done.columns:
+                sel = done[(done["trial"] == row.trial) & (done["variant"] == (row.variant or default_variant))][metric].dropna()
                 if len(sel):
                     ours = float(sel.mean()) * scale
             cells.append(Cell(ours, row.reference.get(col)))
@@ -63,13 +64,14 @@ def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str
     layout = study.table_layout
     digits = 1 if layout.scale >= 100 else 3
     cols = layout.columns
-    label = lambda row: row.label + (" (cited)" if row.cited else "")
+    label = lambda row: row.label + (" (cited)" if row.cited else f" (not reproduced: {row.not_reproduced})"
+                                     if row.not_reproduced else "")
     cell_text = lambda c: f"{_fmt(c.ours, digits)} / {_fmt(c.paper, digits)} ({_fmt(c.delta, digits, True)})"
     if fmt == "csv":
-        header = ["row", "cited"] + [f"{c}_{k}" for c in cols for k in ("ours", "paper", "delta")]
+        header = ["row", "cited", "not_reproduced"] + [f"{c}_{k}" for c in cols for k in ("ours", "paper", "delta")]
         lines = [",".join(header)]
         for row, cells in table:
-            vals = [f'"{row.label}"', str(row.cited).lower()]
+            vals = [f'"{row.label}"', str(row.cited).lower(), f'"{row.not_reproduced or ""}"']
             for c in cells:
                 vals += ["" if c.ours is None else f"{c.ours:.4f}", "" if c.paper is None else f"{c.paper}",
                          "" if c.delta is None else f"{c.delta:.4f}"]
@@ -81,7 +83,7 @@ def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str
         for row, cells in table:
             tds = "".join(f"<td><b>{_fmt(c.ours, digits)}</b> / {_fmt(c.paper, digits)} "
                           f"<small>({_fmt(c.delta, digits, True)})</small></td>" for c in cells)
-            body.append(f"<tr class=\"{'cited' if row.cited else 'ours'}\"><th>{html.escape(label(row))}</th>{tds}</tr>")
+            body.append(f"<tr class=\"{'ours' if row.measured else 'cited'}\"><th>{html.escape(label(row))}</th>{tds}</tr>")
         return (f"<table class=\"ablab-table\"><caption>{html.escape(cap)}</caption><thead><tr><th></th>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>\n")
     if fmt == "latex":

@@ -210,9 +210,11 @@ class MlflowStudyLogger(Callback):
             reason = str(err) if err else "trial failed (see Ray Tune logs)"
         cfg_path = trial_dir / "config.json"
         cfg_path.write_text(json.dumps(self.configs[key], indent=1))
-        for name in ("config.json", "metrics.json", "detections.json", "scatter.json", "model.pt", "error.txt"):
+        for name in ("config.json", "metrics.json", "scatter.json", "model.pt", "error.txt"):
             if (trial_dir / name).is_file():
                 self.client.log_artifact(run_id, str(trial_dir / name))
+        if (trial_dir / "detections").is_dir():
+            self.client.log_artifacts(run_id, str(trial_dir / "detections"), "detections")
         if reason:
             self.client.set_tag(run_id, "ablab.error", reason[:5000])
         self.client.set_terminated(run_id, status="FAILED" if reason else "FINISHED")

@@ -69,9 +69,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         final["eval_seconds"] = time.perf_counter() - t0
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
-        (trial_dir / "detections.json").write_text(json.dumps(
-            {name: [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]
-             for name, dets in result.detections.items()}))
+        # One COCO results file per variant: what the COCO test-dev server takes for submission.
+        (trial_dir / "detections").mkdir(exist_ok=True)
+        for name, dets in result.detections.items():
+            (trial_dir / "detections" / f"{name}.json").write_text(json.dumps(
+                [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]))
         scatter = {name: {"confidence": c.tolist(), "iou_eval": i.tolist()} for name, (c, i) in result.scatter.items()}
         (trial_dir / "scatter.json").write_text(json.dumps(scatter))
         torch.save(state.model.state_dict(), trial_dir / "model.pt")
