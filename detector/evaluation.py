@@ -96,7 +96,7 @@ def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple
 
 
 def voc_metrics(records, detections: list[dict], num_classes: int) -> dict[str, float]:
-    """VOC07 11-point mAP at IoU 0.5 (``mAP50``), at each of 0.50:0.05:0.95 (``mAP@.xx``) and their mean
+    """VOC07 11-point mAP at each IoU of 0.50:0.05:0.95 (``mAP50``, ``mAP55``, ..., ``mAP95``) and their mean
     (``mAP``: the "AP" of IoU-aware Table 5). Difficult / ignore boxes count neither way.
     records: the dataset's Records; detections: dicts with image_id, label (0-based), box (xyxy), score."""
     per_class_gt: list[dict] = [dict() for _ in range(num_classes)]
@@ -119,11 +119,8 @@ def voc_metrics(records, detections: list[dict], num_classes: int) -> dict[str, 
             recall = tp_c / n_pos
             precision = tp_c / np.maximum(tp_c + fp_c, np.finfo(float).eps)
             aps.append(voc07_ap(recall, precision))
-        out[f"mAP@{thr:.2f}"] = float(np.mean(aps)) if aps else 0.0
-    out["mAP50"] = out["mAP@0.50"]
-    out["mAP"] = float(np.mean([out[f"mAP@{t:.2f}"] for t in VOC_THRESHOLDS]))
-    for t in (60, 70, 80, 90):
-        out[f"mAP{t}"] = out[f"mAP@{t / 100:.2f}"]
+        out[f"mAP{round(thr * 100)}"] = float(np.mean(aps)) if aps else 0.0
+    out["mAP"] = float(np.mean(list(out.values())))
     return out
 
 

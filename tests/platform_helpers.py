@@ -57,3 +57,37 @@ def wait_for_http(url: str, timeout: float = 60.0) -> None:
         except Exception:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Without the background-networking flags Chromium keeps dialling Google on this offline machine.
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000")
+
+
+def headless_chromium():
+    """A Selenium driver on Debian's chromium + chromedriver (.ci/run installs both)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
+    if missing:
+        raise RuntimeError(f"{missing} not found: apt-get install chromium chromium-driver (.ci/run does)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not met within {timeout}s")

@@ -73,7 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     tb.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
     tb.add_argument("--tracking-uri")
     tb.add_argument("--out-root")
+
+    rp = sub.add_parser("report", help="plots + one HTML page per study (and an index), built from MLflow")
+    rp.add_argument("study")
+    rp.add_argument("--profile", default="smoke")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--out-root")
+    rp.add_argument("--dashboards", help="folder for the pages (default <out-root>/dashboards)")
     return p
+
+
+def _report(args, tracking_uri: Optional[str] = None) -> None:
+    from dashboards.report import build_report
+
+    build_report(args.study, args.profile, tracking_uri or args.tracking_uri, args.out_root,
+                 getattr(args, "dashboards", None))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -103,9 +117,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command in ("run", "resume"):
             from .runner import run_study
 
-            failed = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
-                               resume=args.command == "resume")
-            return 1 if failed else 0
+            outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
+                                resume=args.command == "resume")
+            try:
+                _report(args, outcome.tracking_uri)
+            except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
+                print(f"ablab: warning: the report was not built ({type(err).__name__}: {err}); "
+                      f"retry with `ablab report {args.study} --profile {args.profile}`", file=sys.stderr)
+            return 1 if outcome.failed else 0
         if args.command == "submit":
             from .submit import submit
 
@@ -123,6 +142,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not (args.parquet or args.csv):
                 cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
                 print(df[cols].to_string(index=False))
+            return 0
+        if args.command == "report":
+            _report(args)
             return 0
         if args.command == "table":
             from .query import results

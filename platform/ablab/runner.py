@@ -145,9 +145,16 @@ def _param_space(plan: Plan) -> dict[str, Any]:
     return space
 
 
+@dataclass
+class Outcome:
+    failed: int
+    """Trials that failed (their reasons are in MLflow)."""
+    tracking_uri: str
+
+
 def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
-              tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False) -> int:
-    """Run (or resume) a study; returns the number of failed trials."""
+              tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False) -> Outcome:
+    """Run (or resume) a study."""
     from ray import tune
 
     t0 = time.perf_counter()
@@ -190,8 +197,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
                            tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=True),
                            run_config=run_config)
     results = tuner.fit()
-    failed = summarize(plan, results, tracking_uri, time.perf_counter() - t0)
-    return failed
+    return Outcome(summarize(plan, results, tracking_uri, time.perf_counter() - t0), tracking_uri)
 
 
 def summarize(plan: Plan, results, tracking_uri: str, wall: float) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
@@ -21,9 +22,14 @@ from .trial import HISTORY_FILE, point_key
 EXPERIMENT_PREFIX = "ablab/"
 
 
+_NOT_IN_MLFLOW_NAMES = re.compile(r"[^/\w.\- :]")
+
+
 def metric_key(variant: str, metric: str) -> str:
-    """MLflow allows only [/\\w.\\- :] in names: ``alpha=0.4,truth`` -> ``alpha_0.4-truth``."""
-    return f"{variant.replace('=', '_').replace(',', '-').replace('>', 'gt')}/{metric}"
+    """MLflow allows only [/\\w.\\- :] in names: ``alpha=0.4,truth`` -> ``alpha_0.4-truth``, ``cls,q>0.5`` ->
+    ``cls-qgt0.5``; any other character becomes ``_``."""
+    name = f"{variant.replace('=', '_').replace(',', '-').replace('>', 'gt')}/{metric}"
+    return _NOT_IN_MLFLOW_NAMES.sub("_", name)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -48,6 +54,14 @@ def git_commit() -> str:
 def default_tracking_uri(study_root: Path) -> str:
     """The local default store: one SQLite file per study (profiles are told apart by a tag)."""
     return f"sqlite:///{(study_root / 'mlflow.db').resolve()}"
+
+
+def artifact_location(tracking_uri: str) -> Optional[str]:
+    """Artifacts of a local SQLite store live beside it (MLflow would put them under the current directory);
+    a tracking server keeps its own artifact root."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 class RunRegistry:
@@ -97,7 +111,8 @@ class MlflowStudyLogger(Callback):
         name = EXPERIMENT_PREFIX + self.study.study
         exp = self.client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            name, tags={"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table})
+            name, artifact_location=artifact_location(self.tracking_uri),
+            tags={"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table})
         self.parent = self._parent_run()
 
     def _common_tags(self) -> dict[str, str]:

@@ -1,0 +1,155 @@
+"""The papers' figures, drawn from a study's results (the ``ablab.results`` DataFrame and the trials'
+scatter samples): alpha sweeps, assignment-threshold curves, AP vs IoU threshold, and Figure 4 of paper 000
+(detection confidence vs IoU_eval with the correlation coefficients). Each function returns a PNG path,
+or None when the study has nothing of that kind to show."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ablab.study import Study  # noqa: E402
+from detector.config import parse_variant  # noqa: E402
+
+# The AP family read off each model at single IoU thresholds: COCO's named stats, VOC's mAP50 ... mAP95.
+COCO_AT = {"AP50": 0.5, "AP60": 0.6, "AP70": 0.7, "AP75": 0.75, "AP80": 0.8, "AP90": 0.9}
+VOC_AT = re.compile(r"^mAP(\d\d)$")
+SWEEP_METRICS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90", "mAP", "mAP50", "mAP60", "mAP70", "mAP80", "mAP90")
+MAX_LINES = 10
+
+
+def _finished(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "FINISHED"] if "status" in df else df
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _measured_rows(study: Study) -> list[tuple[str, str, str]]:
+    """(label, trial, variant) of every table row that reads one of our runs."""
+    layout = study.table_layout
+    default = next(iter(v.name for v in study.variant_configs()), None)
+    return [(r.label, r.trial, r.variant or default) for r in (layout.rows if layout else []) if r.measured]
+
+
+def alpha_sweep(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
+    """AP, AP50 ... AP90 vs alpha, one panel per trained model with at least three alphas (Tables 3/4 of
+    000, Table 5 of 004). The x axis is alpha in the study's own convention."""
+    df = _finished(df)
+    sweeps = []
+    for trial, group in df.groupby("trial", sort=False):
+        points = []
+        for _, row in group.iterrows():
+            v = parse_variant(row["variant"], study.alpha_convention)
+            if v.combine == "power" and v.quality_source == "predicted" and not v.q_filter:
+                points.append((v.alpha, row))
+        if len(points) >= 3:
+            sweeps.append((trial, sorted(points, key=lambda p: p[0])))
+    if not sweeps:
+        return None
+    weighs = "p" if study.alpha_convention == "iou_aware" else "obj"
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), squeeze=False)
+    for ax, (trial, points) in zip(axes[0], sweeps):
+        alphas = [a for a, _ in points]
+        for metric in SWEEP_METRICS:
+            values = [row.get(metric) for _, row in points]
+            if all(isinstance(x, float) and not np.isnan(x) for x in values):
+                ax.plot(alphas, values, marker="o", label=metric)
+        ax.set(title=f"{trial}: alpha sweep", xlabel=f"alpha (weighs {weighs})", ylabel="AP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out / "alpha_sweep.png")
+
+
+def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
+    """The table's first metric vs the assignment threshold, one line per assigner (Tables 1a and 2 of 003):
+    Pseudo-IoU T, centerness c, scaled-box s. The inside-box baseline is Pseudo-IoU at T = 0."""
+    if not study.table_layout or "model.assigner.name" not in df:
+        return None
+    metric = study.table_layout.metric(study.table_layout.columns[0])
+    df = _finished(df)
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for (trial, name), group in df.groupby(["trial", "model.assigner.name"], sort=False):
+        row = group.iloc[0]
+        if metric not in row or pd.isna(row[metric]):
+            continue
+        x = {"pseudo_iou": row.get("model.assigner.threshold"), "centerness": row.get("model.assigner.threshold"),
+             "scaled_box": row.get("model.assigner.scale"), "inside": 0.0}.get(name)
+        if x is None:
+            continue
+        lines.setdefault("pseudo_iou" if name == "inside" else name, []).append((float(x), float(row[metric])))
+    lines = {k: sorted(set(v)) for k, v in lines.items() if len({x for x, _ in v}) >= 3}
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in lines.items():
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+    ax.set(title=f"{study.study}: assignment threshold", xlabel="threshold (T, c or s)", ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out / "threshold_curves.png")
+
+
+def ap_vs_iou(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
+    """AP at each single IoU threshold, one line per measured table row."""
+    df = _finished(df)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    drawn = 0
+    for label, trial, variant in _measured_rows(study)[:MAX_LINES]:
+        sel = df[(df["trial"] == trial) & (df["variant"] == variant)]
+        if sel.empty:
+            continue
+        row = sel.iloc[0]
+        voc = sorted((int(m.group(1)) / 100, c) for c in row.index if (m := VOC_AT.match(c)) and pd.notna(row[c]))
+        pts = [(t, row[c]) for t, c in voc] or [(t, row[c]) for c, t in sorted(COCO_AT.items(), key=lambda kv: kv[1])
+                                                if c in row and pd.notna(row[c])]
+        if len(pts) >= 2:
+            ax.plot([t for t, _ in pts], [v for _, v in pts], marker="o", label=label)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(title=f"{study.study}: AP vs IoU threshold", xlabel="IoU threshold", ylabel="AP")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "ap_vs_iou.png")
+
+
+def confidence_vs_iou(study: Study, df: pd.DataFrame, scatter: dict[str, dict], out: Path) -> Optional[Path]:
+    """Figure 4 of paper 000: detection confidence vs IoU_eval per measured row (e.g. the baseline, the
+    predicted IoU and the ground-truth IoU), with Pearson and Spearman coefficients in each title.
+    scatter: trial -> {variant: {"confidence": [...], "iou_eval": [...]}}."""
+    panels = []
+    for label, trial, variant in _measured_rows(study):
+        samples = scatter.get(trial, {}).get(variant)
+        if samples and len(samples["confidence"]) >= 2:
+            sel = _finished(df)
+            sel = sel[(sel["trial"] == trial) & (sel["variant"] == variant)]
+            coef = sel.iloc[0] if not sel.empty else {}
+            panels.append((label, samples, coef.get("pearson"), coef.get("spearman")))
+    if not panels:
+        return None
+    panels = panels[:9]
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, (label, s, pearson, spearman) in zip(axes.flat, panels):
+        ax.scatter(s["iou_eval"], s["confidence"], s=3, alpha=0.35)
+        title = label if pearson is None else f"{label}\npearson {pearson:.3f}, spearman {spearman:.3f}"
+        ax.set(title=title, xlabel="IoU_eval", ylabel="detection confidence", xlim=(0, 1), ylim=(0, 1))
+        ax.title.set_fontsize(8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    return _save(fig, out / "confidence_vs_iou.png")

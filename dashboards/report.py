@@ -1,0 +1,164 @@
+"""One self-contained HTML page per study (the paper's table rebuilt from MLflow, the plots, links to every
+MLflow run) and an index over all pages. Everything is read from MLflow, so anyone with the tracking URI
+can rebuild it; plots are also written to the study's output dir and logged on the study's launch run."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ablab.query import resolve_tracking_uri, results
+from ablab.runner import output_root, study_dir
+from ablab.study import Study, load_study
+from ablab.table import build_table, caption, render
+from ablab.tracking import EXPERIMENT_PREFIX
+
+from . import plots
+
+INDEX = "index.html"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table.ablab-table { border-collapse: collapse; font-size: 13px; margin: 1em 0; }
+table.ablab-table th, table.ablab-table td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+table.ablab-table tbody th { text-align: left; }
+table.ablab-table tr.cited { color: #888; font-style: italic; }
+table.ablab-table caption { caption-side: top; text-align: left; font-size: 13px; margin-bottom: .5em; }
+figure { display: inline-block; margin: .5em; } figure img { max-width: 100%; border: 1px solid #eee; }
+code { background: #f4f4f4; padding: 1px 4px; } .failed { color: #b00; }
+"""
+# Lets a headless browser (and a reader) confirm every embedded image decoded: data-images-rendered on <body>.
+ONLOAD = """<script>window.addEventListener('load', () => { const imgs = Array.from(document.images);
+document.body.dataset.imagesRendered = imgs.filter(i => i.complete && i.naturalWidth > 0).length; });</script>"""
+
+
+def _log(msg: str) -> None:
+    print(f"[report] {msg}", file=sys.stderr, flush=True)
+
+
+def _scatter_samples(client: MlflowClient, runs: dict[str, str]) -> dict[str, dict]:
+    """trial -> {variant: {confidence, iou_eval}}, from each run's scatter.json artifact."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for trial, run_id in runs.items():
+            try:
+                path = client.download_artifacts(run_id, "scatter.json", tmp)
+            except (MlflowException, OSError):
+                continue  # a failed trial has none
+            out[trial] = json.loads(Path(path).read_text())
+    return out
+
+
+def _launch_run(client: MlflowClient, experiment_id: str, profile: str) -> Optional[str]:
+    runs = client.search_runs([experiment_id], f"tags.`ablab.role` = 'launch' and tags.`ablab.profile` = '{profile}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(path.stem.replace('_', ' '))}</figcaption></figure>")
+
+
+def _page(study: Study, profile: str, table_html: str, images: list[Path], runs_html: str, browse: str) -> str:
+    title = f"{study.study} ({profile}): {study.title or study.paper + ' table ' + study.table}"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    figures = "".join(_img(p) for p in images) or "<p>No plots for this study yet.</p>"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="ablab-study" content="{html.escape(study.study)}"><meta name="ablab-profile" content="{html.escape(profile)}">
+<style>{STYLE}</style></head>
+<body><p><a href="{INDEX}">all studies</a></p>
+<h1>{html.escape(title)}</h1>
+<p>Paper <code>{html.escape(study.paper)}</code>, table {html.escape(study.table)}; alpha convention
+<code>{study.alpha_convention}</code>. Built {stamp} from MLflow.</p>
+<h2>Table</h2>
+{table_html}
+<h2>Plots</h2>
+{figures}
+<h2>MLflow runs</h2>
+<p>{browse}</p>
+{runs_html}
+{ONLOAD}
+</body></html>
+"""
+
+
+def _runs_table(df, tracking_uri: str, experiment_id: str) -> str:
+    if df.empty:
+        return "<p>No runs.</p>"
+    rows = []
+    for run_id, group in df.groupby("run_id", sort=False):
+        r = group.iloc[0]
+        status = html.escape(str(r["status"]))
+        error = f'<br><span class="failed">{html.escape(str(r["error"])[:300])}</span>' if r.get("error") else ""
+        rows.append(f'<tr><td><a href="{_run_link(tracking_uri, experiment_id, run_id)}">{html.escape(str(r["trial_key"]))}</a>'
+                    f"</td><td>{status}{error}</td></tr>")
+    return f'<table class="ablab-table runs"><thead><tr><th>trial</th><th>status</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
+                 out_root: Optional[str] = None, dashboards_dir: Optional[str] = None) -> Path:
+    """Write <dashboards>/<study>-<profile>.html and refresh the index; returns the page's path."""
+    study = load_study(study_path)
+    uri = resolve_tracking_uri(study.study, tracking_uri, out_root)
+    df = results(study_path, profile=profile, tracking_uri=uri, out_root=out_root)
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT_PREFIX + study.study).experiment_id
+
+    plot_dir = study_dir(study, profile, out_root) / "plots"
+    runs = {r["trial"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
+    images = [p for p in (plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
+                          plots.ap_vs_iou(study, df, plot_dir),
+                          plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
+    launch = _launch_run(client, experiment_id, profile)
+    if launch:
+        for p in images:
+            client.log_artifact(launch, str(p), "plots")
+
+    table_html = ""
+    if study.table_layout:
+        data = study.trial_config(profile, study.trial_points(profile)[0]).data
+        table_html = render(study, build_table(study, df), "html", caption(study, profile, f"{data.kind} {data.val_split}"))
+    browse = (f'Tracking server: <a href="{html.escape(uri)}">{html.escape(uri)}</a>.'
+              if uri.startswith(("http://", "https://")) else
+              f"Local store: run <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>, then the links below open.")
+    page = _page(study, profile, table_html, images, _runs_table(df, uri, experiment_id), browse)
+
+    out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{study.study}-{profile}.html"
+    path.write_text(page)
+    write_index(out)
+    _log(f"{path} ({len(images)} plots, {df['run_id'].nunique() if not df.empty else 0} runs); index: {out / INDEX}")
+    return path
+
+
+def write_index(folder: Path) -> Path:
+    """index.html linking every study page in ``folder``."""
+    items = []
+    for page in sorted(folder.glob("*.html")):
+        if page.name == INDEX:
+            continue
+        text = page.read_text(errors="replace")
+        title = re.search(r"<title>(.*?)</title>", text, re.S)
+        items.append(f'<li><a href="{html.escape(page.name)}">{title.group(1) if title else html.escape(page.stem)}</a></li>')
+    body = "<ul>" + "".join(items) + "</ul>" if items else "<p>No study reports yet: run <code>ablab report STUDY</code>.</p>"
+    index = folder / INDEX
+    index.write_text(f"<!doctype html><html><head><meta charset=\"utf-8\"><title>ablab studies</title><style>{STYLE}</style>"
+                     f"</head><body><h1>ablab studies</h1>{body}</body></html>\n")
+    return index
