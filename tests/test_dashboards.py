@@ -1,6 +1,5 @@
 """The user's main path on studies/table3.yaml: run the smoke profile end to end, print the paper's table,
 open the HTML report in headless Chromium, and find the study's runs in the MLflow UI."""
-import json
 import subprocess
 import sys
 from pathlib import Path

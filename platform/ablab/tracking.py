@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
