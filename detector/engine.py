@@ -203,11 +203,13 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         raw = raw_predictions(out, priors, cfg.model.arch, batch.targets)
         for name, per_image in detect(raw, variants, cfg.inference).items():
             for img_id, scale, d in zip(batch.image_ids, batch.scales, per_image):
-                boxes = (d.boxes / scale).cpu().numpy()
-                for box, score, label in zip(boxes, d.scores.cpu().numpy(), d.labels.cpu().numpy()):
-                    x0, y0, x1, y1 = (float(v) for v in box)
-                    dets[name].append({"image_id": int(img_id), "category_id": cat_ids[int(label)], "label": int(label),
-                                       "bbox": [x0, y0, x1 - x0, y1 - y0], "box": [x0, y0, x1, y1], "score": float(score)})
+                boxes = (d.boxes.float() / scale).cpu()
+                xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+                dets[name].extend(
+                    {"image_id": int(img_id), "category_id": cat_ids[label], "label": label, "bbox": bbox, "box": box,
+                     "score": score}
+                    for box, bbox, score, label in zip(boxes.tolist(), xywh.tolist(), d.scores.float().tolist(),
+                                                       d.labels.tolist()))
     log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")
     if not val_set.labelled:
         log(f"[eval] {val_set.name} has no annotations (e.g. COCO test-dev): detections written, no metrics")

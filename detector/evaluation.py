@@ -143,18 +143,30 @@ def correlations(confidence: np.ndarray, iou_eval: np.ndarray) -> dict[str, floa
     return {"pearson": pearson, "spearman": spearman}
 
 
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4) x (M, 4) xyxy -> (N, M) IoU."""
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
 def iou_eval_of(records_by_id: dict, detections: list[dict]) -> np.ndarray:
-    """IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image."""
+    """IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image (0 if none).
+    One (D, G) IoU matrix per image."""
     out = np.zeros(len(detections))
+    by_image: dict[int, list[int]] = {}
     for i, d in enumerate(detections):
-        r = records_by_id[d["image_id"]]
-        m = (r.labels == d["label"]) & ~r.ignore
-        if not m.any():
+        by_image.setdefault(d["image_id"], []).append(i)
+    for image_id, idx in by_image.items():
+        r = records_by_id[image_id]
+        gt_boxes, gt_labels = r.boxes[~r.ignore], r.labels[~r.ignore]
+        if not len(gt_boxes):
             continue
-        g, b = r.boxes[m], np.asarray(d["box"])
-        iw = np.clip(np.minimum(g[:, 2], b[2]) - np.maximum(g[:, 0], b[0]), 0, None)
-        ih = np.clip(np.minimum(g[:, 3], b[3]) - np.maximum(g[:, 1], b[1]), 0, None)
-        inter = iw * ih
-        union = (b[2] - b[0]) * (b[3] - b[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
-        out[i] = float((inter / np.maximum(union, 1e-9)).max())
+        boxes = np.asarray([detections[i]["box"] for i in idx], dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray([detections[i]["label"] for i in idx])
+        iou = _pairwise_iou(boxes, gt_boxes.astype(np.float64))
+        iou[labels[:, None] != gt_labels[None, :]] = 0.0
+        out[idx] = iou.max(axis=1)
     return out

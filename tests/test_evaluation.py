@@ -109,3 +109,18 @@ def test_split_without_annotations_yields_detections_and_no_metrics(synthetic_ro
     result = evaluate(Detector(cfg.model, len(test_dev.classes)), cfg, test_dev)
     assert set(result.metrics) == {"cls/num_detections"}
     assert len(result.detections["cls"]) == result.metrics["cls/num_detections"] > 0
+
+
+def test_iou_eval_is_the_best_same_class_non_ignored_gt():
+    import numpy as np
+
+    from detector.data.datasets import Record
+    from detector.evaluation import iou_eval_of
+
+    rec = Record(1, None, 100, 100, np.array([[0, 0, 10, 10], [0, 0, 20, 10], [50, 50, 60, 60]], np.float32),
+                 np.array([0, 1, 0]), np.array([False, False, True]))
+    dets = [{"image_id": 1, "label": 0, "box": [0, 0, 10, 5]},    # class-0 GT: 50 / 100
+            {"image_id": 1, "label": 1, "box": [0, 0, 10, 10]},   # class-1 GT (20x10): 100 / 200
+            {"image_id": 1, "label": 0, "box": [50, 50, 60, 60]},  # only matches an ignored GT
+            {"image_id": 1, "label": 2, "box": [0, 0, 10, 10]}]   # no GT of its class
+    assert iou_eval_of({1: rec}, dets).tolist() == [0.5, 0.5, 0.0, 0.0]
