@@ -204,7 +204,9 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
 
 def summarize(plan: Plan, results, tracking_uri: str, wall: float) -> int:
     first = (plan.study.variant_configs() or [None])[0]
-    metric = f"{first.name}/AP" if first else None
+    layout = plan.study.table_layout
+    shown = layout.metric(layout.columns[0]) if layout else "AP"
+    metric = f"{first.name}/{shown}" if first else None
     lines, failed = [], 0
     for r in results:
         key = point_key(r.config) if r.config else "?"
@@ -214,8 +216,9 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float) -> int:
             status = "FAILED"
         else:
             status = "done" if m.get("done") else "incomplete"
-        ap = m.get(metric) if metric else next((v for k, v in m.items() if k.endswith("/AP")), None)
-        lines.append(f"  {key:<40} {status:<10} AP={ap:.3f}" if isinstance(ap, float) else f"  {key:<40} {status}")
+        ap = m.get(metric) if metric else next((v for k, v in m.items() if k.endswith(f"/{shown}")), None)
+        lines.append(f"  {key:<40} {status:<10} {metric or shown}={ap:.3f}" if isinstance(ap, float)
+                     else f"  {key:<40} {status}")
     log(f"finished in {wall:.0f}s: {len(lines) - failed} ok, {failed} failed")
     for line in lines:
         print(line, file=sys.stderr)
