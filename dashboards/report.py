@@ -121,10 +121,12 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     experiment_id = client.get_experiment_by_name(EXPERIMENT_PREFIX + study.study).experiment_id
 
     plot_dir = study_dir(study, profile, out_root) / "plots"
-    runs = {r["trial"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
-    images = [p for p in (plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
-                          plots.ap_vs_iou(study, df, plot_dir),
-                          plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
+    images = []
+    if not df.empty:  # e.g. a profile never run
+        runs = {r["trial"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
+        images = [p for p in (plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
+                              plots.ap_vs_iou(study, df, plot_dir),
+                              plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
     launch = _launch_run(client, experiment_id, profile)
     if launch:
         for p in images:
@@ -144,7 +146,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     path = out / f"{study.study}-{profile}.html"
     path.write_text(page)
     write_index(out)
-    _log(f"{path} ({len(images)} plots, {df['run_id'].nunique() if not df.empty else 0} runs); index: {out / INDEX}")
+    _log(f"{path} ({len(images)} plots, {0 if df.empty else df['run_id'].nunique()} runs); index: {out / INDEX}")
     return path
 
 
