@@ -62,36 +62,47 @@ def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(ap)
 
 
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4) x (M, 4) xyxy -> (N, M) IoU."""
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
 def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple[np.ndarray, np.ndarray]],
-                 iou_thr: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy VOC matching for one class: (tp, fp) per detection in score order, and the number of
-    non-difficult GTs. dets: (image_id, score, box); gts: image_id -> (boxes (G, 4), difficult (G,))."""
+                 thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy VOC matching for one class at every IoU threshold at once: (tp, fp), each (T, D) over the
+    detections in score order, and the number of non-difficult GTs. dets: (image_id, score, box);
+    gts: image_id -> (boxes (G, 4), difficult (G,)).
+
+    Each detection's best GT (difficult ones included, as the devkit does) does not depend on the threshold,
+    so the IoUs are computed once per image; at a threshold, the first detection in score order to reach a
+    non-difficult GT is its true positive, later ones are false positives, and one on a difficult GT counts
+    neither way."""
     n_pos = int(sum((~d).sum() for _, d in gts.values()))
     order = sorted(range(len(dets)), key=lambda i: -dets[i][1])
-    tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
-    used = {k: np.zeros(len(v[0]), bool) for k, v in gts.items()}
+    best_iou, best_gt, best_difficult = np.zeros(len(dets)), np.full(len(dets), -1), np.zeros(len(dets), bool)
+    by_image: dict[int, list[int]] = {}
     for rank, i in enumerate(order):
-        img, _, box = dets[i]
+        by_image.setdefault(dets[i][0], []).append(rank)
+    offset = 0  # GTs numbered across images, so (image, GT) pairs become one integer
+    for img, ranks in by_image.items():
         g_boxes, difficult = gts.get(img, (np.zeros((0, 4)), np.zeros(0, bool)))
-        if len(g_boxes) == 0:
-            fp[rank] = 1
-            continue
-        # VOC devkit's +1 pixel convention is not used: boxes here are continuous, as COCO's.
-        iw = np.clip(np.minimum(g_boxes[:, 2], box[2]) - np.maximum(g_boxes[:, 0], box[0]), 0, None)
-        ih = np.clip(np.minimum(g_boxes[:, 3], box[3]) - np.maximum(g_boxes[:, 1], box[1]), 0, None)
-        inter = iw * ih
-        union = (box[2] - box[0]) * (box[3] - box[1]) + (g_boxes[:, 2] - g_boxes[:, 0]) * (g_boxes[:, 3] - g_boxes[:, 1]) - inter
-        iou = inter / np.maximum(union, 1e-9)
-        j = int(iou.argmax())
-        if iou[j] >= iou_thr:
-            if difficult[j]:
-                continue  # neither tp nor fp
-            if not used[img][j]:
-                tp[rank], used[img][j] = 1, True
-            else:
-                fp[rank] = 1
-        else:
-            fp[rank] = 1
+        if len(g_boxes):
+            # VOC devkit's +1 pixel convention is not used: boxes here are continuous, as COCO's.
+            iou = _pairwise_iou(np.stack([dets[order[r]][2] for r in ranks]).astype(np.float64), g_boxes.astype(np.float64))
+            j = iou.argmax(axis=1)
+            best_iou[ranks], best_gt[ranks], best_difficult[ranks] = iou.max(axis=1), j + offset, difficult[j]
+            offset += len(g_boxes)
+    tp, fp = np.zeros((len(thresholds), len(dets))), np.zeros((len(thresholds), len(dets)))
+    for t, thr in enumerate(thresholds):
+        hit = best_iou >= thr
+        counted = np.flatnonzero(hit & ~best_difficult)
+        _, first = np.unique(best_gt[counted], return_index=True)  # np.unique keeps the first (best-scored) rank
+        tp[t, counted[first]] = 1
+        fp[t] = ~hit | (hit & ~best_difficult & (tp[t] == 0))
     return tp, fp, n_pos
 
 
@@ -108,18 +119,16 @@ def voc_metrics(records, detections: list[dict], num_classes: int) -> dict[str, 
     per_class_det: list[list] = [[] for _ in range(num_classes)]
     for d in detections:
         per_class_det[d["label"]].append((d["image_id"], d["score"], np.asarray(d["box"])))
-    out = {}
-    for thr in VOC_THRESHOLDS:
-        aps = []
-        for c in range(num_classes):
-            tp, fp, n_pos = _match_class(per_class_det[c], per_class_gt[c], thr)
-            if n_pos == 0:
-                continue
-            tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
-            recall = tp_c / n_pos
-            precision = tp_c / np.maximum(tp_c + fp_c, np.finfo(float).eps)
-            aps.append(voc07_ap(recall, precision))
-        out[f"mAP{round(thr * 100)}"] = float(np.mean(aps)) if aps else 0.0
+    aps: list[list[float]] = [[] for _ in VOC_THRESHOLDS]
+    for c in range(num_classes):
+        tp, fp, n_pos = _match_class(per_class_det[c], per_class_gt[c], VOC_THRESHOLDS)
+        if n_pos == 0:
+            continue
+        tp_c, fp_c = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
+        for t in range(len(VOC_THRESHOLDS)):
+            precision = tp_c[t] / np.maximum(tp_c[t] + fp_c[t], np.finfo(float).eps)
+            aps[t].append(voc07_ap(tp_c[t] / n_pos, precision))
+    out = {f"mAP{round(thr * 100)}": float(np.mean(a)) if a else 0.0 for thr, a in zip(VOC_THRESHOLDS, aps)}
     out["mAP"] = float(np.mean(list(out.values())))
     return out
 
@@ -141,15 +150,6 @@ def correlations(confidence: np.ndarray, iou_eval: np.ndarray) -> dict[str, floa
     pearson = float(np.corrcoef(confidence, iou_eval)[0, 1])
     spearman = float(np.corrcoef(_average_ranks(confidence), _average_ranks(iou_eval))[0, 1])
     return {"pearson": pearson, "spearman": spearman}
-
-
-def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) xyxy -> (N, M) IoU."""
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 def iou_eval_of(records_by_id: dict, detections: list[dict]) -> np.ndarray:

@@ -124,3 +124,13 @@ def test_iou_eval_is_the_best_same_class_non_ignored_gt():
             {"image_id": 1, "label": 0, "box": [50, 50, 60, 60]},  # only matches an ignored GT
             {"image_id": 1, "label": 2, "box": [0, 0, 10, 10]}]   # no GT of its class
     assert iou_eval_of({1: rec}, dets).tolist() == [0.5, 0.5, 0.0, 0.0]
+
+
+def test_voc_matching_is_greedy_in_score_order_at_each_threshold():
+    rec = Record(1, None, 100, 100, np.array([[0, 0, 10, 10]], np.float32), np.array([0]), np.array([False]))
+    dets = [{"image_id": 1, "label": 0, "box": [0, 0, 10, 6], "score": 0.95},  # IoU 0.6: takes the GT up to 0.6
+            {"image_id": 1, "label": 0, "box": [0, 0, 10, 10], "score": 0.9},  # IoU 1: a duplicate there, tp above
+            {"image_id": 1, "label": 0, "box": [0, 0, 10, 9], "score": 0.8}]   # IoU 0.9: always a duplicate
+    m = voc_metrics([rec], dets, num_classes=1)
+    assert m["mAP50"] == m["mAP60"] == pytest.approx(1.0)  # tp, fp, fp
+    assert m["mAP70"] == m["mAP95"] == pytest.approx(0.5)  # fp, tp, fp
