@@ -6,12 +6,17 @@ evaluation seconds) back from MLflow. Prints, per concurrency:
 
     overhead per trial = (study wall time - sum of trial compute / concurrency) / trials
 
+and, from Ray Train's controller logs of that run, the mean time Train spends starting each trial's worker
+group (creating the worker actors, initialising the train context on them).
+
     python bench/orchestration.py [--trials 4] [--epochs 2]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +54,25 @@ def trial_compute(db: Path, study: str) -> list[float]:
     return out
 
 
+TRAIN_PHASES = {"worker actors created": "worker actors", "Train context initialized on workers": "train context",
+                "Worker group startup completed": "worker group total"}
+
+
+def train_phases(ray_session: Path) -> dict[str, float]:
+    """Mean seconds per trial of Train's worker-group start phases, read from its controller logs."""
+    seen: dict[str, list[float]] = {name: [] for name in TRAIN_PHASES.values()}
+    for log in (ray_session / "logs" / "train").glob("ray-train-sys-controller-*.log"):
+        for line in log.read_text().splitlines():
+            try:
+                message = json.loads(line)["message"]
+            except (ValueError, KeyError):
+                continue
+            for phrase, name in TRAIN_PHASES.items():
+                if m := re.search(rf"{phrase} in ([0-9.]+)s", message):
+                    seen[name].append(float(m.group(1)))
+    return {name: sum(v) / len(v) for name, v in seen.items() if v}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=4)
@@ -71,6 +95,8 @@ def main() -> None:
             overhead = (wall - sum(compute) / conc) / args.trials
             print(f"concurrency {conc}: {args.trials} trials, wall {wall:.1f}s (incl. process start and Ray startup), "
                   f"trial compute {sum(compute):.1f}s, overhead {overhead:.1f}s per trial")
+            phases = train_phases(Path("/tmp/ray/session_latest").resolve())  # the embedded cluster just used
+            print("    Ray Train worker-group start per trial: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
 
 
 if __name__ == "__main__":
