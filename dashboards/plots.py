@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ablab.study import Study  # noqa: E402
+from ablab.table import finished, row_variant  # noqa: E402
 from detector.config import parse_variant  # noqa: E402
 
 # The AP family read off each model at single IoU thresholds: COCO's named stats, VOC's mAP50 ... mAP95.
@@ -23,10 +24,6 @@ COCO_AT = {"AP50": 0.5, "AP60": 0.6, "AP70": 0.7, "AP75": 0.75, "AP80": 0.8, "AP
 VOC_AT = re.compile(r"^mAP(\d\d)$")
 SWEEP_METRICS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90", "mAP", "mAP50", "mAP60", "mAP70", "mAP80", "mAP90")
 MAX_LINES = 10
-
-
-def _finished(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "FINISHED"] if "status" in df else df
 
 
 def _save(fig, path: Path) -> Path:
@@ -37,17 +34,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _measured_rows(study: Study) -> list[tuple[str, str, str]]:
+def _measured_rows(study: Study, df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(label, trial, variant) of every table row that reads one of our runs."""
     layout = study.table_layout
-    default = next(iter(v.name for v in study.variant_configs()), None)
-    return [(r.label, r.trial, r.variant or default) for r in (layout.rows if layout else []) if r.measured]
+    return [(r.label, r.trial, row_variant(r, df)) for r in (layout.rows if layout else []) if r.measured]
 
 
 def alpha_sweep(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
     """AP, AP50 ... AP90 vs alpha, one panel per trained model with at least three alphas (Tables 3/4 of
     000, Table 5 of 004). The x axis is alpha in the study's own convention."""
-    df = _finished(df)
+    df = finished(df)
     sweeps = []
     for trial, group in df.groupby("trial", sort=False):
         points = []
@@ -79,7 +75,7 @@ def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path
     if not study.table_layout or "model.assigner.name" not in df:
         return None
     metric = study.table_layout.metric(study.table_layout.columns[0])
-    df = _finished(df)
+    df = finished(df)
     lines: dict[str, list[tuple[float, float]]] = {}
     for (trial, name), group in df.groupby(["trial", "model.assigner.name"], sort=False):
         row = group.iloc[0]
@@ -104,10 +100,10 @@ def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path
 
 def ap_vs_iou(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
     """AP at each single IoU threshold, one line per measured table row."""
-    df = _finished(df)
+    df = finished(df)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     drawn = 0
-    for label, trial, variant in _measured_rows(study)[:MAX_LINES]:
+    for label, trial, variant in _measured_rows(study, df)[:MAX_LINES]:
         sel = df[(df["trial"] == trial) & (df["variant"] == variant)]
         if sel.empty:
             continue
@@ -131,12 +127,12 @@ def confidence_vs_iou(study: Study, df: pd.DataFrame, scatter: dict[str, dict], 
     """Figure 4 of paper 000: detection confidence vs IoU_eval per measured row (e.g. the baseline, the
     predicted IoU and the ground-truth IoU), with Pearson and Spearman coefficients in each title.
     scatter: trial -> {variant: {"confidence": [...], "iou_eval": [...]}}."""
+    df = finished(df)
     panels = []
-    for label, trial, variant in _measured_rows(study):
+    for label, trial, variant in _measured_rows(study, df):
         samples = scatter.get(trial, {}).get(variant)
         if samples and len(samples["confidence"]) >= 2:
-            sel = _finished(df)
-            sel = sel[(sel["trial"] == trial) & (sel["variant"] == variant)]
+            sel = df[(df["trial"] == trial) & (df["variant"] == variant)]
             coef = sel.iloc[0] if not sel.empty else {}
             panels.append((label, samples, coef.get("pearson"), coef.get("spearman")))
     if not panels:

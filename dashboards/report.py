@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ablab.query import resolve_tracking_uri, results
 from ablab.runner import output_root, study_dir
 from ablab.study import Study, load_study
-from ablab.table import build_table, caption, render
+from ablab.table import table_text
 from ablab.tracking import EXPERIMENT_PREFIX
 
 from . import plots
@@ -132,10 +132,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
         for p in images:
             client.log_artifact(launch, str(p), "plots")
 
-    table_html = ""
-    if study.table_layout:
-        data = study.trial_config(profile, study.trial_points(profile)[0]).data
-        table_html = render(study, build_table(study, df), "html", caption(study, profile, f"{data.kind} {data.val_split}"))
+    table_html = table_text(study, profile, df, "html") if study.table_layout else ""
     browse = (f'Tracking server: <a href="{html.escape(uri)}">{html.escape(uri)}</a>.'
               if uri.startswith(("http://", "https://")) else
               f"Local store: run <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>, then the links below open.")

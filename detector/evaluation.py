@@ -8,6 +8,8 @@ import io
 from typing import Literal
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")
 # Indices into COCOeval's IoU thresholds 0.50:0.05:0.95.
@@ -63,12 +65,8 @@ def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) xyxy -> (N, M) IoU."""
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    """(N, 4) x (M, 4) xyxy -> (N, M) IoU, in float64 (torchvision's op; GT boxes have positive area)."""
+    return box_iou(torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64))).numpy()
 
 
 def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple[np.ndarray, np.ndarray]],
@@ -92,7 +90,7 @@ def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple
         g_boxes, difficult = gts.get(img, (np.zeros((0, 4)), np.zeros(0, bool)))
         if len(g_boxes):
             # VOC devkit's +1 pixel convention is not used: boxes here are continuous, as COCO's.
-            iou = _pairwise_iou(np.stack([dets[order[r]][2] for r in ranks]).astype(np.float64), g_boxes.astype(np.float64))
+            iou = _pairwise_iou(np.stack([dets[order[r]][2] for r in ranks]), g_boxes)
             j = iou.argmax(axis=1)
             best_iou[ranks], best_gt[ranks], best_difficult[ranks] = iou.max(axis=1), j + offset, difficult[j]
             offset += len(g_boxes)
@@ -164,9 +162,8 @@ def iou_eval_of(records_by_id: dict, detections: list[dict]) -> np.ndarray:
         gt_boxes, gt_labels = r.boxes[~r.ignore], r.labels[~r.ignore]
         if not len(gt_boxes):
             continue
-        boxes = np.asarray([detections[i]["box"] for i in idx], dtype=np.float64).reshape(-1, 4)
         labels = np.asarray([detections[i]["label"] for i in idx])
-        iou = _pairwise_iou(boxes, gt_boxes.astype(np.float64))
+        iou = _pairwise_iou(np.asarray([detections[i]["box"] for i in idx]).reshape(-1, 4), gt_boxes)
         iou[labels[:, None] != gt_labels[None, :]] = 0.0
         out[idx] = iou.max(axis=1)
     return out

@@ -149,13 +149,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "table":
             from .query import results
             from .study import load_study
-            from .table import build_table, caption, render
+            from .table import table_text
 
-            study = load_study(args.study)
-            data = study.trial_config(args.profile, study.trial_points(args.profile)[0]).data
             df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
-            cap = caption(study, args.profile, f"{data.kind} {data.val_split}")
-            print(render(study, build_table(study, df), args.format, cap), end="")
+            print(table_text(load_study(args.study), args.profile, df, args.format), end="")
             return 0
     except (ConfigError, DatasetError, FileNotFoundError, LookupError) as err:
         print(f"ablab: error: {err}", file=sys.stderr)

@@ -236,7 +236,8 @@ def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Co
 
 
 def _check_rows_evaluable(study: Study, resolved: list[tuple[dict[str, Any], Config]]) -> None:
-    """Every table row must read a variant its trial actually evaluates (e.g. no alpha on a model without q)."""
+    """Every table row must read a variant its trial actually evaluates (e.g. no alpha on a model without q);
+    a row without one reads its trial's first (``ablab.table.row_variant``)."""
     if not study.table_layout:
         return
     evaluated = {p["trial"]: {v.name for v in c.variants()} for p, c in resolved}

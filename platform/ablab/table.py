@@ -22,6 +22,19 @@ class Cell:
         return None if self.ours is None or self.paper is None else self.ours - self.paper
 
 
+def finished(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of finished runs (a failed or interrupted trial's partial metrics are never shown)."""
+    return results[results["status"] == "FINISHED"] if "status" in results else results
+
+
+def row_variant(row: Row, results: pd.DataFrame) -> Optional[str]:
+    """The variant a row reads: its own, else the first its trial evaluated (the same rule the study check uses)."""
+    if row.variant or results.empty:
+        return row.variant
+    evaluated = results.loc[results["trial"] == row.trial, "variant"]
+    return evaluated.iloc[0] if len(evaluated) else None
+
+
 def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None) -> list[tuple[Row, list[Cell]]]:
     """One (row, cells) per layout row. Ours: the mean over seeds of the row's trial x variant, times the
     layout's scale (100: percent), or None when MLflow holds no finished value for it."""
@@ -29,8 +42,7 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
     if layout is None:
         raise ValueError(f"study {study.study} has no table layout")
     scale = layout.scale if scale is None else scale
-    default_variant = next(iter(v.name for v in study.variant_configs()), None)
-    done = results[results["status"] == "FINISHED"] if "status" in results else results
+    done = finished(results)
     out = []
     for row in layout.rows:
         cells = []
@@ -38,7 +50,7 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
             ours = None
             metric = layout.metric(col)
             if row.measured and metric in done.columns:
-                sel = done[(done["trial"] == row.trial) & (done["variant"] == (row.variant or default_variant))][metric].dropna()
+                sel = done[(done["trial"] == row.trial) & (done["variant"] == row_variant(row, done))][metric].dropna()
                 if len(sel):
                     ours = float(sel.mean()) * scale
             cells.append(Cell(ours, row.reference.get(col)))
@@ -50,6 +62,12 @@ def _fmt(x: Optional[float], digits: int, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def table_text(study: Study, profile: str, results: pd.DataFrame, fmt: str) -> str:
+    """The paper's table with our results beside it, captioned with the profile's data set, as md/csv/html/latex."""
+    data = study.trial_config(profile, study.trial_points(profile)[0]).data
+    return render(study, build_table(study, results), fmt, caption(study, profile, f"{data.kind} {data.val_split}"))
 
 
 def caption(study: Study, profile: str, dataset: str) -> str:
