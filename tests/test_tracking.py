@@ -44,3 +44,23 @@ def test_epochs_reported_but_never_logged_are_backfilled_from_history(tmp_path):
     run_id = json.loads((tmp_path / "runs.json").read_text())["trials"]["a_seed0"]
     history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 2.0), (3, 1.0)]
+
+
+def test_epochs_checkpointed_before_a_kill_are_backfilled_from_the_finished_trial(tmp_path):
+    """The driver died after epoch 1 was logged while Train had already checkpointed epochs 2 and 3: the
+    resumed trial only reports its final result, which carries no checkpoint; the trial folder's history
+    fills the gap."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    logger = MlflowStudyLogger(uri, _study(), "smoke", {"a_seed0": {"inference": {"variants": []}}},
+                               tmp_path / "trials", tmp_path / "runs.json")
+    logger.setup()
+    trial = SimpleNamespace(config={"trial": "a", "seed": 0})
+    logger.on_trial_result(0, [], trial, {"epoch": 1, "loss": 3.0})
+    (tmp_path / "trials" / "a_seed0").mkdir(parents=True)
+    (tmp_path / "trials" / "a_seed0" / "history.json").write_text(
+        json.dumps([{"epoch": e, "loss": 4.0 - e} for e in (1, 2, 3)]))
+    logger.on_trial_result(0, [], trial, {"epoch": 3, "done": 1.0, "cls/AP": 0.5})
+    run_id = json.loads((tmp_path / "runs.json").read_text())["trials"]["a_seed0"]
+    client = MlflowClient(uri)
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")) == [(1, 3.0), (2, 2.0), (3, 1.0)]
+    assert client.get_run(run_id).data.metrics["cls/AP"] == 0.5

@@ -169,16 +169,18 @@ class MlflowStudyLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = point_key(trial.config)
         run_id = self.run_for(key, trial.config)
-        epoch = int(result.get("epoch", 0))
+        epoch, done = int(result.get("epoch", 0)), bool(result.get("done"))
         logged = self._epochs_logged(key, run_id)
-        if epoch > 0 and result.get("checkpoint_path"):
-            history = Path(result["checkpoint_path"]) / HISTORY_FILE
-            if history.is_file():
-                for past in json.loads(history.read_text()):
-                    if int(past["epoch"]) < epoch and int(past["epoch"]) not in logged:
-                        self._log_epoch(run_id, past, int(result.get("timestamp", 0) * 1000))
-                        logged.add(int(past["epoch"]))
-        if epoch > 0 and epoch in logged and not result.get("done"):
+        # Epochs reported but never logged (the driver was killed in between) are in the trial's history: every
+        # checkpoint carries it, and so does the trial folder once the trial is done.
+        folder = Path(result["checkpoint_path"]) if result.get("checkpoint_path") else (
+            self.artifacts_root / key if done else None)
+        if epoch > 0 and folder is not None and (folder / HISTORY_FILE).is_file():
+            for past in json.loads((folder / HISTORY_FILE).read_text()):
+                if (int(past["epoch"]) < epoch or done) and int(past["epoch"]) not in logged:
+                    self._log_epoch(run_id, past, int(result.get("timestamp", 0) * 1000))
+                    logged.add(int(past["epoch"]))
+        if epoch > 0 and epoch in logged and not done:
             return  # already in MLflow (a restarted worker or restored trial reporting again)
         self._log_epoch(run_id, result, int(result.get("timestamp", 0) * 1000))
         if epoch > 0:

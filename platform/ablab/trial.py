@@ -69,6 +69,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         final["eval_seconds"] = time.perf_counter() - t0
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
+        (trial_dir / HISTORY_FILE).write_text(json.dumps(state.history))  # lets the driver backfill any epoch
         # One COCO results file per variant: what the COCO test-dev server takes for submission.
         (trial_dir / "detections").mkdir(exist_ok=True)
         for name, dets in result.detections.items():
