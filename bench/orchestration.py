@@ -1,13 +1,17 @@
-"""Orchestration overhead of a study: wall time minus the trials' own compute, per trial.
+"""Orchestration overhead of a study, per trial: ablab against bare Ray Tune x Ray Train, one run.
 
-Runs a 4-trial smoke study (tiny RetinaNet, synthetic data) with `ablab run` on an embedded local
-Ray cluster, at concurrency 1 and 2, and reads each trial's compute (epoch training seconds +
-evaluation seconds) back from MLflow. Prints, per concurrency:
+Runs a 4-trial smoke study (tiny RetinaNet, synthetic data) with `ablab run` on an embedded local Ray
+cluster, at concurrency 1 and 2, and reads each trial's compute (epoch training seconds + evaluation
+seconds) back from MLflow. Then runs the same grid as bare Ray: a Tune trial driver per trial building a
+TorchTrainer whose loop only reports as often as a smoke trial does (two epochs + the final result), on a
+cluster started by ablab's own `start_ray` (same Train settings). Both are timed as whole commands: process
+start, Ray startup, everything up to exit. Prints, per concurrency:
 
-    overhead per trial = (study wall time - sum of trial compute / concurrency) / trials
+    overhead per trial = (command wall time - sum of trial compute / concurrency) / trials
 
-and, from Ray Train's controller logs of that run, the mean time Train spends starting each trial's worker
-group (creating the worker actors, initialising the train context on them).
+for ablab and for bare Ray (whose trials compute nothing), their difference (what ablab itself adds:
+planning, MLflow, detector imports, checkpoints, the report) and, from Ray Train's controller logs of the
+ablab run, the mean time Train spends starting each trial's worker group.
 
     python bench/orchestration.py [--trials 4] [--epochs 2]
 """
@@ -24,9 +28,6 @@ import time
 from pathlib import Path
 
 import yaml
-from mlflow.tracking import MlflowClient
-
-from detector.data import write_synthetic
 
 
 def study_yaml(path: Path, data_root: Path, trials: int, epochs: int, concurrency: int) -> Path:
@@ -45,6 +46,8 @@ def study_yaml(path: Path, data_root: Path, trials: int, epochs: int, concurrenc
 
 
 def trial_compute(db: Path, study: str) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(f"ablab/{study}")
     out = []
@@ -73,30 +76,81 @@ def train_phases(ray_session: Path) -> dict[str, float]:
     return {name: sum(v) / len(v) for name, v in seen.items() if v}
 
 
+def _reporting_loop(config: dict) -> None:
+    import ray.train
+
+    for epoch in range(config["reports"]):
+        ray.train.report({"epoch": float(epoch)})
+
+
+def _bare_trial(params: dict, *, storage: str, reports: int) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    TorchTrainer(_reporting_loop, train_loop_config={"reports": reports},
+                 scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                 run_config=ray.train.RunConfig(name=f"bare-{params['trial']}", storage_path=storage,
+                                                callbacks=[TuneReportCallback()])).fit()
+
+
+def bare_ray(trials: int, reports: int, concurrency: int, storage: str) -> None:
+    """The same grid with nothing of ablab's in the trials (run in its own process by main)."""
+    from ray import tune
+
+    from ablab.runner import start_ray
+
+    start_ray(None)
+    trainable = tune.with_resources(tune.with_parameters(_bare_trial, storage=storage, reports=reports),
+                                    {"CPU": 0, "memory": 1 << 20})
+    tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},
+               tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+               run_config=tune.RunConfig(storage_path=storage, name="bare", verbose=0)).fit()
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    return wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--bare", type=int, metavar="CONCURRENCY", help=argparse.SUPPRESS)  # the bare-Ray subprocess
+    ap.add_argument("--storage", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare:
+        bare_ray(args.trials, args.epochs + 1, args.bare, args.storage)
+        return
+    # Imported here: the bare-Ray process above should not pay for them.
+    from detector.data import write_synthetic
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = write_synthetic(tmp / "data", train=16, val=8, size=128, seed=0)
+        env = {**os.environ, "ABLAB_OUTPUT_ROOT": str(tmp / "out"), "RAY_AUTH_MODE": "disabled"}
+        env.pop("MLFLOW_TRACKING_URI", None)
         for conc in (1, 2):
             name = f"overhead_c{conc}"
             study = study_yaml(tmp / f"{name}.yaml", data, args.trials, args.epochs, conc)
-            env = {**os.environ, "ABLAB_OUTPUT_ROOT": str(tmp / "out"), "RAY_AUTH_MODE": "disabled"}
-            env.pop("MLFLOW_TRACKING_URI", None)
-            t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "ablab.cli", "run", str(study)], env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if r.returncode != 0:
-                sys.exit(f"study failed:\n{r.stderr[-3000:]}")
+            wall = timed([sys.executable, "-m", "ablab.cli", "run", str(study)], env)
             compute = trial_compute(tmp / "out" / name / "mlflow.db", name)
-            overhead = (wall - sum(compute) / conc) / args.trials
-            print(f"concurrency {conc}: {args.trials} trials, wall {wall:.1f}s (incl. process start and Ray startup), "
-                  f"trial compute {sum(compute):.1f}s, overhead {overhead:.1f}s per trial")
             phases = train_phases(Path("/tmp/ray/session_latest").resolve())  # the embedded cluster just used
-            print("    Ray Train worker-group start per trial: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+            ours = (wall - sum(compute) / conc) / args.trials
+            bare_wall = timed([sys.executable, __file__, "--trials", str(args.trials), "--epochs", str(args.epochs),
+                               "--bare", str(conc), "--storage", str(tmp / f"bare_c{conc}")], env)
+            bare = bare_wall / args.trials
+            print(f"concurrency {conc}: {args.trials} trials")
+            print(f"    ablab run: wall {wall:.1f}s, trial compute {sum(compute):.1f}s -> overhead {ours:.1f}s per trial")
+            print(f"    bare Ray Tune x Train, same cluster settings: wall {bare_wall:.1f}s -> {bare:.1f}s per trial")
+            print(f"    ablab's own share: {ours - bare:.1f}s per trial ({ours / bare:.2f}x bare Ray)")
+            print("    Ray Train worker-group start per trial (ablab run): "
+                  + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import Config, VariantConfig
-from .data.datasets import DetectionSet, category_ids, records_to_coco
-from .data.loader import build_split, make_loader
+from .data.datasets import DetectionSet, build_split, category_ids, records_to_coco
+from .data.loader import make_loader
 from .evaluation import coco_metrics, correlations, iou_eval_of, voc_metrics
 from .model import Detector
 from .scoring import detect, raw_predictions

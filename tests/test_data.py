@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from detector.config import DataConfig
-from detector.data import DatasetError, build_split, load_coco, load_voc, make_loader, write_synthetic
+from detector.data import DatasetError, build_split, load_coco, load_voc, write_synthetic
+from detector.data.loader import make_loader
 from detector.data.loader import SIZE_DIVISOR, TrainingImages, collate, resize_scale
 from detector.data.synthetic import CLASSES
 

@@ -1,7 +1,9 @@
-"""Datasets (COCO, VOC, synthetic), transforms and batching."""
-from .datasets import DatasetError, DetectionSet, Record, load_coco, load_voc
-from .loader import Batch, build_split, make_loader
+"""Datasets (COCO, VOC, synthetic), transforms and batching.
+
+The batching half (``detector.data.loader``) needs torch and is imported from there, so that opening and
+checking a dataset (what the study driver does before any compute) stays torch-free."""
+from .datasets import DatasetError, DetectionSet, Record, build_split, load_coco, load_voc
 from .synthetic import CLASSES as SYNTHETIC_CLASSES, write_synthetic
 
-__all__ = ["Batch", "DatasetError", "DetectionSet", "Record", "SYNTHETIC_CLASSES", "build_split", "load_coco",
-           "load_voc", "make_loader", "write_synthetic"]
+__all__ = ["DatasetError", "DetectionSet", "Record", "SYNTHETIC_CLASSES", "build_split", "load_coco", "load_voc",
+           "write_synthetic"]

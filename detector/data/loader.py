@@ -1,12 +1,8 @@
-"""From a data config to batches: dataset resolution, resize to [short, long], flip, padded collate."""
+"""From a dataset to batches: resize to [short, long], flip, padded collate."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -17,42 +13,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import DataConfig
 from ..criterion import Targets
-from .datasets import DatasetError, DetectionSet, load_coco, load_voc
-from .synthetic import write_synthetic
+from .datasets import DatasetError, DetectionSet
 
 SIZE_DIVISOR = 128  # P7 has stride 128: padding to a multiple keeps every level's grid exact
-
-
-def ensure_synthetic(cfg: DataConfig) -> Path:
-    """The synthetic root, generated on first use. Written to a temp dir and renamed, so concurrent
-    workers never see a half-written dataset."""
-    root = Path(cfg.root)
-    if root.exists():
-        return root
-    params = {"train": 400, "val": 100, "size": 256, "seed": 0, **cfg.synthetic}
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    print(f"[data] writing synthetic dataset to {root} ({params})", file=sys.stderr, flush=True)
-    write_synthetic(tmp, **params)
-    try:
-        tmp.rename(root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return root
-
-
-def build_split(cfg: DataConfig, split: str) -> DetectionSet:
-    root = Path(cfg.root)
-    if cfg.kind == "synthetic":
-        root = ensure_synthetic(cfg)
-        return load_coco(root / "annotations" / f"instances_{split}.json", root, f"synthetic:{split}", cfg.max_images)
-    if cfg.kind == "coco":
-        if not root.exists():
-            raise DatasetError(f"data.root: COCO folder not found: {root} (it should hold annotations/ and {split}/)")
-        if split.startswith("test-dev"):  # published without annotations: image info only, images in test2017/
-            return load_coco(root / "annotations" / f"image_info_{split}.json", root / "test2017", f"coco:{split}",
-                             cfg.max_images)
-        return load_coco(root / "annotations" / f"instances_{split}.json", root / split, f"coco:{split}", cfg.max_images)
-    return load_voc(root, split, max_images=cfg.max_images)
 
 
 def resize_scale(width: int, height: int, short: int, long: int) -> float:

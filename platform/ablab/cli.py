@@ -100,11 +100,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
             print(f"synthetic dataset written to {root} ({args.train} train / {args.val} val, {args.size}px, seed {args.seed})")
             return 0
-        from . import single
-
         if args.command == "train":
+            from . import single
+
             return single.train_command(args.config, args.out, args.overrides)
         if args.command == "evaluate":
+            from . import single
+
             return single.evaluate_command(args.config, args.checkpoint, args.variants, args.convention, args.out,
                                            args.overrides)
         if args.command == "validate":

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from .tracking import EXPERIMENT_PREFIX, default_tracking_uri, metric_key
+from .runner import resolve_tracking_uri
+from .tracking import EXPERIMENT_PREFIX, metric_key
 
 
 def _study_id(study: str) -> str:
@@ -19,12 +19,6 @@ def _study_id(study: str) -> str:
 
         return load_study(study).study
     return study
-
-
-def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:
-    from .runner import output_root
-
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_root(out_root) / study_id)
 
 
 def _cast(value: str) -> Any:

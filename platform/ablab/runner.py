@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +38,13 @@ def output_root(explicit: Optional[str] = None) -> Path:
 
 def study_dir(study: Study, profile: str, root: Optional[str] = None) -> Path:
     return output_root(root) / study.study / profile
+
+
+def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:
+    """--tracking-uri > $MLFLOW_TRACKING_URI > the local default: one SQLite file per study, beside its
+    profiles' folders (profiles are told apart by a tag)."""
+    default = f"sqlite:///{(output_root(out_root) / study_id / 'mlflow.db').resolve()}"
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
 @dataclass
@@ -147,6 +155,12 @@ def _param_space(plan: Plan) -> dict[str, Any]:
     return space
 
 
+def _open_store(tracking_uri: str) -> None:
+    from .tracking import open_store
+
+    open_store(tracking_uri)
+
+
 @dataclass
 class Outcome:
     failed: int
@@ -159,6 +173,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     """Run (or resume) a study."""
     from ray import tune
 
+
     t0 = time.perf_counter()
     plan = plan_study(study_path, profile, out_root)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,15 +183,18 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
             raise ConfigError(f"nothing to resume: {launch_file} not found (run the study first)")
         tracking_uri = tracking_uri or json.loads(launch_file.read_text())["tracking_uri"]
     else:
-        from .tracking import default_tracking_uri
-
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(plan.out_dir.parent)
+        tracking_uri = resolve_tracking_uri(plan.study.study, tracking_uri, out_root)
         if (plan.out_dir / "tune").exists():
             raise ConfigError(f"{plan.out_dir} already holds a run of this study: `ablab resume {study_path}"
                               f" --profile {profile}` finishes it; delete the folder to start over")
     launch_file.write_text(json.dumps({"study": study_path, "profile": profile, "tracking_uri": tracking_uri}, indent=1))
 
-    where = start_ray(address)
+    # Importing MLflow and opening the store (a new SQLite file: schema migrations) take ~2.5 s: done in a
+    # thread while Ray starts.
+    with ThreadPoolExecutor(1) as pool:
+        store = pool.submit(_open_store, tracking_uri)
+        where = start_ray(address)
+        store.result()
     res = plan.study.resources_for(profile)
     max_conc = concurrency(plan)
     log(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
@@ -188,7 +206,11 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     log(f"outputs: {plan.out_dir}")
 
     trainable, logger = _tuner_parts(plan, tracking_uri)
-    run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=[logger],
+    # MLflow is the study's logger; of Tune's own, keep the CSV/JSON files and skip TensorBoard, whose
+    # import (tensorboardX, torch) would cost the driver ~2.5 s.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
+    run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1)
     if resume and tune.Tuner.can_restore(str(plan.out_dir / "tune")):
         tuner = tune.Tuner.restore(str(plan.out_dir / "tune"), trainable=trainable, resume_unfinished=True,

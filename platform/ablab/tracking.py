@@ -51,9 +51,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def default_tracking_uri(study_root: Path) -> str:
-    """The local default store: one SQLite file per study (profiles are told apart by a tag)."""
-    return f"sqlite:///{(study_root / 'mlflow.db').resolve()}"
+def open_store(tracking_uri: str) -> None:
+    """Open the tracking store once (creating a new SQLite file's schema); MLflow caches it per URI."""
+    MlflowClient(tracking_uri).search_experiments(max_results=1)
 
 
 def artifact_location(tracking_uri: str) -> Optional[str]:
