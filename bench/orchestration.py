@@ -4,14 +4,15 @@ Runs a 4-trial smoke study (tiny RetinaNet, synthetic data) with `ablab run` on 
 cluster, at concurrency 1 and 2, and reads each trial's compute (epoch training seconds + evaluation
 seconds) back from MLflow. Then runs the same grid as bare Ray: a Tune trial driver per trial building a
 TorchTrainer whose loop only reports as often as a smoke trial does (two epochs + the final result), on a
-cluster started by ablab's own `start_ray` (same Train settings). Both are timed as whole commands: process
-start, Ray startup, everything up to exit. Prints, per concurrency:
+cluster started by ablab's own `start_ray` (same Train settings). Prints, per concurrency, for ablab and
+for bare Ray (whose trials compute nothing):
 
-    overhead per trial = (command wall time - sum of trial compute / concurrency) / trials
+    overhead per trial = (wall time - sum of trial compute / concurrency) / trials
 
-for ablab and for bare Ray (whose trials compute nothing), their difference (what ablab itself adds:
-planning, MLflow, detector imports, checkpoints, the report) and, from Ray Train's controller logs of the
-ablab run, the mean time Train spends starting each trial's worker group.
+with the wall time of the whole command (process start, Ray startup, everything up to exit) and of the
+trials alone (Tune's fit: what a study costs on a running cluster); their difference is what ablab itself
+adds (planning, MLflow, detector imports, checkpoints, the report). Also, from Ray Train's controller logs
+of the ablab run, the mean time Train spends starting each trial's worker group.
 
     python bench/orchestration.py [--trials 4] [--epochs 2]
 """
@@ -95,7 +96,8 @@ def _bare_trial(params: dict, *, storage: str, reports: int) -> None:
 
 
 def bare_ray(trials: int, reports: int, concurrency: int, storage: str) -> None:
-    """The same grid with nothing of ablab's in the trials (run in its own process by main)."""
+    """The same grid with nothing of ablab's in the trials (run in its own process by main); prints the
+    trials' wall time in the form ablab's summary line has it."""
     from ray import tune
 
     from ablab.runner import start_ray
@@ -103,18 +105,22 @@ def bare_ray(trials: int, reports: int, concurrency: int, storage: str) -> None:
     start_ray(None)
     trainable = tune.with_resources(tune.with_parameters(_bare_trial, storage=storage, reports=reports),
                                     {"CPU": 0, "memory": 1 << 20})
-    tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},
-               tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
-               run_config=tune.RunConfig(storage_path=storage, name="bare", verbose=0)).fit()
+    tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+                       run_config=tune.RunConfig(storage_path=storage, name="bare", verbose=0))
+    t0 = time.perf_counter()
+    tuner.fit()
+    print(f"(trials {time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall time of the command, wall time of its trials as its summary line gives it)."""
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return wall
+    return wall, float(re.findall(r"\(trials ([0-9.]+)s\)", r.stderr)[-1])
 
 
 def main() -> None:
@@ -138,17 +144,16 @@ def main() -> None:
         for conc in (1, 2):
             name = f"overhead_c{conc}"
             study = study_yaml(tmp / f"{name}.yaml", data, args.trials, args.epochs, conc)
-            wall = timed([sys.executable, "-m", "ablab.cli", "run", str(study)], env)
-            compute = trial_compute(tmp / "out" / name / "mlflow.db", name)
+            ours = timed([sys.executable, "-m", "ablab.cli", "run", str(study)], env)
+            compute = sum(trial_compute(tmp / "out" / name / "mlflow.db", name)) / conc
             phases = train_phases(Path("/tmp/ray/session_latest").resolve())  # the embedded cluster just used
-            ours = (wall - sum(compute) / conc) / args.trials
-            bare_wall = timed([sys.executable, __file__, "--trials", str(args.trials), "--epochs", str(args.epochs),
-                               "--bare", str(conc), "--storage", str(tmp / f"bare_c{conc}")], env)
-            bare = bare_wall / args.trials
-            print(f"concurrency {conc}: {args.trials} trials")
-            print(f"    ablab run: wall {wall:.1f}s, trial compute {sum(compute):.1f}s -> overhead {ours:.1f}s per trial")
-            print(f"    bare Ray Tune x Train, same cluster settings: wall {bare_wall:.1f}s -> {bare:.1f}s per trial")
-            print(f"    ablab's own share: {ours - bare:.1f}s per trial ({ours / bare:.2f}x bare Ray)")
+            bare = timed([sys.executable, __file__, "--trials", str(args.trials), "--epochs", str(args.epochs),
+                          "--bare", str(conc), "--storage", str(tmp / f"bare_c{conc}")], env)
+            print(f"concurrency {conc}: {args.trials} trials, their compute {compute * conc:.1f}s")
+            for what, i in (("whole command", 0), ("trials only", 1)):
+                a, b = (ours[i] - compute) / args.trials, bare[i] / args.trials
+                print(f"    {what + ':':<15} ablab {a:5.1f}s per trial (wall {ours[i]:5.1f}s), bare Ray Tune x Train "
+                      f"{b:5.1f}s (wall {bare[i]:5.1f}s); ablab's own share {a - b:4.1f}s per trial")
             print("    Ray Train worker-group start per trial (ablab run): "
                   + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
 

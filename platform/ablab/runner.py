@@ -173,7 +173,6 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     """Run (or resume) a study."""
     from ray import tune
 
-
     t0 = time.perf_counter()
     plan = plan_study(study_path, profile, out_root)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,15 +190,17 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
 
     # Importing MLflow and opening the store (a new SQLite file: schema migrations) take ~2.5 s: done in a
     # thread while Ray starts.
+    t_ray = time.perf_counter()
     with ThreadPoolExecutor(1) as pool:
         store = pool.submit(_open_store, tracking_uri)
         where = start_ray(address)
         store.result()
+    t_ray = time.perf_counter() - t_ray
     res = plan.study.resources_for(profile)
     max_conc = concurrency(plan)
     log(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
         f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
-    log(f"ray: {where}; {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, {max_conc} at a time")
+    log(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, {max_conc} at a time")
     log(f"mlflow: {tracking_uri}")
     if tracking_uri.startswith("sqlite:"):
         log(f"browse: mlflow ui --backend-store-uri {tracking_uri}")
@@ -220,11 +221,13 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         tuner = tune.Tuner(trainable, param_space=_param_space(plan),
                            tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=True),
                            run_config=run_config)
+    t_fit = time.perf_counter()
     results = tuner.fit()
-    return Outcome(summarize(plan, results, tracking_uri, time.perf_counter() - t0), tracking_uri)
+    t_fit = time.perf_counter() - t_fit
+    return Outcome(summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit), tracking_uri)
 
 
-def summarize(plan: Plan, results, tracking_uri: str, wall: float) -> int:
+def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: float) -> int:
     first = (plan.study.variant_configs() or [None])[0]
     layout = plan.study.table_layout
     shown = layout.metric(layout.columns[0]) if layout else "AP"
@@ -241,7 +244,7 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float) -> int:
         ap = m.get(metric) if metric else next((v for k, v in m.items() if k.endswith(f"/{shown}")), None)
         lines.append(f"  {key:<40} {status:<10} {metric or shown}={ap:.3f}" if isinstance(ap, float)
                      else f"  {key:<40} {status}")
-    log(f"finished in {wall:.0f}s: {len(lines) - failed} ok, {failed} failed")
+    log(f"finished in {wall:.0f}s (trials {trials_wall:.1f}s): {len(lines) - failed} ok, {failed} failed")
     for line in lines:
         print(line, file=sys.stderr)
     log(f"results: ablab results {plan.study_path} --profile {plan.profile}   |   "
