@@ -1,8 +1,10 @@
-"""The study driver's MLflow logger against a real SQLite store: metric names MLflow accepts, and epochs a
-killed driver never logged are backfilled from the checkpoint's history."""
+"""The study driver's MLflow logger against a real SQLite store: metric names MLflow accepts, epochs a
+killed driver never logged are backfilled from the checkpoint's history, and a store that cannot be opened
+is a clear error."""
 import json
 from types import SimpleNamespace
 
+import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -64,3 +66,11 @@ def test_epochs_checkpointed_before_a_kill_are_backfilled_from_the_finished_tria
     client = MlflowClient(uri)
     assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")) == [(1, 3.0), (2, 2.0), (3, 1.0)]
     assert client.get_run(run_id).data.metrics["cls/AP"] == 0.5
+
+
+def test_an_unusable_tracking_uri_is_an_error_naming_it():
+    from ablab.runner import _open_store
+    from detector.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tracking URI nosuch://store: cannot open the MLflow store"):
+        _open_store("nosuch://store")

@@ -158,7 +158,11 @@ def _param_space(plan: Plan) -> dict[str, Any]:
 def _open_store(tracking_uri: str) -> None:
     from .tracking import open_store
 
-    open_store(tracking_uri)
+    try:
+        open_store(tracking_uri)
+    except Exception as err:  # MLflow raises many kinds (bad scheme, refused connection, locked file)
+        raise ConfigError(f"tracking URI {tracking_uri}: cannot open the MLflow store ({type(err).__name__}: "
+                          f"{str(err)[:300]})") from err
 
 
 @dataclass
