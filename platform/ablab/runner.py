@@ -81,9 +81,13 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
 
 
 def start_ray(address: Optional[str]) -> str:
-    """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one)."""
+    """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one). Sets this
+    process's settings for running studies first (Train's health-check interval, no Tune logger of its own)."""
     import ray
 
+    # MLflow is a study's logger: Tune adds none of its own (run_study keeps its CSV/JSON files); its
+    # TensorBoard logger alone would import tensorboardX and torch into the driver, ~2.5 s.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Inside a Ray job the variable may already come from the job's runtime env, and Ray refuses a driver
     # runtime env that sets it again; the embedded cluster inherits this process's environment.
     inherited = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" in os.environ
@@ -211,9 +215,6 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     log(f"outputs: {plan.out_dir}")
 
     trainable, logger = _tuner_parts(plan, tracking_uri)
-    # MLflow is the study's logger; of Tune's own, keep the CSV/JSON files and skip TensorBoard, whose
-    # import (tensorboardX, torch) would cost the driver ~2.5 s.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
     run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1)
