@@ -7,8 +7,7 @@ import torch
 
 from detector.config import DataConfig
 from detector.data import DatasetError, build_split, load_coco, load_voc, write_synthetic
-from detector.data.loader import make_loader
-from detector.data.loader import SIZE_DIVISOR, TrainingImages, collate, resize_scale
+from detector.data.loader import SIZE_DIVISOR, TrainingImages, collate, make_loader, resize_scale
 from detector.data.synthetic import CLASSES
 
 

@@ -208,7 +208,8 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     max_conc = concurrency(plan)
     log(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
         f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
-    log(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, {max_conc} at a time")
+    log(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, "
+        f"{max_conc} at a time")
     log(f"mlflow: {tracking_uri}")
     if tracking_uri.startswith("sqlite:"):
         log(f"browse: mlflow ui --backend-store-uri {tracking_uri}")

@@ -45,12 +45,13 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
     done = finished(results)
     out = []
     for row in layout.rows:
+        mine = done[(done["trial"] == row.trial) & (done["variant"] == row_variant(row, done))] if row.measured else done[:0]
         cells = []
         for col in layout.columns:
             ours = None
             metric = layout.metric(col)
-            if row.measured and metric in done.columns:
-                sel = done[(done["trial"] == row.trial) & (done["variant"] == row_variant(row, done))][metric].dropna()
+            if metric in mine.columns:
+                sel = mine[metric].dropna()
                 if len(sel):
                     ours = float(sel.mean()) * scale
             cells.append(Cell(ours, row.reference.get(col)))
