@@ -4,7 +4,9 @@ Prints, measured here and now:
   (a) training images/s, ours / torchvision (fp32, same batch, input size, classes, boxes);
   (b) the share of a step spent in anchor generation + assignment + losses, ours and torchvision's;
   (c) our step's achieved GFLOP/s (FLOPs from torch.utils.flop_counter) over this machine's conv GFLOP/s;
-  (d) ours with precision bf16 (CPU autocast + channels_last; AMP on GPU) / torchvision fp32.
+  (d) ours with precision bf16 (CPU autocast + channels_last; AMP on GPU) / torchvision fp32, and which
+      precision `auto` picks on this machine: on a CPU without native bf16 (no avx512_bf16 / amx_bf16) bf16
+      is emulated, (d) falls below 1, and auto picks fp32 (ABLAB_NATIVE_BF16=0 shows that choice anywhere).
 
     python bench/train_step.py [--size 512] [--batch 2] [--steps 4] [--classes 80] [--boxes 8]
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import nullcontext
 
 import torch
 import torchvision
@@ -28,6 +29,7 @@ from detector.config import ModelConfig
 from detector.criterion import Targets
 from detector.engine import select_device
 from detector.model import Detector
+from detector.precision import Precision, hardware_summary, resolve_precision
 
 
 def sync(device: torch.device) -> None:
@@ -72,11 +74,10 @@ class Timer:
         self.total += time.perf_counter() - self.t0
 
 
-def ours_step(model: Detector, opt, images, targets: Targets, precision: str, loss_timer: Timer):
-    ctx = torch.autocast(images.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    if precision == "bf16":
+def ours_step(model: Detector, opt, images, targets: Targets, precision: Precision, loss_timer: Timer):
+    if precision.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with ctx:
+    with precision.autocast():
         out, priors = model(images)
         with loss_timer:
             losses = model.criterion(out, priors, targets)
@@ -154,6 +155,9 @@ def main() -> None:
     tv_targets = [{"boxes": b, "labels": l} for b, l in zip(boxes, labels)]
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"batch {args.batch} x {args.size}x{args.size}, {args.classes} classes, {args.boxes} boxes/image")
+    fp32, bf16 = Precision("fp32", device.type), Precision("bf16", device.type)
+    auto = resolve_precision("auto", device)
+    print(f"hardware: {hardware_summary(device)}; precision auto picks {auto.name} here")
 
     ours = our_model(args.classes).to(device)
     tv = torchvision_model(args.classes, args.size).to(device)
@@ -161,14 +165,14 @@ def main() -> None:
     ours_opt, tv_opt = sgd(ours), sgd(tv)
 
     with FlopCounterMode(display=False) as fc:
-        ours_step(ours, ours_opt, images, targets, "fp32", Timer(device))
+        ours_step(ours, ours_opt, images, targets, fp32, Timer(device))
     flops = fc.get_total_flops()
 
     tv_s, tv_loss = run(Step(tv_step, tv, tv_opt, images, tv_targets, Timer(device)), args.steps, args.warmup, device)
-    ours_s, ours_loss = run(Step(ours_step, ours, ours_opt, images, targets, "fp32", Timer(device)), args.steps, args.warmup, device)
+    ours_s, ours_loss = run(Step(ours_step, ours, ours_opt, images, targets, fp32, Timer(device)), args.steps, args.warmup, device)
     ours_bf = our_model(args.classes).to(device).to(memory_format=torch.channels_last)
     bf_opt = sgd(ours_bf)
-    bf_s, _ = run(Step(ours_step, ours_bf, bf_opt, images, targets, "bf16", Timer(device)), args.steps, args.warmup, device)
+    bf_s, _ = run(Step(ours_step, ours_bf, bf_opt, images, targets, bf16, Timer(device)), args.steps, args.warmup, device)
     peak = conv_peak_gflops(device, args.size)
 
     ips = lambda s: args.batch / s
@@ -180,6 +184,10 @@ def main() -> None:
     achieved = flops / ours_s / 1e9
     print(f"(c) ours {flops / 1e9:.0f} GFLOP/step, {achieved:.0f} GFLOP/s achieved / {peak:.0f} GFLOP/s conv peak = {achieved / peak:.3f}")
     print(f"(d) speed ratio ours bf16 / torchvision fp32:   {tv_s / bf_s:.3f}")
+    print(f"    ours bf16 / ours fp32: {ours_s / bf_s:.3f}; auto picks {auto.name}, "
+          f"{'so (d) is what a study gets here' if auto.name == 'bf16' else 'so a study gets (a) here'}")
+    if tv_s / bf_s < 1:
+        print("    (d) < 1: bf16 is emulated on this hardware (no native bf16), which is why auto does not pick it")
 
 
 if __name__ == "__main__":

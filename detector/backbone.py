@@ -26,7 +26,11 @@ _WEIGHTS = {
     "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
     "resnext101_32x8d": torchvision.models.ResNeXt101_32X8D_Weights.IMAGENET1K_V1,
 }
-_STAGE_CHANNELS = {"resnet18": (128, 256, 512), "resnet34": (128, 256, 512)}  # others: (512, 1024, 2048)
+# resnet10: torchvision's BasicBlock ResNet with one block per stage, the cheapest from-scratch stand-in.
+_BUILDERS: dict[str, Callable[..., torchvision.models.ResNet]] = {
+    "resnet10": lambda weights=None, norm_layer=None: torchvision.models.ResNet(
+        torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)}
+_STAGE_CHANNELS = {name: (128, 256, 512) for name in ("resnet10", "resnet18", "resnet34")}  # others: (512, 1024, 2048)
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -95,7 +99,8 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: BackboneConfig, fpn_width: int):
         super().__init__()
-        resnet = getattr(torchvision.models, cfg.name)(weights=None, norm_layer=_norm_layer(cfg.norm))
+        build = _BUILDERS.get(cfg.name) or getattr(torchvision.models, cfg.name)
+        resnet = build(weights=None, norm_layer=_norm_layer(cfg.norm))
         state = _load_state(cfg)
         if state is not None:
             missing, unexpected = resnet.load_state_dict(state, strict=False)

@@ -17,13 +17,20 @@ class Strict(BaseModel):
 
 
 class BackboneConfig(Strict):
-    name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"] = "resnet50"
+    name: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"] = "resnet50"
+    """resnet10 (one BasicBlock per stage, no ImageNet weights) is a from-scratch stand-in for smoke profiles."""
     pretrained: str = "imagenet"
     """``none`` | ``imagenet`` (torchvision weights from the local torch cache) | a file path."""
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
     """Frozen BN as in the papers; ``bn``/``gn`` for training from scratch (frozen random BN is an identity)."""
     frozen_stages: int = Field(1, ge=0, le=4)
     """0: nothing frozen; 1: stem + stage 1 (the papers); k: stem + stages 1..k."""
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> "BackboneConfig":
+        if self.name == "resnet10" and self.pretrained == "imagenet":
+            raise ValueError("resnet10 has no ImageNet weights in torchvision: set pretrained: none (or a file)")
+        return self
 
 
 class HeadConfig(Strict):
@@ -127,8 +134,10 @@ class TrainConfig(Strict):
     steps: list[int] = Field(default_factory=lambda: [8, 11])
     """Epochs at which the lr is multiplied by 0.1."""
     grad_clip: Optional[float] = Field(35.0, gt=0.0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """bf16: CPU autocast + channels_last, or AMP on GPU; fp16: AMP on GPU only (fp32 on CPU)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on a GPU that supports it, else fp16 with a GradScaler; on a CPU bf16 where it is native
+    (avx512_bf16 / amx_bf16), else fp32 (detector/precision.py). bf16: autocast + channels_last (emulated, and
+    slow, on a CPU without native bf16); fp16: AMP on GPU only (fp32 on CPU)."""
     seed: int = 0
     loader_workers: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1)

@@ -2,10 +2,11 @@
 drives it through ``on_epoch_end`` and checkpoints it hands back in."""
 from __future__ import annotations
 
-import contextlib
+import pickle
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -14,11 +15,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import Config, VariantConfig
+from .config import Config, ConfigError, VariantConfig
 from .data.datasets import DetectionSet, build_split, category_ids, records_to_coco
 from .data.loader import make_loader
 from .evaluation import coco_metrics, correlations, iou_eval_of, voc_metrics
 from .model import Detector
+from .precision import Precision, hardware_summary, resolve_precision
 from .scoring import detect, raw_predictions
 
 
@@ -28,15 +30,6 @@ class NonFiniteLoss(FloatingPointError):
 
 def select_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def autocast_for(precision: str, device: torch.device):
-    """bf16: autocast on CPU or GPU; fp16: AMP on GPU only; fp32: nothing."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -59,6 +52,17 @@ def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
     return bool(bad.item() == 0)
 
 
+def _run_precision(requested: str, device: torch.device, checkpoint: Optional[dict], world: int) -> Precision:
+    """The run's precision: the checkpoint's on resume, else ``requested`` resolved by rank 0, whose choice
+    every DDP worker takes (workers on different hardware still train one model in one precision)."""
+    if checkpoint is not None and checkpoint.get("precision"):
+        return resolve_precision(checkpoint["precision"], device)
+    choice = [resolve_precision(requested, device).name]
+    if world > 1:
+        dist.broadcast_object_list(choice, src=0)
+    return resolve_precision(choice[0], device)
+
+
 def lr_at(cfg: Config, epoch: int, iteration: int) -> float:
     """Linear-scaled lr with linear warmup (from warmup_ratio) and x0.1 steps at the configured epochs."""
     t = cfg.train
@@ -79,13 +83,19 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 class TrainState:
     model: Detector
     optimizer: torch.optim.Optimizer
+    precision: Precision
+    """Resolved once when the run starts and kept on resume (the checkpoint holds its name)."""
+    hardware: str
+    """What the precision was chosen on, e.g. ``cpu AVX512 (native bf16)``."""
     epoch: int = 0  # epochs completed
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
     def checkpoint(self) -> dict[str, Any]:
+        """Tensors, numbers, strings and lists only: ``torch.load(weights_only=True)`` reads it back."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "iteration": self.iteration, "history": self.history}
+                "epoch": self.epoch, "iteration": self.iteration, "history": self.history,
+                "precision": self.precision.name}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -103,12 +113,14 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
     seed_everything(cfg.train.seed)
     rank, world = _world()
     device = select_device()
+    precision = _run_precision(cfg.train.precision, device, checkpoint, world)
     train_set = build_split(cfg.data, cfg.data.train_split)
     model = Detector(cfg.model, len(train_set.classes)).to(device)
-    channels_last = cfg.train.precision == "bf16"
-    if channels_last:
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    state = TrainState(model, build_optimizer(model, cfg))
+    state = TrainState(model, build_optimizer(model, cfg), precision, hardware_summary(device))
+    if rank == 0:
+        log(f"[train] precision {precision.name} (train.precision: {cfg.train.precision}) on {state.hardware}")
     if checkpoint is not None:
         state.restore(checkpoint)
         log(f"[train] resumed at epoch {state.epoch}, iteration {state.iteration}")
@@ -116,11 +128,11 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
     per_worker = max(1, cfg.train.batch_size // world)
     loader = make_loader(train_set, cfg.data, per_worker, train=True, workers=cfg.train.loader_workers,
                          seed=cfg.train.seed, distributed=world > 1)
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" and device.type == "cuda" else None
+    scaler = torch.amp.GradScaler(device.type) if precision.needs_grad_scaler else None
     iters_per_epoch = len(loader)
     shard = len(loader.sampler) if world > 1 else len(train_set)
     log(f"[train] rank {rank}/{world}: {shard} of {len(train_set)} images, {len(train_set.classes)} classes, "
-        f"{iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs on {device} ({cfg.train.precision})")
+        f"{iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs on {device} ({precision.name})")
 
     for epoch in range(state.epoch, cfg.train.epochs):
         if hasattr(loader.sampler, "set_epoch"):
@@ -131,10 +143,10 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
         t0, seen = time.perf_counter(), 0
         for i, batch in enumerate(loader):
             batch = batch.to(device)
-            images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+            images = batch.images.contiguous(memory_format=torch.channels_last) if precision.channels_last else batch.images
             for g in state.optimizer.param_groups:
                 g["lr"] = lr_at(cfg, epoch, state.iteration)
-            with autocast_for(cfg.train.precision, device):
+            with precision.autocast():
                 losses = model.criterion(*net(images), batch.targets)
             loss = losses["loss"]
             if not _finite_everywhere(loss, world):
@@ -184,11 +196,13 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = None,
-             variants: Optional[list[VariantConfig]] = None,
+             variants: Optional[list[VariantConfig]] = None, precision: Optional[Precision] = None,
              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> EvalResult:
     """One inference pass over the val split; every variant is scored from it; COCO (and VOC) metrics and
-    confidence/IoU_eval correlations per variant."""
+    confidence/IoU_eval correlations per variant. ``precision``: the one the model trained in (default:
+    ``cfg.train.precision`` resolved on the model's device)."""
     device = next(model.parameters()).device
+    precision = precision or resolve_precision(cfg.train.precision, device)
     val_set = val_set or build_split(cfg.data, cfg.data.val_split)
     variants = variants or cfg.variants()
     cat_ids = category_ids(val_set)
@@ -198,7 +212,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     t0 = time.perf_counter()
     for batch in loader:
         batch = batch.to(device)
-        with autocast_for(cfg.train.precision, device):
+        with precision.autocast():
             out, priors = model(batch.images)
         raw = raw_predictions(out, priors, cfg.model.arch, batch.targets)
         for name, per_image in detect(raw, variants, cfg.inference).items():
@@ -238,10 +252,39 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     return EvalResult(metrics, dets, scatter)
 
 
-def load_model(cfg: Config, checkpoint_path: str, num_classes: int) -> Detector:
-    model = Detector(cfg.model, num_classes).to(select_device())
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
-    if cfg.train.precision == "bf16":
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint file (a training state or a bare state dict), read as tensors, numbers, strings and lists
+    only (``weights_only``): a file that needs any other object, e.g. one that would run code, is refused."""
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        # torch's message ends in advice to load with weights_only=False, i.e. to run the file's code: keep
+        # only what it found.
+        found = [line.strip() for line in str(err).splitlines() if "Unsupported" in line or "global" in line.lower()]
+        reason = (found[0] if found else str(err).strip().splitlines()[0]).split(". Please")[0][:200]
+        raise ConfigError(f"--checkpoint {path}: not a checkpoint of tensors and numbers, refused without "
+                          f"running it ({type(err).__name__}: {reason})") from None
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"--checkpoint {path}: holds a {type(ckpt).__name__}, not a state dict")
+    return ckpt
+
+
+def model_from_checkpoint(cfg: Config, ckpt: dict[str, Any], num_classes: int, path: str = "checkpoint"
+                          ) -> tuple[Detector, Precision]:
+    """The model of ``cfg`` with the checkpoint's weights, on this machine's device, and the precision to run
+    it in (the one it trained in, when the checkpoint says)."""
+    device = select_device()
+    model = Detector(cfg.model, num_classes).to(device)
+    try:
+        model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
+    except RuntimeError as err:  # another architecture, backbone or class count
+        detail = " ".join(str(err).split())[:300]
+        raise ConfigError(f"--checkpoint {path}: its weights do not fit the config's model "
+                          f"(model.arch {cfg.model.arch}, model.backbone.name {cfg.model.backbone.name}, "
+                          f"{num_classes} classes): {detail}") from None
+    precision = resolve_precision(ckpt.get("precision") or cfg.train.precision, device)
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, precision

@@ -14,7 +14,7 @@ def write_study(path: Path, data_root: Path, trials=None, epochs: int = 1, max_i
         "table": "test",
         "alpha_convention": "iou_aware",
         "base": {
-            "model": {"backbone": {"name": "resnet18", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
+            "model": {"backbone": {"name": "resnet10", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
                       "fpn_width": 32, "head": {"depth": 1, "width": 32, "norm": "gn"}},
             "train": {"epochs": epochs, "batch_size": 4, "warmup_iters": 2},
         },

@@ -53,3 +53,13 @@ def test_frozen_stages_freeze_stem_and_stage_one():
     assert not any(p.requires_grad for p in bb.body["stem"].parameters())
     assert not any(p.requires_grad for p in bb.body["layer1"].parameters())
     assert all(p.requires_grad for p in bb.body["layer2"].parameters())
+
+
+def test_resnet10_is_one_basic_block_per_stage_and_has_no_imagenet_weights():
+    bb = Backbone(BackboneConfig(name="resnet10", pretrained="none", norm="bn", frozen_stages=0), 32)
+    assert [len(bb.body[f"layer{i}"]) for i in (1, 2, 3, 4)] == [1, 1, 1, 1]
+    assert all(isinstance(bb.body[f"layer{i}"][0], torchvision.models.resnet.BasicBlock) for i in (1, 2, 3, 4))
+    feats = bb(torch.randn(1, 3, 128, 128))
+    assert [tuple(f.shape) for f in feats] == [(1, 32, 16, 16), (1, 32, 8, 8), (1, 32, 4, 4), (1, 32, 2, 2), (1, 32, 1, 1)]
+    with pytest.raises(ValueError, match="resnet10 has no ImageNet weights"):
+        BackboneConfig(name="resnet10", pretrained="imagenet")

@@ -51,3 +51,51 @@ def test_bad_input_fails_before_training_with_the_field_named(synthetic_root, tm
     assert r.returncode == 2
     assert needle in r.stderr
     assert "[train] epoch" not in r.stderr
+
+
+class _Payload:
+    """Unpickling this object opens (so creates) a marker file: code run from a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("form", ["torch_zip", "raw_pickle"])
+def test_evaluate_refuses_a_checkpoint_that_would_run_code(form, tmp_path):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pt"
+    if form == "torch_zip":
+        torch.save({"model": _Payload(marker)}, evil)
+    else:
+        evil.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+    # The data root does not exist: the checkpoint is refused before any data set (or model) is built.
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path / "no_data_here")))
+    r = ablab("evaluate", str(path), "--checkpoint", str(evil))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ablab: error: --checkpoint {evil}: not a checkpoint"), r.stderr
+    assert not marker.exists()
+
+
+def test_evaluate_names_a_checkpoint_of_another_architecture(synthetic_root, tmp_path):
+    import torch
+
+    from detector.config import parse_config
+    from detector.model import Detector
+
+    other = parse_config(tiny_config(synthetic_root, model={"arch": "anchor_free", "assigner": {"name": "inside"},
+                                                              "box_loss": "giou"}))
+    torch.save(Detector(other.model, 6).state_dict(), tmp_path / "anchor_free.pt")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(synthetic_root)))
+    r = ablab("evaluate", str(path), "--checkpoint", str(tmp_path / "anchor_free.pt"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "do not fit the config's model (model.arch retinanet" in r.stderr

@@ -1,7 +1,9 @@
 """The detectors actually learn: trained from scratch on the synthetic set on 2 CPU cores within a few
 minutes, they reach a COCO AP50 on the val split that an untrained model (AP50 ~0) cannot.
 
-The thresholds are the highest that passed reliably in repeated runs on a 2-core machine; see README.
+They train in fp32 whatever the CPU (``precision: auto`` would pick bf16 on some): the thresholds hold on
+every machine, and the time is the same on all of them. The thresholds sit below the values measured on a
+2-core machine (given beside them); see README.
 """
 import time
 
@@ -14,14 +16,17 @@ from detector.engine import evaluate, train
 from detector.model import Detector
 
 pytestmark = pytest.mark.slow
-RETINANET_AP50 = 0.5  # measured 0.535 (3.8 min, 2 cores)
-ANCHOR_FREE_AP50 = 0.2  # measured 0.295 (3.7 min, 2 cores)
+# Measured in fp32 with ResNet10 on a 2-core AMD EPYC: 0.503 (4.6 min) and 0.264 (3.9 min). RetinaNet's bar
+# went from 0.5 to 0.45 when these tests moved from ResNet18 in bf16 (0.535) to ResNet10 in fp32, the
+# smoke profile's backbone and the precision every CPU can run fast.
+RETINANET_AP50 = 0.45
+ANCHOR_FREE_AP50 = 0.2
 
 SMOKE = {
-    "model": {"backbone": {"name": "resnet18", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
+    "model": {"backbone": {"name": "resnet10", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
               "fpn_width": 64, "head": {"depth": 2, "width": 64, "norm": "gn"}, "anchor_scale": 2},
     "train": {"epochs": 28, "batch_size": 8, "lr": 0.16, "warmup_iters": 100, "steps": [22, 26],
-              "precision": "bf16", "threads": 2},
+              "precision": "fp32", "threads": 2},
 }
 
 

@@ -5,7 +5,10 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+
+from detector.precision import hardware_summary, resolve_precision
 
 from platform_helpers import ablab_env, write_study
 
@@ -42,6 +45,11 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
     iou = next(c for c in children if c.data.tags["ablab.trial"] == "iou")
     assert iou.data.params["model.quality.branch"] == "iou"
     assert iou.data.tags["ablab.profile"] == "smoke" and iou.data.tags["ablab.study"] == "two_trials"
+    # precision: auto, resolved by the trial's worker on this machine, is told apart in MLflow and in the log.
+    auto = resolve_precision("auto", torch.device("cpu")).name
+    assert iou.data.params["train.precision"] == "auto" and iou.data.tags["ablab.precision"] == auto
+    assert iou.data.tags["ablab.hardware"] == hardware_summary(torch.device("cpu"))
+    assert f"[train] precision {auto} (train.precision: auto) on cpu " in r.stderr
     assert "alpha_0.5/AP75" in iou.data.metrics and "cls/AP" in iou.data.metrics
     assert [m.step for m in client.get_metric_history(iou.info.run_id, "train/loss")] == [1]
     artifacts = {a.path for a in client.list_artifacts(iou.info.run_id)}
@@ -59,6 +67,7 @@ def test_results_round_trip_and_parquet(finished_study, tmp_path):
     df = ablab.results("two_trials", profile="smoke", out_root=str(out))
     assert len(df) == 3  # baseline: cls only (no quality branch); iou: cls and alpha=0.5
     assert set(df["variant"]) == {"cls", "alpha=0.5"}
+    assert set(df["precision"]) == {resolve_precision("auto", torch.device("cpu")).name}
     assert {"AP", "AP50", "AP90", "model.quality.branch", "train.epochs"} <= set(df.columns)
     assert df["train.epochs"].dtype.kind == "i"  # params typed back from MLflow's strings
     metrics = json.loads((out / "two_trials" / "smoke" / "trials" / "iou_seed0" / "metrics.json").read_text())

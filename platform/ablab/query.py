@@ -31,7 +31,7 @@ def _cast(value: str) -> Any:
 def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
             out_root: Optional[str] = None, include_failed: bool = True, **filters: Any) -> pd.DataFrame:
     """One row per trial x inference variant: identity columns (study, profile, trial, seed, trial_key,
-    run_id, status, error, variant), config columns (the flattened trial config, typed), and metric
+    run_id, status, error, precision and hardware as resolved where the trial trained, variant), config columns (the flattened trial config, typed), and metric
     columns (AP, AP50, ..., AP90, pearson, ...). ``filters``: column=value equality (dots as in the config,
     e.g. ``**{"model.quality.branch": "iou"}`` or ``trial="iou"``)."""
     study_id = _study_id(study)
@@ -56,7 +56,8 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         identity = {"study": study_id, "profile": tags.get("ablab.profile"), "trial": tags.get("ablab.trial"),
                     "seed": int(tags.get("ablab.seed", 0)), "trial_key": tags.get("ablab.trial_key"),
-                    "run_id": run.info.run_id, "status": run.info.status, "error": tags.get("ablab.error")}
+                    "run_id": run.info.run_id, "status": run.info.status, "error": tags.get("ablab.error"),
+                    "precision": tags.get("ablab.precision"), "hardware": tags.get("ablab.hardware")}
         if not include_failed and run.info.status != "FINISHED":
             continue
         config = {k: _cast(v) for k, v in params.items()}

@@ -11,7 +11,7 @@ import yaml
 
 from detector.config import Config, ConfigError, VariantConfig, load_config, parse_config, parse_variant, set_dotted
 from detector.data import build_split
-from detector.engine import EvalResult, evaluate, load_model, train
+from detector.engine import EvalResult, evaluate, model_from_checkpoint, read_checkpoint, train
 
 
 def log(msg: str) -> None:
@@ -66,7 +66,7 @@ def train_command(config: str, out: Optional[str], overrides: list[str]) -> int:
             f"{k}={v:.4f}" for k, v in epoch_metrics.items() if k.startswith("loss")))
 
     state = train(cfg, on_epoch_end=save)
-    result = evaluate(state.model, cfg)
+    result = evaluate(state.model, cfg, precision=state.precision)
     write_results(out_dir, result)
     print(metrics_table(result.metrics))
     log(f"[ablab] metrics: {out_dir / 'metrics.json'}  checkpoint: {out_dir / 'checkpoint.pt'}")
@@ -85,9 +85,10 @@ def evaluate_command(config: str, checkpoint: str, variants: list[str], conventi
     chosen = resolve_variants(cfg, variants, convention)
     if not Path(checkpoint).is_file():
         raise ConfigError(f"--checkpoint: file not found: {checkpoint}")
+    ckpt = read_checkpoint(checkpoint)  # before any data set or model is built
     val = build_split(cfg.data, cfg.data.val_split)
-    model = load_model(cfg, checkpoint, len(val.classes))
-    result = evaluate(model, cfg, val, chosen)
+    model, precision = model_from_checkpoint(cfg, ckpt, len(val.classes), checkpoint)
+    result = evaluate(model, cfg, val, chosen, precision=precision)
     if out:
         write_results(Path(out), result)
     print(metrics_table(result.metrics))

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -91,11 +91,12 @@ class MlflowStudyLogger(Callback):
         self._client: Optional[MlflowClient] = None
         self._logged_epochs: dict[str, set[int]] = {}
         self._reopened: set[str] = set()  # runs set back to RUNNING by this process
+        self._precision_tagged: set[str] = set()
         self.experiment_id: Optional[str] = None
         self.parent: Optional[str] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_logged_epochs": {}, "_reopened": set()}
+        return {**self.__dict__, "_client": None, "_logged_epochs": {}, "_reopened": set(), "_precision_tagged": set()}
 
     @property
     def client(self) -> MlflowClient:
@@ -169,6 +170,7 @@ class MlflowStudyLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = point_key(trial.config)
         run_id = self.run_for(key, trial.config)
+        self._tag_precision(run_id, result)
         epoch, done = int(result.get("epoch", 0)), bool(result.get("done"))
         logged = self._epochs_logged(key, run_id)
         # Epochs reported but never logged (the driver was killed in between) are in the trial's history: every
@@ -185,6 +187,15 @@ class MlflowStudyLogger(Callback):
         self._log_epoch(run_id, result, int(result.get("timestamp", 0) * 1000))
         if epoch > 0:
             logged.add(epoch)
+
+    def _tag_precision(self, run_id: str, result: dict[str, Any]) -> None:
+        """The precision the trial's workers resolved (``auto`` -> bf16 / fp16 / fp32) and the hardware it was
+        resolved on: two results trained differently can be told apart."""
+        if run_id in self._precision_tagged or not result.get("precision"):
+            return
+        self.client.log_batch(run_id, tags=[RunTag("ablab.precision", str(result["precision"])),
+                                            RunTag("ablab.hardware", str(result.get("hardware", "")))])
+        self._precision_tagged.add(run_id)
 
     def _epochs_logged(self, key: str, run_id: str) -> set[int]:
         if key not in self._logged_epochs:

@@ -39,10 +39,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+            # Tensors and numbers only: a checkpoint on shared storage must never be able to run code here.
+            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
 
     def report(state, epoch_metrics: dict[str, float]) -> None:
-        metrics = {k: float(v) for k, v in epoch_metrics.items()}
+        metrics: dict[str, Any] = {k: float(v) for k, v in epoch_metrics.items()}
+        metrics.update(precision=state.precision.name, hardware=state.hardware)  # tags of the trial's run
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -61,10 +63,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({"failed": 1.0, "epoch": -1.0})
         return
 
-    final: dict[str, float] = {"done": 1.0, "epoch": float(state.epoch)}
+    final: dict[str, Any] = {"done": 1.0, "epoch": float(state.epoch), "precision": state.precision.name,
+                             "hardware": state.hardware}
     if rank == 0:
         t0 = time.perf_counter()
-        result = evaluate(state.model, cfg)
+        result = evaluate(state.model, cfg, precision=state.precision)
         final.update(result.metrics)
         final["eval_seconds"] = time.perf_counter() - t0
         trial_dir.mkdir(parents=True, exist_ok=True)
