@@ -98,11 +98,11 @@ def _bare_trial(params: dict, *, storage: str, reports: int) -> None:
 def bare_ray(trials: int, reports: int, concurrency: int, storage: str) -> None:
     """The same grid with nothing of ablab's in the trials (run in its own process by main); prints the
     trials' wall time in the form ablab's summary line has it."""
-    from ray import tune
-
     from ablab.runner import start_ray
 
-    start_ray(None)
+    start_ray(None)  # before Ray is imported: it reads its settings once
+    from ray import tune
+
     trainable = tune.with_resources(tune.with_parameters(_bare_trial, storage=storage, reports=reports),
                                     {"CPU": 0, "memory": 1 << 20})
     tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablab.query import resolve_tracking_uri, results
-from ablab.runner import output_root, study_dir
+from ablab.paths import output_root, study_dir
 from ablab.study import Study, load_study
 from ablab.table import table_text
 from ablab.tracking import EXPERIMENT_PREFIX
@@ -120,7 +120,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT_PREFIX + study.study).experiment_id
 
-    plot_dir = study_dir(study, profile, out_root) / "plots"
+    plot_dir = study_dir(study.study, profile, out_root) / "plots"
     images = []
     if not df.empty:  # e.g. a profile never run
         runs = {r["trial"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}

@@ -147,7 +147,9 @@ class TrainConfig(Strict):
 class VariantConfig(Strict):
     """One way to turn raw (p, q) into a detection confidence; many are scored from one forward pass."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_=,<>+-][A-Za-z0-9._=,<>+-]*$", max_length=128)
+    """Names its metrics and its detections file: the shorthand's characters (``alpha=0.4,truth``,
+    ``cls,q>0.5``), no ``/`` and no leading dot."""
     combine: Literal["cls", "product", "power"] = "power"
     """cls: p only (quality off); product: p*q (the papers' "none"); power: p^a q^(1-a) as below."""
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0)

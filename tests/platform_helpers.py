@@ -91,3 +91,58 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
             return value
         time.sleep(0.25)
     raise TimeoutError(f"{what} not met within {timeout}s")
+
+
+def run_watching_listeners(args: list[str], env: dict, timeout: float = 900):
+    """Run a command, and while it runs, record every listening TCP socket of it and its descendants (every
+    Ray process of an embedded cluster), and what the Ray dashboard answers to a request without a token.
+    Returns (CompletedProcess, {(process name, ip, port)}, {HTTP status of GET /api/jobs/ without a token})."""
+    import subprocess
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    listeners: set[tuple[str, str, int]] = set()
+    unauthenticated: set[int] = set()
+
+    def probe_dashboard(p: "psutil.Process", port: int) -> None:
+        if "dashboard/dashboard.py" not in " ".join(p.cmdline()):
+            return
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs/", timeout=2).read(64)
+            if not body.startswith(b"# HELP"):  # the dashboard's Prometheus exporter answers any path
+                unauthenticated.add(200)
+        except urllib.error.HTTPError as err:
+            unauthenticated.add(err.code)
+        except OSError:
+            pass
+
+    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        out: dict[str, str] = {}
+        reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), proc.communicate())))
+        reader.start()
+        deadline = time.time() + timeout
+        root = psutil.Process(proc.pid)
+        while reader.is_alive() and time.time() < deadline:
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for p in procs:
+                try:
+                    for c in p.net_connections(kind="inet"):
+                        if c.status == psutil.CONN_LISTEN:
+                            if (p.name(), c.laddr.ip, c.laddr.port) not in listeners:
+                                probe_dashboard(p, c.laddr.port)
+                            listeners.add((p.name(), c.laddr.ip, c.laddr.port))
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    pass
+            time.sleep(0.5)
+        if reader.is_alive():
+            proc.kill()
+        reader.join()
+    done = subprocess.CompletedProcess(args, proc.returncode, out.get("stdout", ""), out.get("stderr", ""))
+    return done, listeners, unauthenticated

@@ -75,12 +75,36 @@ def test_ray_job_submit_runs_a_study(services, synthetic_root):
     assert "alpha_0.5/AP" in trials[0].data.metrics
 
 
-def test_ablab_submit_fills_in_the_runtime_env(services, synthetic_root):
+def test_ablab_submit_fills_in_the_runtime_env_and_keeps_secrets_out_of_it(services, synthetic_root):
+    """Submitted with a password in the environment and in the tracking URI: the job still logs to the
+    server, and the password is nowhere the job API, its logs or its outputs show."""
+    import json
+    import urllib.request
+
+    secret = "hunter2-s3cret"
     wd = _working_dir(services["tmp"], synthetic_root, "job_submit")
+    env = {**services["env"], "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": secret}
+    uri = services["mlflow"].replace("http://", f"http://alice:{secret}@")
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "submit", "studies/job_submit.yaml", "--address", services["ray"],
-                        "--tracking-uri", services["mlflow"], "--wait"],
-                       cwd=wd, capture_output=True, text=True, env=services["env"], timeout=900)
+                        "--tracking-uri", uri, "--wait"], cwd=wd, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "SUCCEEDED" in r.stdout
+    assert "SUCCEEDED" in r.stdout and "credentials are not sent with the job" in r.stdout
     trials = [x for x in _job_runs(services, "job_submit") if x.data.tags.get("ablab.role") == "trial"]
     assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+    listing = subprocess.run(["ray", "job", "list", "--address", services["ray"]], capture_output=True, text=True,
+                             env=services["env"], timeout=120)
+    api = urllib.request.urlopen(f"{services['ray']}/api/jobs/", timeout=30).read().decode()
+    assert "job_submit" in api and "PYTHONPATH" in api  # the runtime env is there, without the secret
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(services["ray"])
+    job = next(j for j in client.list_jobs() if "studies/job_submit.yaml" in j.entrypoint)
+    seen = {"ray job list": listing.stdout + listing.stderr, "GET /api/jobs/": api,
+            "job logs": client.get_job_logs(job.submission_id), "submit output": r.stdout + r.stderr,
+            "runtime env": json.dumps(job.runtime_env)}
+    out_root = Path(services["env"]["ABLAB_OUTPUT_ROOT"])
+    for path in (p for p in out_root.rglob("*") if p.is_file() and p.suffix in (".json", ".html", ".txt", ".log", ".csv")):
+        seen[str(path)] = path.read_text(errors="replace")
+    leaked = [where for where, text in seen.items() if secret in text]
+    assert not leaked, f"the password appears in {leaked}"
+    assert any("job_submit" in where and where.endswith("launch.json") for where in seen)  # outputs were checked

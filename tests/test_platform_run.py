@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from detector.precision import hardware_summary, resolve_precision
 
-from platform_helpers import ablab_env, write_study
+from platform_helpers import ablab_env, run_watching_listeners, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +26,41 @@ def finished_study(synthetic_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     study = write_study(tmp / "two_trials.yaml", synthetic_root)
     env = ablab_env(tmp / "out")
-    r = run_cli("run", str(study), "--profile", "smoke", env=env)
-    return study, tmp / "out", env, r
+    home_token = Path.home() / ".ray" / "auth_token"
+    before = home_token.read_text() if home_token.is_file() else None
+    r, listeners, unauthenticated = run_watching_listeners(
+        [sys.executable, "-m", "ablab.cli", "run", str(study), "--profile", "smoke"], env)
+    after = home_token.read_text() if home_token.is_file() else None
+    return study, tmp / "out", env, r, (listeners, unauthenticated, before == after)
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip)
+    return (addr.ipv4_mapped or addr).is_loopback if addr.version == 6 else addr.is_loopback
+
+
+def test_the_embedded_cluster_listens_on_loopback_only_with_token_auth(finished_study):
+    study, out, env, r, (listeners, unauthenticated, home_token_unchanged) = finished_study
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = {name for name, _, _ in listeners}
+    # GCS, raylet, the dashboard and its agent, and the trials' workers were all seen listening.
+    assert {"gcs_server", "raylet"} <= names and len(listeners) >= 6, listeners
+    exposed = {x for x in listeners if not _loopback(x[1])}
+    # Known gap: torch.distributed's rendezvous store (TCPStore), which Ray Train starts in a trial's rank-0
+    # worker, binds every interface and torch has no setting for it. It is the only one left.
+    store = {x for x in exposed if x[0] == "ray::RayTrainWorker"}
+    assert len(store) <= 2  # one per trial (two trials)
+    assert not exposed - store, f"listening beyond loopback: {sorted(exposed - store)}"
+    # Token auth was on (though the environment said RAY_AUTH_MODE=disabled): the dashboard refused a request
+    # without the launch's token, and no token was left behind for a later `ray start` to pick up.
+    assert env["RAY_AUTH_MODE"] == "disabled" and unauthenticated == {401}, unauthenticated
+    assert home_token_unchanged
 
 
 def test_two_trial_study_runs_and_is_tracked(finished_study):
-    study, out, env, r = finished_study
+    study, out, env, r, _ = finished_study
     assert r.returncode == 0, r.stderr[-3000:]
     assert "browse: mlflow ui --backend-store-uri sqlite:///" in r.stderr
     assert "2 ok, 0 failed" in r.stderr
@@ -63,7 +93,7 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
 def test_results_round_trip_and_parquet(finished_study, tmp_path):
     import ablab
 
-    study, out, env, r = finished_study
+    study, out, env, r, _ = finished_study
     df = ablab.results("two_trials", profile="smoke", out_root=str(out))
     assert len(df) == 3  # baseline: cls only (no quality branch); iou: cls and alpha=0.5
     assert set(df["variant"]) == {"cls", "alpha=0.5"}
@@ -83,7 +113,7 @@ def test_results_round_trip_and_parquet(finished_study, tmp_path):
 
 
 def test_validate_checks_without_running(finished_study, tmp_path, synthetic_root):
-    study, out, env, _ = finished_study
+    study, out, env, _, _ = finished_study
     r = run_cli("validate", str(study), "--profile", "smoke", env=env, timeout=120)
     assert r.returncode == 0 and "2 trials" in r.stdout
     bad = write_study(tmp_path / "bad.yaml", tmp_path / "missing_root_does_not_get_made" / "x",
@@ -105,7 +135,7 @@ def test_a_trial_trains_with_ddp_over_two_workers_each_on_its_shard(synthetic_ro
 def test_table_is_rebuilt_from_mlflow(finished_study):
     import ablab
 
-    study, out, env, _ = finished_study
+    study, out, env, _, _ = finished_study
     r = run_cli("table", str(study), "--profile", "smoke", "--out-root", str(out), env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     df = ablab.results("two_trials", profile="smoke", out_root=str(out))

@@ -41,7 +41,28 @@ def test_renderings_show_missing_cells_as_missing():
     assert r"\begin{tabular}" in render(study, table, "latex", cap)
     csv = render(study, table, "csv", cap).splitlines()
     assert csv[0].startswith("row,cited,not_reproduced,AP_ours,AP_paper,AP_delta")
-    assert csv[2].startswith('"baseline",false,"",31.0000,34.4,-3.4000')
+    assert csv[2].startswith("baseline,false,,31.0000,34.4,-3.4000")
+
+
+def test_exports_stay_well_formed_whatever_a_label_holds():
+    import csv
+    import io
+
+    study = _study()
+    nasty = 'R50 "x", 100% & $5 #1 {a_b} ~^ \\ <b>|</b>'
+    study.table_layout.rows[1].label = nasty
+    df = pd.DataFrame([{"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.31, "AP90": 0.11}])
+    table = build_table(study, df)
+    cap = caption(study, "smoke", "synthetic val")
+    rows = list(csv.reader(io.StringIO(render(study, table, "csv", cap))))
+    assert rows[2][0] == nasty and len(rows[2]) == len(rows[0])
+    latex = render(study, table, "latex", cap)
+    assert (r'R50 "x", 100\% \& \$5 \#1 \{a\_b\} \textasciitilde{}\textasciicircum{} \textbackslash{} <b>|</b>'
+            in latex)
+    html_text = render(study, table, "html", cap)
+    assert "<b>|</b>" not in html_text and "&lt;b&gt;|&lt;/b&gt;" in html_text
+    md_line = next(l for l in render(study, table, "md", cap).splitlines() if l.startswith("| R50"))
+    assert md_line.count(" | ") == len(study.table_layout.columns)  # the label's | is escaped
 
 
 def test_columns_read_mapped_metrics_and_unreproduced_rows_stay_empty():

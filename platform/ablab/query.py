@@ -8,6 +8,7 @@ from typing import Any, Optional
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from .paths import check_name
 from .runner import resolve_tracking_uri
 from .tracking import EXPERIMENT_PREFIX, metric_key
 
@@ -35,6 +36,8 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
     columns (AP, AP50, ..., AP90, pearson, ...). ``filters``: column=value equality (dots as in the config,
     e.g. ``**{"model.quality.branch": "iou"}`` or ``trial="iou"``)."""
     study_id = _study_id(study)
+    if profile is not None:
+        check_name("--profile", profile)  # it goes into MLflow's filter string
     uri = resolve_tracking_uri(study_id, tracking_uri, out_root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise FileNotFoundError(f"no MLflow store for study {study_id} at {uri}; run the study or pass tracking_uri")

@@ -2,9 +2,12 @@
 TorchTrainer per trial, mirror it into MLflow from this (driver) process, and summarise."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import secrets
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from typing import Any, Optional
 from detector.config import Config, ConfigError
 from detector.data import build_split
 
+from .paths import adopt_credentials, check_name, output_root, study_dir, under
 from .study import Study, load_study, resolve_configs
 from .trial import point_key, set_health_check_interval
 
@@ -24,27 +28,12 @@ def log(msg: str) -> None:
     print(f"[ablab] {msg}", file=sys.stderr, flush=True)
 
 
-def output_root(explicit: Optional[str] = None) -> Path:
-    """--out-root > $ABLAB_OUTPUT_ROOT > ./outputs, except inside a Ray job whose working dir is a
-    temporary copy: there ~/ablab-outputs, so results outlive the job."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    if os.environ.get("ABLAB_OUTPUT_ROOT"):
-        return Path(os.environ["ABLAB_OUTPUT_ROOT"]).expanduser().resolve()
-    if os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID"):
-        return (Path.home() / "ablab-outputs").resolve()
-    return Path("outputs").resolve()
-
-
-def study_dir(study: Study, profile: str, root: Optional[str] = None) -> Path:
-    return output_root(root) / study.study / profile
-
-
 def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:
     """--tracking-uri > $MLFLOW_TRACKING_URI > the local default: one SQLite file per study, beside its
-    profiles' folders (profiles are told apart by a tag)."""
-    default = f"sqlite:///{(output_root(out_root) / study_id / 'mlflow.db').resolve()}"
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default
+    profiles' folders (profiles are told apart by a tag). Credentials in the URI move to the environment
+    (adopt_credentials): the URI returned is safe to write and print."""
+    default = f"sqlite:///{under(output_root(out_root), check_name('study', study_id), 'mlflow.db')}"
+    return adopt_credentials(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default)
 
 
 @dataclass
@@ -77,14 +66,13 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
                 if key not in seen:
                     seen.add(key)
                     build_split(cfg.data, split)
-    return Plan(study_path, study, profile, points, configs, study_dir(study, profile, out_root))
+    return Plan(study_path, study, profile, points, configs, study_dir(study.study, profile, out_root))
 
 
 def start_ray(address: Optional[str]) -> str:
-    """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one). Sets this
-    process's settings for running studies first (Train's health-check interval, no Tune logger of its own)."""
-    import ray
-
+    """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one) on 127.0.0.1
+    with token authentication. Call it before anything in the process imports Ray: Ray's core reads its
+    settings (auth mode, Train's health-check interval) from the environment once."""
     # MLflow is a study's logger: Tune adds none of its own (run_study keeps its CSV/JSON files); its
     # TensorBoard logger alone would import tensorboardX and torch into the driver, ~2.5 s.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -94,20 +82,43 @@ def start_ray(address: Optional[str]) -> str:
     set_health_check_interval()
     runtime_env = None if inherited else {
         "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
-    if ray.is_initialized():
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        import ray
+
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return address
-    # A local embedded cluster is private to this process: no token file needed. The dashboard serves the
-    # state API, which Train V2 needs to release a finished trial's placement group; without it every
-    # trial leaks its workers' CPUs and the third trial on 2 CPUs waits forever.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = _embedded_cluster_auth()
+    # A single-machine Ray: its node IP is 127.0.0.1 and every server (GCS, raylet, object manager, workers,
+    # dashboard agent, runtime-env agent) binds it. Without this Ray swaps 127.0.0.1 for the machine's
+    # address and its gRPC servers listen on all interfaces. (The name is Ray's: on Windows and macOS it is
+    # the default.)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # One local node is never preempted: skip the watcher actor Train starts per trial (one process less).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    import ray
+
+    # The dashboard serves the state API, which Train V2 needs to release a finished trial's placement group
+    # (else the third trial on 2 CPUs waits forever).
+    ray.init(address="local", _node_ip_address="127.0.0.1", _temp_dir=str(temp_dir), include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=True)
     return "local"
+
+
+def _embedded_cluster_auth() -> Path:
+    """A Ray temp folder for this launch (0700) holding a fresh token, with this process's environment set to
+    use it: token authentication on whatever RAY_AUTH_MODE said, and never ~/.ray, so a later plain
+    `ray start` is not changed by it. The token file goes when the process exits."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ablab-ray-", dir="/tmp"))  # AF_UNIX socket paths < 108 bytes
+    token = temp_dir / "auth_token"
+    token.touch(mode=0o600)
+    token.write_text(secrets.token_hex(32))
+    atexit.register(token.unlink, missing_ok=True)  # runs after Ray's own exit hook (registered later)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    return temp_dir
 
 
 def concurrency(plan: Plan) -> int:
@@ -160,10 +171,12 @@ def _param_space(plan: Plan) -> dict[str, Any]:
 
 
 def _open_store(tracking_uri: str) -> None:
-    from .tracking import open_store
+    """Open the tracking store once (creating a new SQLite file's schema; MLflow caches it per URI). Imports
+    MLflow only, never Ray: it runs in a thread while Ray starts."""
+    from mlflow.tracking import MlflowClient
 
     try:
-        open_store(tracking_uri)
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many kinds (bad scheme, refused connection, locked file)
         raise ConfigError(f"tracking URI {tracking_uri}: cannot open the MLflow store ({type(err).__name__}: "
                           f"{str(err)[:300]})") from err
@@ -179,8 +192,6 @@ class Outcome:
 def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
               tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False) -> Outcome:
     """Run (or resume) a study."""
-    from ray import tune
-
     t0 = time.perf_counter()
     plan = plan_study(study_path, profile, out_root)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +199,8 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     if resume:
         if not launch_file.is_file():
             raise ConfigError(f"nothing to resume: {launch_file} not found (run the study first)")
-        tracking_uri = tracking_uri or json.loads(launch_file.read_text())["tracking_uri"]
+        # launch.json holds the URI without credentials: they come back from the environment (or --tracking-uri).
+        tracking_uri = adopt_credentials(tracking_uri or json.loads(launch_file.read_text())["tracking_uri"])
     else:
         tracking_uri = resolve_tracking_uri(plan.study.study, tracking_uri, out_root)
         if (plan.out_dir / "tune").exists():
@@ -204,6 +216,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         where = start_ray(address)
         store.result()
     t_ray = time.perf_counter() - t_ray
+    from ray import tune
     res = plan.study.resources_for(profile)
     max_conc = concurrency(plan)
     log(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from detector.config import (Config, ConfigError, VariantConfig, deep_merge, format_validation_error, parse_config,
                              parse_variant, read_yaml_mapping, set_dotted)
 
+from .paths import NAME, check_name
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -25,7 +27,8 @@ class Strict(BaseModel):
 class TrialSpec(Strict):
     """One trained model of the study (a point on the training axis)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field(pattern=NAME, max_length=128)
+    """Becomes part of the trial's folder name: letters, digits, ``._-``, no leading dot."""
     set: dict[str, Any] = Field(default_factory=dict)
     """Dotted config overrides applied on top of the profile, e.g. ``model.quality.branch: iou``."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -105,7 +108,8 @@ class Profile(Strict):
 
 
 class Study(Strict):
-    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    study: str = Field(pattern=NAME, max_length=128)
+    """The study's folder under the output root and its MLflow experiment: letters, digits, ``._-``, no leading dot."""
     paper: Literal["iou_aware", "pseudo_iou", "retinanet_conf"]
     table: str
     title: str = ""
@@ -126,6 +130,11 @@ class Study(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Study":
+        for pname in self.profiles:
+            try:
+                check_name(f"profiles.{pname}", pname)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
         names = [t.name for t in self.trials]
         if len(set(names)) != len(names):
             raise ValueError(f"trials: duplicate names in {names}")

@@ -9,15 +9,19 @@ from typing import Optional
 
 from detector.config import ConfigError
 
-# Environment that a study's job needs from the submitting machine when set there.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "ABLAB_OUTPUT_ROOT",
-                 "ABLAB_COCO_ROOT", "ABLAB_VOC_ROOT")
+from .paths import adopt_credentials
+
+# Environment that a study's job needs from the submitting machine when set there. Never credentials: a job's
+# runtime env is shown by `ray job list` and the dashboard's job API. The job takes MLFLOW_TRACKING_USERNAME /
+# MLFLOW_TRACKING_PASSWORD from the cluster's own environment (that of `ray start` on each node).
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "ABLAB_OUTPUT_ROOT", "ABLAB_COCO_ROOT", "ABLAB_VOC_ROOT")
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def runtime_env(working_dir: str, tracking_uri: Optional[str], pip: list[str]) -> dict:
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    if tracking_uri:
-        env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    if tracking_uri or "MLFLOW_TRACKING_URI" in env_vars:
+        env_vars["MLFLOW_TRACKING_URI"] = adopt_credentials(tracking_uri or env_vars["MLFLOW_TRACKING_URI"])
     # The job's working dir is a copy of this checkout: import its detector/ and platform/ablab/ first.
     env_vars["PYTHONPATH"] = os.pathsep.join(["platform", "."] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
     env_vars.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -36,8 +40,12 @@ def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[s
     if rel.startswith(".."):
         raise ConfigError(f"study {study_path} must live inside the working dir {working_dir}")
     entrypoint = f"python -m ablab.cli run {shlex.quote(rel)} --profile {shlex.quote(profile)}"
+    env = runtime_env(working_dir, tracking_uri, pip)
+    if any(os.environ.get(k) for k in CREDENTIAL_ENV):
+        print("note: MLflow credentials are not sent with the job (its runtime env is readable through the job API); "
+              "the job uses MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the cluster nodes' environment")
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(working_dir, tracking_uri, pip))
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env)
     print(f"submitted {job_id} to {address}: {entrypoint}")
     print(f"follow: ray job logs --address {address} --follow {job_id}")
     if not wait:

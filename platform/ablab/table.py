@@ -2,7 +2,9 @@
 with the delta, cells we have not measured shown as missing (never filled in)."""
 from __future__ import annotations
 
+import csv
 import html
+import io
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -78,6 +80,15 @@ def caption(study: Study, profile: str, dataset: str) -> str:
             f"Cells: ours / paper (delta); '-' = not measured. alpha convention: {study.alpha_convention}.")
 
 
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Every character LaTeX treats specially, escaped (one pass, so an escape is never escaped again)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
 def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str) -> str:
     """md | csv | html | latex."""
     layout = study.table_layout
@@ -86,16 +97,17 @@ def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str
     label = lambda row: row.label + (" (cited)" if row.cited else f" (not reproduced: {row.not_reproduced})"
                                      if row.not_reproduced else "")
     cell_text = lambda c: f"{_fmt(c.ours, digits)} / {_fmt(c.paper, digits)} ({_fmt(c.delta, digits, True)})"
-    if fmt == "csv":
-        header = ["row", "cited", "not_reproduced"] + [f"{c}_{k}" for c in cols for k in ("ours", "paper", "delta")]
-        lines = [",".join(header)]
+    if fmt == "csv":  # the csv module quotes whatever a label holds (commas, quotes, newlines)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["row", "cited", "not_reproduced"] + [f"{c}_{k}" for c in cols for k in ("ours", "paper", "delta")])
         for row, cells in table:
-            vals = [f'"{row.label}"', str(row.cited).lower(), f'"{row.not_reproduced or ""}"']
+            vals = [row.label, str(row.cited).lower(), row.not_reproduced or ""]
             for c in cells:
                 vals += ["" if c.ours is None else f"{c.ours:.4f}", "" if c.paper is None else f"{c.paper}",
                          "" if c.delta is None else f"{c.delta:.4f}"]
-            lines.append(",".join(vals))
-        return "\n".join(lines) + "\n"
+            writer.writerow(vals)
+        return out.getvalue()
     if fmt == "html":
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
         body = []
@@ -106,16 +118,17 @@ def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str
         return (f"<table class=\"ablab-table\"><caption>{html.escape(cap)}</caption><thead><tr><th></th>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>\n")
     if fmt == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+        esc = latex_escape
         lines = [r"\begin{table}", r"\centering", r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\hline",
                  " & ".join([""] + [esc(c) for c in cols]) + r" \\", r"\hline"]
         for row, cells in table:
             lines.append(" & ".join([esc(label(row))] + [f"{_fmt(c.ours, digits)} / {_fmt(c.paper, digits)}" for c in cells]) + r" \\")
         lines += [r"\hline", r"\end{tabular}", rf"\caption{{{esc(cap)}}}", r"\end{table}"]
         return "\n".join(lines) + "\n"
-    width = max(len(label(r)) for r, _ in table)
+    md_label = lambda row: label(row).replace("|", "\\|").replace("\n", " ")
+    width = max(len(md_label(r)) for r, _ in table)
     lines = [cap, "", "| " + "row".ljust(width) + " | " + " | ".join(cols) + " |",
              "|" + "-" * (width + 2) + "|" + "|".join("---" for _ in cols) + "|"]
     for row, cells in table:
-        lines.append("| " + label(row).ljust(width) + " | " + " | ".join(cell_text(c) for c in cells) + " |")
+        lines.append("| " + md_label(row).ljust(width) + " | " + " | ".join(cell_text(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -51,11 +51,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def open_store(tracking_uri: str) -> None:
-    """Open the tracking store once (creating a new SQLite file's schema); MLflow caches it per URI."""
-    MlflowClient(tracking_uri).search_experiments(max_results=1)
-
-
 def artifact_location(tracking_uri: str) -> Optional[str]:
     """Artifacts of a local SQLite store live beside it (MLflow would put them under the current directory);
     a tracking server keeps its own artifact root."""

@@ -1,0 +1,79 @@
+"""Names cannot escape the output root: study, profile, trial and variant names are checked when a study is
+read, and every study folder is built by one function that checks where it resolves."""
+import pytest
+import yaml
+
+from ablab.paths import check_name, study_dir, under
+from ablab.study import load_study
+from detector.config import ConfigError
+
+
+def _study(tmp_path, **changes):
+    raw = {"study": "s", "paper": "iou_aware", "table": "1", "trials": [{"name": "a"}],
+           "variants": ["cls"], "profiles": {"smoke": {}}}
+    raw.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"study": ".."}, "study"),
+    ({"study": "../../ESCAPED"}, "study"),
+    ({"study": "/abs"}, "study"),
+    ({"profiles": {"../../ESCAPED": {}}}, "profiles.../../ESCAPED"),
+    ({"profiles": {".hidden": {}}}, "profiles..hidden"),
+    ({"trials": [{"name": "a/b"}]}, "trials.0.name"),
+    ({"trials": [{"name": ".."}]}, "trials.0.name"),
+    ({"variants": [{"name": "../x", "combine": "cls"}]}, "variants"),
+    ({"variants": [{"name": "a/b", "combine": "cls"}]}, "variants"),
+])
+def test_a_name_that_would_leave_the_output_root_is_refused(tmp_path, changes, needle):
+    with pytest.raises(ConfigError) as err:
+        load_study(_study(tmp_path, **changes))
+    assert needle in str(err.value)
+    assert not (tmp_path.parent / "ESCAPED").exists()
+
+
+def test_shorthand_variant_names_stay_valid(tmp_path):
+    study = load_study(_study(tmp_path, variants=["cls", "none", "alpha=0.4", "alpha=0.4,truth", "cls,q>0.5"]))
+    assert [v.name for v in study.variant_configs()] == ["cls", "none", "alpha=0.4", "alpha=0.4,truth", "cls,q>0.5"]
+
+
+def test_under_refuses_paths_that_resolve_outside_the_root(tmp_path):
+    root = tmp_path / "out"
+    root.mkdir()
+    assert under(root, "s", "smoke") == (root / "s" / "smoke").resolve()
+    with pytest.raises(ConfigError, match="outside the output root"):
+        under(root, "..", "x")
+    with pytest.raises(ConfigError, match="outside the output root"):
+        under(root, "/etc")
+    (root / "link").symlink_to(tmp_path.parent)  # a symlink inside the root that points out of it
+    with pytest.raises(ConfigError, match="outside the output root"):
+        under(root, "link", "x")
+
+
+def test_study_dir_and_names_checked_in_one_place(tmp_path):
+    assert study_dir("table3", "smoke", str(tmp_path)) == (tmp_path / "table3" / "smoke").resolve()
+    with pytest.raises(ConfigError, match=r"profile: '\.\./x' is not a valid name"):
+        study_dir("table3", "../x", str(tmp_path))
+    assert check_name("study", "table5.v2-a_b") == "table5.v2-a_b"
+    with pytest.raises(ConfigError, match='quote" is not a valid name'):
+        check_name("--profile", "it's-a-quote")
+
+
+def test_credentials_in_a_tracking_uri_move_to_the_environment(monkeypatch):
+    from ablab.paths import adopt_credentials
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(var, "")  # so that monkeypatch restores the variable after the test
+        monkeypatch.delenv(var)
+    assert adopt_credentials("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
+    import os
+
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert adopt_credentials("https://alice:s3%2Fcret@mlflow.team:5000/api?x=1") == "https://mlflow.team:5000/api?x=1"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3/cret"
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-env")  # an explicit variable wins
+    assert adopt_credentials("http://bob:other@h:1") == "http://h:1"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-env"
