@@ -22,6 +22,8 @@ def write_study(path: Path, data_root: Path, trials=None, epochs: int = 1, max_i
         "variants": ["cls", "alpha=0.5"],
         "resources": {"workers": 1, "cpus_per_worker": 1},
         "profiles": {"smoke": {"base": {"data": {"kind": "synthetic", "root": str(data_root), "short": 128, "long": 128,
+                                                "max_images": max_images}}},
+                     "other": {"base": {"data": {"kind": "synthetic", "root": str(data_root), "short": 128, "long": 128,
                                                 "max_images": max_images}}}},
         "layout": {"columns": ["AP", "AP50"], "rows": [
             {"label": "RetinaNet", "trial": "baseline", "variant": "cls", "reference": {"AP": 34.4, "AP50": 54.1}},

@@ -142,3 +142,7 @@ def test_table_is_rebuilt_from_mlflow(finished_study):
     ap = df[(df.trial == "iou") & (df.variant == "alpha=0.5")].iloc[0]["AP"] * 100
     line = next(l for l in r.stdout.splitlines() if l.startswith("| IoU-aware"))
     assert f"{ap:.1f} / 35.5 ({ap - 35.5:+.1f})" in line
+    # A profile that has not run yet: one line that says so, not a KeyError.
+    r = run_cli("table", str(study), "--profile", "other", "--out-root", str(out), env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"ablab: error: {study}: no runs of profile 'other' in MLflow yet; `ablab run {study} --profile other` makes them"]

@@ -154,6 +154,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             from .table import table_text
 
             df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+            if df.empty:
+                raise LookupError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
+                                  f"`ablab run {args.study} --profile {args.profile}` makes them")
             print(table_text(load_study(args.study), args.profile, df, args.format), end="")
             return 0
     except (ConfigError, DatasetError, FileNotFoundError, LookupError) as err:
