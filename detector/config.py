@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # NaN and infinities are refused everywhere: `lr: .nan` would otherwise train to NaN after startup.
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class BackboneConfig(Strict):
@@ -138,7 +139,7 @@ class TrainConfig(Strict):
     """auto: bf16 on a GPU that supports it, else fp16 with a GradScaler; on a CPU bf16 where it is native
     (avx512_bf16 / amx_bf16), else fp32 (detector/precision.py). bf16: autocast + channels_last (emulated, and
     slow, on a CPU without native bf16); fp16: AMP on GPU only (fp32 on CPU)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     loader_workers: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1)
     """torch intra-op threads; None leaves torch's default."""

@@ -58,3 +58,22 @@ def test_variant_shorthand():
         parse_variant("alpha=2")
     with pytest.raises(ConfigError, match="unknown flag"):
         parse_variant("cls,fast")
+
+
+@pytest.mark.parametrize("train, field", [({"lr": float("nan")}, "train.lr"), ({"grad_clip": float("inf")}, "train.grad_clip"),
+                                          ({"seed": -1}, "train.seed"), ({"seed": 2**32}, "train.seed")])
+def test_nan_infinity_and_out_of_range_seeds_are_refused(train, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config({"train": train})
+
+
+def test_study_seeds_are_checked(tmp_path):
+    import yaml
+
+    from ablab.study import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"study": "s", "paper": "iou_aware", "table": "1", "trials": [{"name": "a"}],
+                                    "seeds": [0, -3], "profiles": {"smoke": {}}}))
+    with pytest.raises(ConfigError, match=r"seeds\.1"):
+        load_study(path)

@@ -50,8 +50,8 @@ def test_the_embedded_cluster_listens_on_loopback_only_with_token_auth(finished_
     exposed = {x for x in listeners if not _loopback(x[1])}
     # Known gap: torch.distributed's rendezvous store (TCPStore), which Ray Train starts in a trial's rank-0
     # worker, binds every interface and torch has no setting for it. It is the only one left.
-    store = {x for x in exposed if x[0] == "ray::RayTrainWorker"}
-    assert len(store) <= 2  # one per trial (two trials)
+    store = {x for x in exposed if x[0].startswith("ray::RayTrainWorker")}  # the title names the running task
+    assert len({port for _, _, port in store}) <= 2  # one per trial (two trials)
     assert not exposed - store, f"listening beyond loopback: {sorted(exposed - store)}"
     # Token auth was on (though the environment said RAY_AUTH_MODE=disabled): the dashboard refused a request
     # without the launch's token, and no token was left behind for a later `ray start` to pick up.

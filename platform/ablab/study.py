@@ -10,7 +10,7 @@ import itertools
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,7 +21,7 @@ from .paths import NAME, check_name
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrialSpec(Strict):
@@ -119,14 +119,14 @@ class Study(Strict):
     trials: list[TrialSpec]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     """Extra training axes crossed with the trials: dotted key -> values."""
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     variants: list[str | VariantConfig] = Field(default_factory=list)
     """Inference axis: shorthand (``cls``, ``none``, ``alpha=0.4``, ``alpha=0.4,truth``, ``cls,q>0.5``) or full specs."""
     resources: Resources = Resources()
     profiles: dict[str, Profile]
     table_layout: Optional[Table] = Field(None, alias="layout")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Study":
