@@ -57,10 +57,12 @@ def _run_precision(requested: str, device: torch.device, checkpoint: Optional[di
     every DDP worker takes (workers on different hardware still train one model in one precision)."""
     if checkpoint is not None and checkpoint.get("precision"):
         return resolve_precision(checkpoint["precision"], device)
-    choice = [resolve_precision(requested, device).name]
+    precision = resolve_precision(requested, device)  # warns here, once, if the choice is slow
     if world > 1:
+        choice = [precision.name]
         dist.broadcast_object_list(choice, src=0)
-    return resolve_precision(choice[0], device)
+        precision = Precision(choice[0], device.type)
+    return precision
 
 
 def lr_at(cfg: Config, epoch: int, iteration: int) -> float:
@@ -260,8 +262,8 @@ def read_checkpoint(path: str) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        # torch's message ends in advice to load with weights_only=False, i.e. to run the file's code: keep
-        # only what it found.
+        # torch's message ends in advice to switch the check off, i.e. to run the file's code: keep only
+        # what it found.
         found = [line.strip() for line in str(err).splitlines() if "Unsupported" in line or "global" in line.lower()]
         reason = (found[0] if found else str(err).strip().splitlines()[0]).split(". Please")[0][:200]
         raise ConfigError(f"--checkpoint {path}: not a checkpoint of tensors and numbers, refused without "
