@@ -50,7 +50,9 @@ def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
     return nn.BatchNorm2d
 
 
-def _load_state(cfg: BackboneConfig) -> dict[str, Tensor] | None:
+def weights_file(cfg: BackboneConfig) -> Path | None:
+    """The file ``pretrained`` names (None for ``none``); WeightsNotFound, saying where it looked, if it is
+    missing. The study driver calls it for every trial before Ray starts."""
     if cfg.pretrained == "none":
         return None
     path = imagenet_weights_path(cfg.name) if cfg.pretrained == "imagenet" else Path(cfg.pretrained)
@@ -58,6 +60,13 @@ def _load_state(cfg: BackboneConfig) -> dict[str, Tensor] | None:
         hint = (f"place torchvision's {os.path.basename(_WEIGHTS[cfg.name].url)} there (nothing is downloaded at run time)"
                 if cfg.pretrained == "imagenet" else "give an existing file, 'imagenet' or 'none'")
         raise WeightsNotFound(f"model.backbone.pretrained: weights for {cfg.name} not found at {path}; {hint}")
+    return path
+
+
+def _load_state(cfg: BackboneConfig) -> dict[str, Tensor] | None:
+    path = weights_file(cfg)
+    if path is None:
+        return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("state_dict", state) if isinstance(state, dict) else state
 

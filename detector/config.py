@@ -104,6 +104,16 @@ class ModelConfig(Strict):
         return self
 
 
+class SyntheticConfig(Strict):
+    """The synthetic set's size: images per split and their side in pixels (detector/data/synthetic.py)."""
+
+    train: int = Field(400, ge=1, le=1_000_000)
+    val: int = Field(100, ge=1, le=1_000_000)
+    size: int = Field(256, ge=32, le=4096)
+    """Square images; 4096 px keeps one image's rendering buffers under ~1 GiB."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
 class DataConfig(Strict):
     kind: Literal["synthetic", "coco", "voc"] = "synthetic"
     root: str = "data/synthetic"
@@ -119,7 +129,8 @@ class DataConfig(Strict):
     flip: float = Field(0.5, ge=0.0, le=1.0)
     max_images: Optional[int] = Field(None, ge=1)
     """Cap on images per split (quick looks at a big set); None means all."""
-    synthetic: dict[str, int] = Field(default_factory=lambda: {"train": 400, "val": 100, "size": 256, "seed": 0})
+    synthetic: SyntheticConfig = SyntheticConfig()
+    """What ``kind: synthetic`` writes at ``root`` when it is missing."""
 
 
 class TrainConfig(Strict):
@@ -214,34 +225,87 @@ class ConfigError(ValueError):
     """A config that failed validation; the message names every offending field path."""
 
 
+def shown_value(value: Any) -> str:
+    """``repr(value)`` cut to 80 characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    lines = []
+    """Every error of ``err`` on one line: ``field.path: what is wrong (got VALUE)``, joined by ``; ``."""
+    parts = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
-        where = f"{prefix}.{path}" if prefix and path else (prefix or path or "<root>")
-        lines.append(f"  {where}: {e['msg']}")
-    return "\n".join(lines)
+        where = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        msg = e["msg"].removeprefix("Value error, ")
+        if not where:  # a whole-model check: its message names the fields itself
+            parts.append(msg)
+            continue
+        got = "" if e["type"] == "missing" or isinstance(e.get("input"), (dict, BaseModel)) else f" (got {shown_value(e['input'])})"
+        parts.append(f"{where}: {msg}{got}")
+    more = f"; and {len(parts) - 5} more" if len(parts) > 5 else ""
+    return "; ".join(parts[:5]) + more
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(f"invalid {source}:\n{format_validation_error(err)}") from None
+        raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+
+
+MAX_YAML_NODES = 100_000
+"""A study or config expands to far fewer values; more means an alias bomb (aliases nesting aliases)."""
+
+
+def check_tree(value: Any, where: str) -> None:
+    """Refuse a YAML tree whose aliases make it recursive or expand it past MAX_YAML_NODES values: safe_load
+    builds both, and the first would send every later step into infinite recursion."""
+    seen = 0
+    stack: list[tuple[Any, str, tuple[int, ...]]] = [(value, "", ())]
+    while stack:
+        node, path, ancestors = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: more than {MAX_YAML_NODES} values once its aliases are expanded "
+                              f"(an alias bomb?)")
+        if isinstance(node, (dict, list)):
+            if id(node) in ancestors:
+                raise ConfigError(f"{where}: {path or '(top level)'}: a recursive alias (the value contains itself)")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                stack.append((child, f"{path}.{key}" if path else str(key), ancestors + (id(node),)))
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The top-level mapping of a YAML file; clear errors for a missing file, bad YAML or a non-mapping."""
+    """The top-level mapping of a YAML file; one-line errors for a missing file, text that is not UTF-8, bad
+    YAML, recursive or exploding aliases, or a non-mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+                          f"a {what} file is YAML") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    check_tree(raw, str(path))
     return raw or {}
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line:column)."""
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML refuses (binary data)
+        return f"{str(err).splitlines()[0]} at offset {err.position}"
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def load_config(path: str | Path) -> Config:
@@ -259,11 +323,20 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``a.b.c`` set to value (intermediate dicts created)."""
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, _done: str = "") -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``a.b.c`` set to value (intermediate dicts created). Setting below a
+    value that is not a section (``train.lr.x``) is a ConfigError naming the path."""
     head, _, rest = dotted.partition(".")
+    if not head:
+        raise ConfigError(f"{_done + dotted!r}: empty field name in a dotted key")
     out = dict(raw)
-    out[head] = set_dotted(dict(out.get(head) or {}), rest, value) if rest else value
+    if rest:
+        inner = out.get(head)
+        if inner is not None and not isinstance(inner, dict):
+            raise ConfigError(f"{_done + head}: holds {shown_value(inner)}, not a section, so {_done + dotted} cannot be set")
+        out[head] = set_dotted(dict(inner or {}), rest, value, f"{_done}{head}.")
+    else:
+        out[head] = value
     return out
 
 
@@ -293,4 +366,4 @@ def parse_variant(spec: str, convention: str = "iou_aware") -> VariantConfig:
     try:
         return VariantConfig(**fields)
     except ValidationError as err:
-        raise ConfigError(f"variant {spec!r}:\n{format_validation_error(err)}") from None
+        raise ConfigError(f"variant {spec!r}: {format_validation_error(err)}") from None

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
-import os
-import shutil
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from ..config import DataConfig
-from .synthetic import write_synthetic
+from ..config import DataConfig, shown_value
+from .synthetic import is_complete, write_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,62 @@ def _check_images(records: list[Record]) -> None:
             raise DatasetError(f"image file not found: {r.path} (image_id {r.image_id})")
 
 
+def _read_coco_json(ann_file: Path) -> dict:
+    """The instances JSON, checked for what loading and evaluation rely on; the error names the file, the
+    entry (``annotations.12``) and its value."""
+    try:
+        dataset = json.loads(ann_file.read_bytes())
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{ann_file}: not UTF-8 JSON (offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{ann_file}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    if not isinstance(dataset, dict):
+        raise DatasetError(f"{ann_file}: top level must be an object with images/annotations/categories, "
+                           f"got a {type(dataset).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key == "annotations" and key not in dataset:
+            continue  # image info only (COCO test-dev)
+        if not isinstance(dataset.get(key), list):
+            raise DatasetError(f"{ann_file}: {key}: must be a list, got {shown_value(dataset.get(key))}")
+
+    def check(key: str, i: int, entry: Any, fields: dict[str, tuple[type, ...]]) -> None:
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{ann_file}: {key}.{i}: must be an object, got {shown_value(entry)}")
+        for name, types in fields.items():
+            if not isinstance(entry.get(name), types) or isinstance(entry.get(name), bool):
+                raise DatasetError(f"{ann_file}: {key}.{i}.{name}: expected {'/'.join(t.__name__ for t in types)}, "
+                                   f"got {shown_value(entry.get(name))}")
+
+    for i, c in enumerate(dataset["categories"]):
+        check("categories", i, c, {"id": (int,), "name": (str,)})
+    for i, img in enumerate(dataset["images"]):
+        check("images", i, img, {"id": (int,), "file_name": (str,), "width": (int,), "height": (int,)})
+    cat_ids = {c["id"] for c in dataset["categories"]}
+    img_ids = {img["id"] for img in dataset["images"]}
+    for i, a in enumerate(dataset.get("annotations", [])):
+        check("annotations", i, a, {"image_id": (int,), "category_id": (int,)})
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            raise DatasetError(f"{ann_file}: annotations.{i}.bbox: expected 4 finite numbers [x, y, w, h], "
+                               f"got {shown_value(box)}")
+        if a["category_id"] not in cat_ids:
+            raise DatasetError(f"{ann_file}: annotations.{i}.category_id: {a['category_id']} is not a category id "
+                               f"(ids: {sorted(cat_ids)[:10]}{' ...' if len(cat_ids) > 10 else ''})")
+        if a["image_id"] not in img_ids:
+            raise DatasetError(f"{ann_file}: annotations.{i}.image_id: {a['image_id']} is not an image id")
+    return dataset
+
+
 def load_coco(ann_file: Path, image_dir: Path, name: str, max_images: Optional[int] = None) -> DetectionSet:
     """A COCO instances JSON and its image folder (``file_name`` is relative to image_dir)."""
     from pycocotools.coco import COCO
 
     _require(ann_file, "COCO annotation file", "COCO: <root>/annotations/instances_<split>.json")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(ann_file))
-    except (ValueError, KeyError, TypeError) as err:
-        raise DatasetError(f"corrupt COCO annotation file {ann_file}: {err!r}") from None
+    coco = COCO()
+    coco.dataset = _read_coco_json(ann_file)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
     cat_ids = sorted(coco.getCatIds())
     if not cat_ids:
         raise DatasetError(f"COCO annotation file {ann_file} defines no categories")
@@ -99,8 +145,6 @@ def load_coco(ann_file: Path, image_dir: Path, name: str, max_images: Optional[i
         info = coco.imgs[img_id]
         boxes, labels, ignore = [], [], []
         for a in coco.imgToAnns.get(img_id, []):
-            if "bbox" not in a or a.get("category_id") not in cat_to_label:
-                raise DatasetError(f"{ann_file}: annotation {a.get('id')} lacks a bbox or has an unknown category_id")
             x, y, w, h = a["bbox"]
             if not (w > 0 and h > 0):
                 dropped += 1
@@ -128,6 +172,14 @@ def _voc_splits(spec: str) -> list[tuple[str, str]]:
     return out
 
 
+def _xml_text(node: ET.Element, path: str, xml_path: Path) -> str:
+    """The text of ``path`` below ``node``; a DatasetError naming the missing element and the file."""
+    found = node.find(path)
+    if found is None or found.text is None:
+        raise DatasetError(f"{xml_path}: <{node.tag}> has no <{'>/<'.join(path.split('/'))}>")
+    return found.text
+
+
 def load_voc(devkit: Path, split: str, classes: Optional[list[str]] = None, max_images: Optional[int] = None) -> DetectionSet:
     """VOCdevkit/VOC<year>/{ImageSets/Main/<set>.txt, Annotations, JPEGImages}; several splits joined by '+'."""
     _require(devkit, "VOCdevkit folder", "set data.root to the folder holding VOC2007/ and VOC2012/")
@@ -143,15 +195,13 @@ def load_voc(devkit: Path, split: str, classes: Optional[list[str]] = None, max_
             xml_path = _require(base / "Annotations" / f"{stem}.xml", "VOC annotation")
             try:
                 root = ET.parse(xml_path).getroot()
-                size = root.find("size")
-                width, height = int(size.find("width").text), int(size.find("height").text)
+                width, height = int(_xml_text(root, "size/width", xml_path)), int(_xml_text(root, "size/height", xml_path))
                 boxes, labels, ignore = [], [], []
                 for obj in root.iter("object"):
-                    name = obj.find("name").text.strip()
+                    name = _xml_text(obj, "name", xml_path).strip()
                     if name not in index:
                         raise DatasetError(f"{xml_path}: unknown class {name!r}")
-                    bb = obj.find("bndbox")
-                    x0, y0, x1, y1 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+                    x0, y0, x1, y1 = (float(_xml_text(obj, f"bndbox/{t}", xml_path)) for t in ("xmin", "ymin", "xmax", "ymax"))
                     if not (x1 > x0 and y1 > y0):
                         dropped += 1
                         continue
@@ -200,24 +250,30 @@ def category_ids(ds: DetectionSet) -> list[int]:
 
 
 def ensure_synthetic(cfg: DataConfig) -> Path:
-    """The synthetic root, generated on first use. Written to a temp dir and renamed, so concurrent
-    workers never see a half-written dataset."""
+    """The synthetic root, written on first use (or rewritten when an earlier writer stopped half-way)."""
     root = Path(cfg.root)
-    if root.exists():
+    if is_complete(root):
         return root
-    params = {"train": 400, "val": 100, "size": 256, "seed": 0, **cfg.synthetic}
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    params = cfg.synthetic.model_dump()
     print(f"[data] writing synthetic dataset to {root} ({params})", file=sys.stderr, flush=True)
-    write_synthetic(tmp, **params)
     try:
-        tmp.rename(root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return root
+        return write_synthetic(root, **params)
+    except FileExistsError as err:
+        raise DatasetError(f"data.root: {err}") from None
 
 
 def build_split(cfg: DataConfig, split: str) -> DetectionSet:
-    """The configured dataset's ``split`` (the synthetic set is written on first use)."""
+    """The configured dataset's ``split`` (the synthetic set is written on first use). A split without
+    images, or a labelled one without a single box, is an error: nothing could train or be measured on it."""
+    ds = _load_split(cfg, split)
+    if not len(ds):
+        raise DatasetError(f"data split {split!r} of {cfg.root} has no images")
+    if ds.labelled and not any(len(r.boxes) for r in ds.records):
+        raise DatasetError(f"data split {split!r} of {cfg.root} has {len(ds)} images and no annotated box")
+    return ds
+
+
+def _load_split(cfg: DataConfig, split: str) -> DetectionSet:
     root = Path(cfg.root)
     if cfg.kind == "synthetic":
         root = ensure_synthetic(cfg)

@@ -14,8 +14,11 @@ that belongs to no class. Image i of a split depends only on (seed, split, i).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Callable
 from xml.etree import ElementTree as ET
@@ -163,22 +166,85 @@ def _voc_xml(stem: str, size: int, objects: list[dict]) -> bytes:
     return ET.tostring(root)
 
 
+MARKER = "ablab-synthetic.json"
+"""Written last, holding the arguments: a folder without it is not a complete synthetic set."""
+
+
 def write_synthetic(root: str | Path, train: int = 400, val: int = 100, size: int = 256, seed: int = 0,
                     progress: Callable[[str], None] | None = None) -> Path:
-    """Write the dataset under ``root``; returns root. Same arguments, same annotations."""
+    """Write the dataset at ``root`` and return it. Same arguments, same annotations. It is written into a
+    hidden sibling folder and renamed into place, so ``root`` is either absent or complete (MARKER), however
+    the writer ends; a folder left half-written by an older version is rewritten."""
     root = Path(root)
+    params = {"train": train, "val": val, "size": size, "seed": seed}
+    if is_complete(root):
+        if json.loads((root / MARKER).read_text()) == params:
+            return root
+    _check_replaceable(root)
+    _remove_stale_partials(root)
+    tmp = root.with_name(f".{root.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_tree(tmp, params, progress)
+    except BaseException:  # a full disk, Ctrl-C: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if root.exists():
+        shutil.rmtree(root)
+    try:
+        tmp.rename(root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process wrote it first
+        if not is_complete(root):
+            raise
+    return root
+
+
+def is_complete(root: Path) -> bool:
+    return (root / MARKER).is_file()
+
+
+def _check_replaceable(root: Path) -> None:
+    """Only an absent or empty folder, or one holding nothing but this writer's layout, may be (re)written."""
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root} is a file, not a folder for the synthetic dataset")
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in ("annotations", "VOCdevkit", MARKER)) \
+        if root.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"{root} holds {foreign[:3]}, so it is not a synthetic dataset ablab wrote; "
+                              f"choose another folder")
+
+
+def _remove_stale_partials(root: Path) -> None:
+    for partial in root.parent.glob(f".{root.name}.partial-*"):
+        pid = partial.name.rpartition("-")[2]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(partial, ignore_errors=True)  # its writer is gone
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _write_tree(root: Path, params: dict[str, int], progress: Callable[[str], None] | None) -> None:
+    seed, size = params["seed"], params["size"]
     voc = root / "VOCdevkit" / "VOC2007"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     categories = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASSES)]
     ann_id = 1
-    for split, count in (("train", train), ("val", val)):
+    for split in ("train", "val"):
+        count = params[split]
         images, annotations, stems = [], [], []
         for i in range(count):
             stem = f"{split}_{i:06d}"
             pixels, objects = render_image(seed, split, i, size)
-            Image.fromarray(pixels).save(voc / "JPEGImages" / f"{stem}.jpg", quality=92)
+            # Encoded in memory, then written: PIL writing to a file ignores a failed write (a full disk) and
+            # leaves a truncated JPEG; Python's write raises.
+            jpeg = io.BytesIO()
+            Image.fromarray(pixels).save(jpeg, format="JPEG", quality=92)
+            (voc / "JPEGImages" / f"{stem}.jpg").write_bytes(jpeg.getvalue())
             (voc / "Annotations" / f"{stem}.xml").write_bytes(_voc_xml(stem, size, objects))
             image_id = _SPLIT_IDS[split] * 1_000_000 + i
             images.append({"id": image_id, "file_name": str(JPEG_DIR / f"{stem}.jpg"), "width": size, "height": size})
@@ -194,4 +260,4 @@ def write_synthetic(root: str | Path, train: int = 400, val: int = 100, size: in
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
             {"info": info, "images": images, "annotations": annotations, "categories": categories}))
     (root / "VOCdevkit" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    return root
+    (root / MARKER).write_text(json.dumps(params))

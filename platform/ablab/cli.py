@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Optional
 
 from detector.config import ConfigError
@@ -37,11 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    va = sub.add_parser("validate", help="check a study, its trial configs and data paths without running")
-    va.add_argument("study")
-    va.add_argument("--profile", default="smoke")
-
-    for name, text in (("run", "run a study on Ray (embedded local cluster unless --address)"),
+    for name, text in (("validate", "check a study, its trial configs, data, weights, addresses and output folder "
+                                     "as `run` would, without running"),
+                       ("run", "run a study on Ray (embedded local cluster unless --address)"),
                        ("resume", "finish an interrupted study; finished trials are not re-run")):
         r = sub.add_parser(name, help=text)
         r.add_argument("study")
@@ -49,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else an embedded local cluster)")
         r.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the output dir)")
         r.add_argument("--out-root", help="where study outputs go (default $ABLAB_OUTPUT_ROOT or ./outputs)")
+        r.add_argument("--allow-large-grid", action="store_true",
+                       help="run a grid of more than 10,000 trials (refused otherwise, as a likely typo)")
 
     sb = sub.add_parser("submit", help="submit `ablab run` as a Ray job with the runtime env filled in")
     sb.add_argument("study")
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--working-dir", default=".")
     sb.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env")
     sb.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
+    sb.add_argument("--allow-large-grid", action="store_true", help="as for `ablab run`")
 
     rs = sub.add_parser("results", help="a study's results from MLflow: print, or write Parquet/CSV")
     rs.add_argument("study")
@@ -90,78 +92,115 @@ def _report(args, tracking_uri: Optional[str] = None) -> None:
                  getattr(args, "dashboards", None))
 
 
+USER_ERRORS = (ConfigError, DatasetError, OSError)
+"""Bad input or an environment that refuses it (a missing, read-only or full path): exit 2 and one line.
+Anything else is a bug in ablab: its traceback, then a line saying so."""
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "data":
-            from detector.data import write_synthetic
-
-            root = write_synthetic(args.out, args.train, args.val, args.size, args.seed,
-                                   progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
-            print(f"synthetic dataset written to {root} ({args.train} train / {args.val} val, {args.size}px, seed {args.seed})")
-            return 0
-        if args.command == "train":
-            from . import single
-
-            return single.train_command(args.config, args.out, args.overrides)
-        if args.command == "evaluate":
-            from . import single
-
-            return single.evaluate_command(args.config, args.checkpoint, args.variants, args.convention, args.out,
-                                           args.overrides)
-        if args.command == "validate":
-            from .runner import plan_study
-
-            plan = plan_study(args.study, args.profile)
-            print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
-                  f"{len(plan.study.variant_configs()) or 1} variants; data found; outputs -> {plan.out_dir}")
-            return 0
-        if args.command in ("run", "resume"):
-            from .runner import run_study
-
-            outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
-                                resume=args.command == "resume")
-            try:
-                _report(args, outcome.tracking_uri)
-            except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
-                print(f"ablab: warning: the report was not built ({type(err).__name__}: {err}); "
-                      f"retry with `ablab report {args.study} --profile {args.profile}`", file=sys.stderr)
-            return 1 if outcome.failed else 0
-        if args.command == "submit":
-            from .submit import submit
-
-            return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait)
-        if args.command == "results":
-            from .query import results
-
-            df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
-            if args.parquet:
-                df.to_parquet(args.parquet, index=False)
-                print(f"wrote {len(df)} rows to {args.parquet}")
-            if args.csv:
-                df.to_csv(args.csv, index=False)
-                print(f"wrote {len(df)} rows to {args.csv}")
-            if not (args.parquet or args.csv):
-                cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
-                print(df[cols].to_string(index=False))
-            return 0
-        if args.command == "report":
-            _report(args)
-            return 0
-        if args.command == "table":
-            from .query import results
-            from .study import load_study
-            from .table import table_text
-
-            df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
-            if df.empty:
-                raise LookupError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
-                                  f"`ablab run {args.study} --profile {args.profile}` makes them")
-            print(table_text(load_study(args.study), args.profile, df, args.format), end="")
-            return 0
-    except (ConfigError, DatasetError, FileNotFoundError, LookupError) as err:
-        print(f"ablab: error: {err}", file=sys.stderr)
+        return _command(args)
+    except USER_ERRORS as err:
+        print(f"ablab: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print("ablab: internal error: this is a bug in ablab, not in your input; please report it with the "
+              "traceback above", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"  # e.g. "/data/out: Read-only file system"
+    return " ".join(str(err).split())
+
+
+def _synthetic_params(args) -> dict:
+    """The `ablab data synthetic` flags, checked as the config's data.synthetic is."""
+    from pydantic import ValidationError
+
+    from detector.config import SyntheticConfig
+
+    try:
+        return SyntheticConfig(train=args.train, val=args.val, size=args.size, seed=args.seed).model_dump()
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ConfigError(f"--{e['loc'][0]}: {e['msg']} (got {e['input']!r})") from None
+
+
+def _command(args) -> int:
+    if args.command == "data":
+        from detector.data import write_synthetic
+
+        params = _synthetic_params(args)
+        root = write_synthetic(args.out, **params,
+                               progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+        print(f"synthetic dataset written to {root} ({args.train} train / {args.val} val, {args.size}px, seed {args.seed})")
+        return 0
+    if args.command == "train":
+        from . import single
+
+        return single.train_command(args.config, args.out, args.overrides)
+    if args.command == "evaluate":
+        from . import single
+
+        return single.evaluate_command(args.config, args.checkpoint, args.variants, args.convention, args.out,
+                                       args.overrides)
+    if args.command == "validate":
+        from .runner import plan_study, preflight, resolve_tracking_uri
+
+        plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid)
+        preflight(plan, args.address, resolve_tracking_uri(plan.study.study, args.tracking_uri, args.out_root),
+                  explicit_uri=bool(args.tracking_uri))
+        print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
+              f"{len(plan.study.variant_configs()) or 1} variants; data found; outputs -> {plan.out_dir}")
+        return 0
+    if args.command in ("run", "resume"):
+        from .runner import run_study
+
+        outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
+                            resume=args.command == "resume", allow_large_grid=args.allow_large_grid)
+        try:
+            _report(args, outcome.tracking_uri)
+        except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
+            print(f"ablab: warning: the report was not built ({type(err).__name__}: {err}); "
+                  f"retry with `ablab report {args.study} --profile {args.profile}`", file=sys.stderr)
+        return 1 if outcome.failed else 0
+    if args.command == "submit":
+        from .submit import submit
+
+        return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait,
+                      args.allow_large_grid)
+    if args.command == "results":
+        from .query import results
+
+        df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+        if args.parquet:
+            df.to_parquet(args.parquet, index=False)
+            print(f"wrote {len(df)} rows to {args.parquet}")
+        if args.csv:
+            df.to_csv(args.csv, index=False)
+            print(f"wrote {len(df)} rows to {args.csv}")
+        if not (args.parquet or args.csv):
+            cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
+            print(df[cols].to_string(index=False))
+        return 0
+    if args.command == "report":
+        _report(args)
+        return 0
+    if args.command == "table":
+        from .query import results
+        from .study import load_study
+        from .table import table_text
+
+        df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+        if df.empty:
+            raise ConfigError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
+                              f"`ablab run {args.study} --profile {args.profile}` makes them")
+        print(table_text(load_study(args.study), args.profile, df, args.format), end="")
+        return 0
     return 1
 
 

@@ -8,7 +8,10 @@ from typing import Any, Optional
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from detector.config import ConfigError
+
 from .paths import check_name
+from .preflight import probe_tracking_server
 from .runner import resolve_tracking_uri
 from .tracking import EXPERIMENT_PREFIX, metric_key
 
@@ -41,10 +44,11 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
     uri = resolve_tracking_uri(study_id, tracking_uri, out_root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise FileNotFoundError(f"no MLflow store for study {study_id} at {uri}; run the study or pass tracking_uri")
+    probe_tracking_server(uri)  # a server that is down fails now, not after MLflow's minutes of retries
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + study_id)
     if exp is None:
-        raise LookupError(f"study {study_id!r} has no MLflow experiment in {uri}")
+        raise ConfigError(f"study {study_id!r} has no MLflow experiment in {uri}")
     query = "tags.`ablab.role` = 'trial'" + (f" and tags.`ablab.profile` = '{profile}'" if profile else "")
     runs = []
     token = None

@@ -18,6 +18,8 @@ from detector.config import Config, ConfigError
 from detector.data import build_split
 
 from .paths import adopt_credentials, check_name, output_root, study_dir, under
+from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
+                        probe_tracking_server)
 from .study import Study, load_study, resolve_configs
 from .trial import point_key, set_health_check_interval
 
@@ -48,25 +50,54 @@ class Plan:
     out_dir: Path
 
 
-def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True) -> Plan:
-    """Validate the study and every trial config, and open every data split once (which also writes the
-    synthetic set if missing): a bad study or missing data fails here, before Ray starts."""
+MAX_TRIALS = 10_000
+"""A larger grid is refused unless --allow-large-grid: at that size it is more likely a typo than a plan."""
+
+
+def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True,
+               allow_large_grid: bool = False) -> Plan:
+    """Validate the study and every trial config, find every weights file, and open every data split once
+    (which also writes the synthetic set if missing): a bad study, missing weights or data fail here,
+    before Ray starts. ``check_data=False`` (submit) leaves files to the cluster that will read them."""
     study = load_study(study_path)
     study.profile(profile)
+    count = study.trial_count(profile)
+    if count > MAX_TRIALS and not allow_large_grid:
+        raise ConfigError(f"{study_path}: grid: profile {profile} has {count} trials (trials x seeds x grid values), "
+                          f"more than {MAX_TRIALS}; pass --allow-large-grid if that is meant")
     resolved = resolve_configs(study, profile)
     if not resolved:
-        raise ConfigError(f"study {study.study}, profile {profile}: no trials")
+        raise ConfigError(f"{study_path}: profile {profile}: no trials")
     points = [p for p, _ in resolved]
     configs = {point_key(p): c for p, c in resolved}
+    out_dir = study_dir(study.study, profile, out_root)
     if check_data:
         seen = set()
-        for cfg in configs.values():
+        for key, cfg in configs.items():
             for split in (cfg.data.train_split, cfg.data.val_split):
-                key = (cfg.data.kind, cfg.data.root, split)
-                if key not in seen:
-                    seen.add(key)
-                    build_split(cfg.data, split)
-    return Plan(study_path, study, profile, points, configs, study_dir(study.study, profile, out_root))
+                if (cfg.data.kind, cfg.data.root, split) in seen:
+                    continue
+                seen.add((cfg.data.kind, cfg.data.root, split))
+                ds = build_split(cfg.data, split)
+                if split == cfg.data.train_split and not ds.labelled:
+                    raise ConfigError(f"{study_path} (trial {key}): data.train_split: {split!r} has no "
+                                      f"annotations to train on")
+        _check_weights(study_path, configs)
+    return Plan(study_path, study, profile, points, configs, out_dir)
+
+
+def _check_weights(study_path: str, configs: dict[str, Config]) -> None:
+    pretrained = {c.model.backbone.model_dump_json(): (k, c) for k, c in configs.items()
+                  if c.model.backbone.pretrained != "none"}
+    if not pretrained:
+        return  # no torch import for the smoke profiles
+    from detector.backbone import WeightsNotFound, weights_file
+
+    for key, cfg in pretrained.values():
+        try:
+            weights_file(cfg.model.backbone)
+        except WeightsNotFound as err:
+            raise ConfigError(f"{study_path} (trial {key}): {err}") from None
 
 
 def start_ray(address: Optional[str]) -> str:
@@ -165,7 +196,8 @@ def _param_space(plan: Plan) -> dict[str, Any]:
 
     space: dict[str, Any] = {}
     for key in plan.points[0]:
-        values = list(dict.fromkeys(p[key] for p in plan.points))
+        # json.dumps: a grid value may be a list (unhashable)
+        values = list({json.dumps(p[key]): p[key] for p in plan.points}.values())
         space[key] = tune.grid_search(values)
     return space
 
@@ -189,12 +221,29 @@ class Outcome:
     tracking_uri: str
 
 
+def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_uri: bool = False) -> None:
+    """Everything about where the study runs and logs that can be checked before Ray starts: the output
+    folder, the tracking URI (and its server, if remote), the Ray address, or what this machine can hold
+    when the cluster is the embedded one."""
+    check_output_dir(plan.out_dir)
+    field = "--tracking-uri" if explicit_uri else "tracking URI"
+    check_tracking_uri(tracking_uri, field)
+    probe_tracking_server(tracking_uri, field)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address, "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS")
+    else:
+        res = plan.study.resources_for(plan.profile)
+        check_embedded_resources(res.workers, res.cpus_per_worker, res.gpus_per_worker)
+
+
 def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
-              tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False) -> Outcome:
+              tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False,
+              allow_large_grid: bool = False) -> Outcome:
     """Run (or resume) a study."""
     t0 = time.perf_counter()
-    plan = plan_study(study_path, profile, out_root)
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    explicit_uri = tracking_uri
+    plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid)
     launch_file = plan.out_dir / LAUNCH_FILE
     if resume:
         if not launch_file.is_file():
@@ -206,6 +255,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         if (plan.out_dir / "tune").exists():
             raise ConfigError(f"{plan.out_dir} already holds a run of this study: `ablab resume {study_path}"
                               f" --profile {profile}` finishes it; delete the folder to start over")
+    preflight(plan, address, tracking_uri, explicit_uri=bool(explicit_uri))
     launch_file.write_text(json.dumps({"study": study_path, "profile": profile, "tracking_uri": tracking_uri}, indent=1))
 
     # Importing MLflow and opening the store (a new SQLite file: schema migrations) take ~2.5 s: done in a

@@ -9,9 +9,12 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from detector.config import Config, ConfigError, VariantConfig, load_config, parse_config, parse_variant, set_dotted
+from detector.config import (Config, ConfigError, VariantConfig, check_tree, load_config, parse_config, parse_variant,
+                             set_dotted, yaml_problem)
 from detector.data import build_split
 from detector.engine import EvalResult, evaluate, model_from_checkpoint, read_checkpoint, train
+
+from .preflight import check_output_dir
 
 
 def log(msg: str) -> None:
@@ -26,7 +29,14 @@ def config_with_overrides(path: str, overrides: list[str]) -> Config:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
-        raw = set_dotted(raw, key, yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)  # safe: a python/... tag is refused, never constructed
+            check_tree(parsed, f"--set {item!r}")
+            raw = set_dotted(raw, key, parsed)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(err)}") from None
+        except ConfigError as err:
+            raise ConfigError(f"--set {item!r}: {err}") from None
     return parse_config(raw, source=f"{path} with --set")
 
 
@@ -56,6 +66,7 @@ def write_results(out: Path, result: EvalResult) -> None:
 def train_command(config: str, out: Optional[str], overrides: list[str]) -> int:
     cfg = config_with_overrides(config, overrides)
     out_dir = Path(out or Path("runs") / Path(config).stem)
+    check_output_dir(out_dir, "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     log(f"[ablab] training {config} -> {out_dir}")
@@ -83,6 +94,8 @@ def evaluate_command(config: str, checkpoint: str, variants: list[str], conventi
                      overrides: list[str]) -> int:
     cfg = config_with_overrides(config, overrides)
     chosen = resolve_variants(cfg, variants, convention)
+    if out:
+        check_output_dir(Path(out), "--out")
     if not Path(checkpoint).is_file():
         raise ConfigError(f"--checkpoint: file not found: {checkpoint}")
     ckpt = read_checkpoint(checkpoint)  # before any data set or model is built

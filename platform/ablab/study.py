@@ -7,12 +7,13 @@ Validated with pydantic: unknown keys are errors, and every error names its fiel
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from detector.config import (Config, ConfigError, VariantConfig, deep_merge, format_validation_error, parse_config,
                              parse_variant, read_yaml_mapping, set_dotted)
@@ -127,9 +128,21 @@ class Study(Strict):
     table_layout: Optional[Table] = Field(None, alias="layout")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    _source: str = PrivateAttr("study")
+
+    @property
+    def source(self) -> str:
+        """The file the study was read from (load_study), for error messages."""
+        return self._source
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Study":
+        for i, v in enumerate(self.variants):
+            if isinstance(v, str):
+                try:
+                    parse_variant(v, self.alpha_convention)
+                except ConfigError as err:
+                    raise ValueError(f"variants.{i}: {err}") from None
         for pname in self.profiles:
             try:
                 check_name(f"profiles.{pname}", pname)
@@ -166,10 +179,18 @@ class Study(Strict):
     def resources_for(self, profile: str) -> Resources:
         return self.profile(profile).resources or self.resources
 
-    def trial_points(self, profile: str) -> list[dict[str, Any]]:
-        """Every training point of the profile's grid: {"trial": name, "seed": s, <grid key>: value, ...}."""
+    def _trial_names(self, profile: str) -> list[str]:
         allowed = self.profile(profile).trials
-        names = [t.name for t in self.trials if allowed is None or t.name in allowed]
+        return [t.name for t in self.trials if allowed is None or t.name in allowed]
+
+    def trial_count(self, profile: str) -> int:
+        """len(trial_points(profile)), without building them."""
+        return len(self._trial_names(profile)) * len(self.seeds) * math.prod(len(v) for v in self.grid.values())
+
+    def trial_points(self, profile: str) -> list[dict[str, Any]]:
+        """Every training point of the profile's grid: {"trial": name, "seed": s, <grid key>: value, ...}.
+        A grid value may itself be a list (a grid over ``train.steps``: ``[[8, 11], [9]]``)."""
+        names = self._trial_names(profile)
         keys = list(self.grid)
         points = []
         for name, seed, *values in itertools.product(names, self.seeds, *(self.grid[k] for k in keys)):
@@ -182,10 +203,13 @@ class Study(Strict):
         spec = next(t for t in self.trials if t.name == point["trial"])
         overrides = {**spec.set, **spec.profiles.get(profile, {}),
                      **{k: v for k, v in point.items() if k not in ("trial", "seed")}}
+        source = f"{self.source} (profile {profile}, trial {point['trial']})"
         for key, value in overrides.items():
-            raw = set_dotted(raw, key, value)
+            try:
+                raw = set_dotted(raw, key, value)
+            except ConfigError as err:
+                raise ConfigError(f"{source}: {err}") from None
         raw = set_dotted(raw, "train.seed", point["seed"])
-        source = f"study {self.study}, profile {profile}, trial {point['trial']}"
         variants = self.variant_configs()
         if variants:
             branch = parse_config(raw, source=source).model.quality.branch
@@ -220,7 +244,8 @@ def load_study(path: str | Path) -> Study:
     try:
         study = Study.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"invalid study {path}:\n{format_validation_error(err)}") from None
+        raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+    study._source = str(path)  # noqa: SLF001 (its loader)
     for name, profile in study.profiles.items():
         if profile.extends:
             shared = Path(path).resolve().parent / profile.extends
@@ -236,9 +261,11 @@ def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Co
     out = []
     for point in study.trial_points(profile):
         cfg = study.trial_config(profile, point)
-        cfg = parse_config(_expand_env(cfg.model_dump()), source=f"study {study.study}, trial {point['trial']}")
-        # Ray workers need not share the driver's working directory: pin data paths now.
+        cfg = parse_config(_expand_env(cfg.model_dump()), source=f"{study.source} (trial {point['trial']})")
+        # Ray workers need not share the driver's working directory: pin data and weights paths now.
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+        if cfg.model.backbone.pretrained not in ("none", "imagenet"):
+            cfg.model.backbone.pretrained = str(Path(cfg.model.backbone.pretrained).expanduser().resolve())
         out.append((point, cfg))
     _check_rows_evaluable(study, out)
     return out

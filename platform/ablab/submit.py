@@ -10,6 +10,8 @@ from typing import Optional
 from detector.config import ConfigError
 
 from .paths import adopt_credentials
+from .preflight import check_job_server, check_tracking_uri
+from .runner import plan_study
 
 # Environment that a study's job needs from the submitting machine when set there. Never credentials: a job's
 # runtime env is shown by `ray job list` and the dashboard's job API. The job takes MLFLOW_TRACKING_USERNAME /
@@ -33,13 +35,21 @@ def runtime_env(working_dir: str, tracking_uri: Optional[str], pip: list[str]) -
 
 
 def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[str], working_dir: str,
-           pip: list[str], wait: bool) -> int:
+           pip: list[str], wait: bool, allow_large_grid: bool = False) -> int:
+    """Validate the study here (its data and weights are the cluster's to check), then submit its run."""
+    check_job_server(address)
+    plan_study(study_path, profile, check_data=False, allow_large_grid=allow_large_grid)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        check_tracking_uri(adopt_credentials(uri), "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     rel = os.path.relpath(Path(study_path).resolve(), Path(working_dir).resolve())
     if rel.startswith(".."):
         raise ConfigError(f"study {study_path} must live inside the working dir {working_dir}")
     entrypoint = f"python -m ablab.cli run {shlex.quote(rel)} --profile {shlex.quote(profile)}"
+    if allow_large_grid:
+        entrypoint += " --allow-large-grid"
     env = runtime_env(working_dir, tracking_uri, pip)
     if any(os.environ.get(k) for k in CREDENTIAL_ENV):
         print("note: MLflow credentials are not sent with the job (its runtime env is readable through the job API); "

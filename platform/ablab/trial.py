@@ -127,7 +127,8 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
 def point_key(point: dict[str, Any]) -> str:
     """A stable, readable id of a training point: trial name, seed and grid values."""
     parts = [str(point["trial"]), f"seed{point['seed']}"]
-    parts += [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(point.items()) if k not in ("trial", "seed")]
+    parts += [f"{k.rsplit('.', 1)[-1]}={','.join(map(str, v)) if isinstance(v, list) else v}"
+              for k, v in sorted(point.items()) if k not in ("trial", "seed")]
     return "_".join(parts).replace("/", "-").replace(" ", "")
 
 
