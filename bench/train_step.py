@@ -26,9 +26,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector.config import ModelConfig
-from detector.criterion import Targets
+from detector.structures import Targets
 from detector.engine import select_device
-from detector.model import Detector
+from detector.model import Detector, build_detector
 from detector.precision import Precision, hardware_summary, resolve_precision
 
 
@@ -58,7 +58,7 @@ def torchvision_model(classes: int, size: int) -> RetinaNet:
 
 def our_model(classes: int) -> Detector:
     cfg = ModelConfig(backbone={"name": "resnet50", "pretrained": "none", "norm": "frozen_bn", "frozen_stages": 1})
-    return Detector(cfg, classes)
+    return build_detector(cfg, classes)
 
 
 class Timer:

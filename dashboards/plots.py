@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ablab.study import Study  # noqa: E402
-from ablab.table import finished, row_variant  # noqa: E402
+from ablab.table import finished, row_results, row_variant  # noqa: E402
 from detector.config import parse_variant  # noqa: E402
 
 # The AP family read off each model at single IoU thresholds: COCO's named stats, VOC's mAP50 ... mAP95.
@@ -34,10 +34,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _measured_rows(study: Study, df: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(label, trial, variant) of every table row that reads one of our runs."""
+def _measured_rows(study: Study, df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(label, variant, its results) of every table row that reads one of our runs and has results."""
     layout = study.table_layout
-    return [(r.label, r.trial, row_variant(r, df)) for r in (layout.rows if layout else []) if r.measured]
+    rows = [(r.label, row_variant(r, df), row_results(r, df)) for r in (layout.rows if layout else []) if r.measured]
+    return [(label, variant, sel) for label, variant, sel in rows if not sel.empty]
 
 
 def alpha_sweep(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
@@ -45,7 +46,7 @@ def alpha_sweep(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
     000, Table 5 of 004). The x axis is alpha in the study's own convention."""
     df = finished(df)
     sweeps = []
-    for trial, group in df.groupby("trial", sort=False):
+    for trial, group in df.groupby("trial_key", sort=False):  # each trained model
         points = []
         for _, row in group.iterrows():
             v = parse_variant(row["variant"], study.alpha_convention)
@@ -74,15 +75,17 @@ def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path
     Pseudo-IoU T, centerness c, scaled-box s. The inside-box baseline is Pseudo-IoU at T = 0."""
     if not study.table_layout or "model.assigner.name" not in df:
         return None
+    from detector.assigners import POINT_RULES  # each rule names the field that holds its threshold
+
     metric = study.table_layout.metric(study.table_layout.columns[0])
     df = finished(df)
     lines: dict[str, list[tuple[float, float]]] = {}
-    for (trial, name), group in df.groupby(["trial", "model.assigner.name"], sort=False):
+    for (_, name), group in df.groupby(["trial_key", "model.assigner.name"], sort=False):  # each trained point
         row = group.iloc[0]
-        if metric not in row or pd.isna(row[metric]):
+        if metric not in row or pd.isna(row[metric]) or name not in POINT_RULES:
             continue
-        x = {"pseudo_iou": row.get("model.assigner.threshold"), "centerness": row.get("model.assigner.threshold"),
-             "scaled_box": row.get("model.assigner.scale"), "inside": 0.0}.get(name)
+        fields = POINT_RULES[name].fields
+        x = row.get(f"model.assigner.{fields[0]}") if fields else 0.0  # a rule without one: the T = 0 end
         if x is None:
             continue
         lines.setdefault("pseudo_iou" if name == "inside" else name, []).append((float(x), float(row[metric])))
@@ -103,10 +106,7 @@ def ap_vs_iou(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
     df = finished(df)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     drawn = 0
-    for label, trial, variant in _measured_rows(study, df)[:MAX_LINES]:
-        sel = df[(df["trial"] == trial) & (df["variant"] == variant)]
-        if sel.empty:
-            continue
+    for label, _, sel in _measured_rows(study, df)[:MAX_LINES]:
         row = sel.iloc[0]
         voc = sorted((int(m.group(1)) / 100, c) for c in row.index if (m := VOC_AT.match(c)) and pd.notna(row[c]))
         pts = [(t, row[c]) for t, c in voc] or [(t, row[c]) for c, t in sorted(COCO_AT.items(), key=lambda kv: kv[1])
@@ -126,14 +126,13 @@ def ap_vs_iou(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
 def confidence_vs_iou(study: Study, df: pd.DataFrame, scatter: dict[str, dict], out: Path) -> Optional[Path]:
     """Figure 4 of paper 000: detection confidence vs IoU_eval per measured row (e.g. the baseline, the
     predicted IoU and the ground-truth IoU), with Pearson and Spearman coefficients in each title.
-    scatter: trial -> {variant: {"confidence": [...], "iou_eval": [...]}}."""
+    scatter: trial key -> {variant: {"confidence": [...], "iou_eval": [...]}} (a row's first seed)."""
     df = finished(df)
     panels = []
-    for label, trial, variant in _measured_rows(study, df):
-        samples = scatter.get(trial, {}).get(variant)
+    for label, variant, sel in _measured_rows(study, df):
+        coef = sel.iloc[0]
+        samples = scatter.get(coef["trial_key"], {}).get(variant)
         if samples and len(samples["confidence"]) >= 2:
-            sel = df[(df["trial"] == trial) & (df["variant"] == variant)]
-            coef = sel.iloc[0] if not sel.empty else {}
             panels.append((label, samples, coef.get("pearson"), coef.get("spearman")))
     if not panels:
         return None

@@ -7,7 +7,6 @@ import base64
 import html
 import json
 import re
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,11 +15,12 @@ from typing import Optional
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ablab.query import resolve_tracking_uri, results
-from ablab.paths import output_root, study_dir
+from ablab.paths import output_root, resolve_tracking_uri, study_dir
+from ablab.query import results
 from ablab.study import Study, load_study
 from ablab.table import table_text
-from ablab.tracking import EXPERIMENT_PREFIX
+from ablab.logs import log
+from ablab.naming import EXPERIMENT_PREFIX, SCATTER_FILE
 
 from . import plots
 
@@ -40,20 +40,16 @@ ONLOAD = """<script>window.addEventListener('load', () => { const imgs = Array.f
 document.body.dataset.imagesRendered = imgs.filter(i => i.complete && i.naturalWidth > 0).length; });</script>"""
 
 
-def _log(msg: str) -> None:
-    print(f"[report] {msg}", file=sys.stderr, flush=True)
-
-
 def _scatter_samples(client: MlflowClient, runs: dict[str, str]) -> dict[str, dict]:
-    """trial -> {variant: {confidence, iou_eval}}, from each run's scatter.json artifact."""
+    """trial key -> {variant: {confidence, iou_eval}}, from each run's scatter.json artifact."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for trial, run_id in runs.items():
+        for key, run_id in runs.items():
             try:
-                path = client.download_artifacts(run_id, "scatter.json", tmp)
+                path = client.download_artifacts(run_id, SCATTER_FILE, tmp)
             except (MlflowException, OSError):
                 continue  # a failed trial has none
-            out[trial] = json.loads(Path(path).read_text())
+            out[key] = json.loads(Path(path).read_text())
     return out
 
 
@@ -123,7 +119,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     plot_dir = study_dir(study.study, profile, out_root) / "plots"
     images = []
     if not df.empty:  # e.g. a profile never run
-        runs = {r["trial"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
+        runs = {r["trial_key"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
         images = [p for p in (plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
                               plots.ap_vs_iou(study, df, plot_dir),
                               plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
@@ -143,7 +139,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     path = out / f"{study.study}-{profile}.html"
     path.write_text(page)
     write_index(out)
-    _log(f"{path} ({len(images)} plots, {0 if df.empty else df['run_id'].nunique()} runs); index: {out / INDEX}")
+    log.info(f"[report] {path} ({len(images)} plots, {0 if df.empty else df['run_id'].nunique()} runs); index: {out / INDEX}")
     return path
 
 

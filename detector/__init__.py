@@ -4,14 +4,14 @@ from typing import Any
 
 from .config import Config, ConfigError, load_config, parse_config
 
-__all__ = ["Config", "ConfigError", "Detector", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "Detector", "build_detector", "load_config", "parse_config"]
 
 
 def __getattr__(name: str) -> Any:
     # The model (and so torch) loads on first use: processes that only read configs and datasets, such as
     # ablab's study driver, never pay torch's import.
-    if name == "Detector":
-        from .model import Detector
+    if name in ("Detector", "build_detector"):
+        from . import model
 
-        return Detector
+        return getattr(model, name)
     raise AttributeError(f"module 'detector' has no attribute {name!r}")

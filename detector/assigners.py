@@ -4,36 +4,24 @@ Ground truth is padded per batch: ``gt_boxes`` (B, G, 4), ``gt_labels`` (B, G) w
 ``gt_ignore`` (B, G) for crowd / VOC-difficult boxes, which are never positives and whose
 overlapping priors are neither positive nor negative.
 
-Every assigner returns an :class:`Assignment` over the N priors of each image.
+Every assigner returns an :class:`~detector.structures.Assignment` over the N priors of each image. The
+anchor-free rules that decide which candidate points stay positive are registered in POINT_RULES, each with
+the config fields it reads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .boxes import batched_box_iou
-from .config import AssignerConfig
+from .boxes import batched_box_iou, point_box_distances
+from .structures import IGNORE, NEGATIVE, POSITIVE, Assignment
 
-POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
-
-
-@dataclass
-class Assignment:
-    """state: (B, N) int8, POSITIVE / NEGATIVE / IGNORE. gt_index: (B, N) long, meaningful where positive."""
-
-    state: Tensor
-    gt_index: Tensor
-
-    @property
-    def positive(self) -> Tensor:
-        return self.state == POSITIVE
-
-    @property
-    def valid(self) -> Tensor:
-        """Priors that enter the classification loss (positives and negatives)."""
-        return self.state != IGNORE
+__all__ = ["IGNORE", "NEGATIVE", "POSITIVE", "POINT_RULES", "Assignment", "PointRule", "assign_max_iou",
+           "assign_points", "centerness", "point_rule", "pseudo_iou"]
 
 
 def _trainable(gt_labels: Tensor, gt_ignore: Tensor) -> Tensor:
@@ -101,11 +89,44 @@ def centerness(ltrb: Tensor) -> Tensor:
     return (lr * tb).sqrt()
 
 
+@dataclass(frozen=True)
+class PointRule:
+    """Which FCOS candidates stay positive: ``keep(ltrb, **params)`` -> (...) bool, where ltrb (..., 4) are a
+    candidate point's distances to its GT's sides. ``fields``: the ``model.assigner`` fields it reads."""
+
+    keep: Callable[..., Tensor]
+    fields: tuple[str, ...] = ()
+    doc: str = ""
+
+
+def _scaled_box(ltrb: Tensor, scale: float) -> Tensor:
+    # |x - xc| < s w / 2  <=>  |l - r| < s (l + r), likewise vertically.
+    l, t, r, b = ltrb.unbind(-1)
+    return ((l - r).abs() < scale * (l + r)) & ((t - b).abs() < scale * (t + b))
+
+
+POINT_RULES: dict[str, PointRule] = {
+    "inside": PointRule(lambda ltrb: torch.ones(ltrb.shape[:-1], dtype=torch.bool, device=ltrb.device),
+                        doc="every candidate (FCOS without centre sampling)"),
+    "pseudo_iou": PointRule(lambda ltrb, threshold: pseudo_iou(ltrb) >= threshold, ("threshold",),
+                            "Pseudo-IoU >= T (paper 003, Algorithm 1)"),
+    "centerness": PointRule(lambda ltrb, threshold: centerness(ltrb) >= threshold, ("threshold",),
+                            "FCOS centerness >= c"),
+    "scaled_box": PointRule(_scaled_box, ("scale",), "inside the GT box scaled by s about its centre"),
+}
+
+
+def point_rule(name: str, **fields: float) -> Callable[[Tensor], Tensor]:
+    """The registered rule ``name`` with its parameters bound: ltrb (..., 4) -> keep (...)."""
+    rule = POINT_RULES[name]
+    return partial(rule.keep, **{f: fields[f] for f in rule.fields})
+
+
 def assign_points(points: Tensor, regress_lo: Tensor, regress_hi: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
-                  gt_ignore: Tensor, cfg: AssignerConfig) -> Assignment:
+                  gt_ignore: Tensor, keep: Callable[[Tensor], Tensor]) -> Assignment:
     """Anchor-free assignment. Candidates as FCOS: the point lies strictly inside a GT and the GT's largest
     l/t/r/b distance falls in the point's level range (regress_lo, regress_hi]; of several, the smallest GT.
-    Then the rule ``cfg.name`` keeps or rejects that candidate; a rejected point is a negative.
+    Then ``keep`` (a bound POINT_RULES entry) keeps or rejects that candidate; a rejected point is a negative.
 
     points: (N, 2); regress_lo/hi: (N,); gt_*: (B, G, ...).
     """
@@ -113,13 +134,12 @@ def assign_points(points: Tensor, regress_lo: Tensor, regress_hi: Tensor, gt_box
     if gt_boxes.shape[1] == 0:
         zeros = torch.zeros(b, n, dtype=torch.long, device=points.device)
         return Assignment(zeros.to(torch.int8), zeros)
-    px, py = points[None, :, None, 0], points[None, :, None, 1]  # (1, N, 1)
-    x1, y1, x2, y2 = (gt_boxes[:, None, :, i] for i in range(4))  # (B, 1, G)
-    ltrb = torch.stack((px - x1, py - y1, x2 - px, y2 - py), dim=-1)  # (B, N, G, 4)
+    ltrb = point_box_distances(points[None, :, None, :], gt_boxes[:, None, :, :])  # (B, N, G, 4)
     inside = ltrb.amin(-1) > 0
     reach = ltrb.amax(-1)
     in_range = (reach > regress_lo[None, :, None]) & (reach <= regress_hi[None, :, None])
-    area = ((x2 - x1) * (y2 - y1)).expand(b, n, -1)
+    wh = gt_boxes[..., 2:] - gt_boxes[..., :2]
+    area = (wh[..., 0] * wh[..., 1])[:, None, :].expand(b, n, -1)
 
     trainable = _trainable(gt_labels, gt_ignore)[:, None, :]
     candidate = inside & in_range & trainable
@@ -128,20 +148,7 @@ def assign_points(points: Tensor, regress_lo: Tensor, regress_hi: Tensor, gt_box
     has_gt = torch.isfinite(min_area)
 
     chosen = ltrb.gather(2, gt_index[:, :, None, None].expand(b, n, 1, 4)).squeeze(2)  # (B, N, 4)
-    if cfg.name == "inside":
-        keep = has_gt
-    elif cfg.name == "pseudo_iou":
-        keep = has_gt & (pseudo_iou(chosen) >= cfg.threshold)
-    elif cfg.name == "centerness":
-        keep = has_gt & (centerness(chosen) >= cfg.threshold)
-    elif cfg.name == "scaled_box":
-        # |x - xc| < s w / 2  <=>  |l - r| < s (l + r), likewise vertically.
-        l, t, r, bt = chosen.unbind(-1)
-        keep = has_gt & ((l - r).abs() < cfg.scale * (l + r)) & ((t - bt).abs() < cfg.scale * (t + bt))
-    else:
-        raise ValueError(f"unknown point assigner {cfg.name!r}")
-
-    state = torch.where(keep, POSITIVE, NEGATIVE).to(torch.int8)
+    state = torch.where(has_gt & keep(chosen), POSITIVE, NEGATIVE).to(torch.int8)
     # Points inside an ignore region (crowd / difficult) are not negatives.
     ignore_cols = (gt_labels >= 0) & gt_ignore
     if bool(ignore_cols.any()):

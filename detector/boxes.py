@@ -25,14 +25,6 @@ def paired_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     return inter / (union + eps)
 
 
-def paired_giou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
-    """Generalised IoU of corresponding boxes. a, b: (..., 4) -> (...), in [-1, 1]."""
-    inter, union = _paired_inter_union(a, b)
-    union = union + eps
-    hull = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
-    return inter / union - (hull - union) / (hull + eps)
-
-
 def batched_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """All-pairs IoU per image. a: (B, N, 4), b: (B, M, 4) -> (B, N, M)."""
     area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
@@ -72,14 +64,19 @@ class DeltaCoder:
         return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
 
+def point_box_distances(points: Tensor, boxes: Tensor) -> Tensor:
+    """(l, t, r, b) from each point to its box's sides, positive inside. points (..., 2) and boxes (..., 4)
+    broadcast: e.g. (1, N, 1, 2) with (B, 1, G, 4) gives every point against every box, (B, N, G, 4)."""
+    return torch.cat(torch.broadcast_tensors(points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)
+
+
 class DistanceCoder:
     """Anchor-free (l, t, r, b) distances from a point to the box sides, in units of the level stride."""
 
     @staticmethod
     def encode(points: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
         """points: (..., 2), strides: (...), boxes: (..., 4) -> (..., 4) distances / stride."""
-        ltrb = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)
-        return ltrb / strides[..., None]
+        return point_box_distances(points, boxes) / strides[..., None]
 
     @staticmethod
     def decode(points: Tensor, strides: Tensor, dists: Tensor) -> Tensor:

@@ -18,7 +18,8 @@ class Strict(BaseModel):
 
 
 class BackboneConfig(Strict):
-    name: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"] = "resnet50"
+    name: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d",
+                  "resnext101_64x4d"] = "resnet50"
     """resnet10 (one BasicBlock per stage, no ImageNet weights) is a from-scratch stand-in for smoke profiles."""
     pretrained: str = "imagenet"
     """``none`` | ``imagenet`` (torchvision weights from the local torch cache) | a file path."""
@@ -26,6 +27,9 @@ class BackboneConfig(Strict):
     """Frozen BN as in the papers; ``bn``/``gn`` for training from scratch (frozen random BN is an identity)."""
     frozen_stages: int = Field(1, ge=0, le=4)
     """0: nothing frozen; 1: stem + stage 1 (the papers); k: stem + stages 1..k."""
+    deformable_stages: list[Literal[3, 4, 5]] = Field(default_factory=list)
+    """Stages (c3 = layer2 ... c5 = layer4) whose 3x3 convs are modulated deformable convs (DCNv2, offsets and
+    masks from a zero-initialised conv): ``[3, 4, 5]`` is the authors' ``stage_with_dcn`` of Pseudo-IoU Table 4."""
 
     @model_validator(mode="after")
     def _weights_exist(self) -> "BackboneConfig":
@@ -126,11 +130,21 @@ class DataConfig(Strict):
     VOC: ``2007_test``; synthetic: ``val``."""
     short: int = Field(600, ge=16)
     long: int = Field(1000, ge=16)
+    train_short_range: Optional[tuple[int, int]] = None
+    """Multi-scale training: each training image's short side drawn uniformly from [lo, hi] (mmdetection's
+    ``multiscale_mode='range'``, per image); evaluation keeps ``short``. E.g. ``[640, 800]``."""
     flip: float = Field(0.5, ge=0.0, le=1.0)
     max_images: Optional[int] = Field(None, ge=1)
     """Cap on images per split (quick looks at a big set); None means all."""
     synthetic: SyntheticConfig = SyntheticConfig()
     """What ``kind: synthetic`` writes at ``root`` when it is missing."""
+
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> "DataConfig":
+        if self.train_short_range and not 16 <= self.train_short_range[0] <= self.train_short_range[1]:
+            raise ValueError(f"train_short_range {list(self.train_short_range)}: expected [lo, hi] with 16 <= lo <= hi")
+        return self
 
 
 class TrainConfig(Strict):

@@ -1,56 +1,24 @@
-"""Training losses, for the whole batch at once. Each method computes one term.
+"""Training losses, for the whole batch at once. Each ``loss_*`` method computes one term, already
+normalised: by N_pos (the batch's positives, averaged across DDP workers and clamped to >= 1), as RetinaNet,
+FCOS and the three papers do, or, for the box term with a centerness branch, by the sum of the positives'
+centerness targets (the FCOS / Pseudo-IoU code).
 
-All terms are sums normalised by N_pos (the batch's positives, averaged across DDP workers and
-clamped to >= 1), as RetinaNet, FCOS and the three papers do.
+The box and quality losses the papers compare are registered in BOX_LOSSES and QUALITY_LOSSES.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
 
-from .assigners import NEGATIVE, Assignment, assign_max_iou, assign_points, centerness
-from .boxes import DeltaCoder, DistanceCoder, paired_giou, paired_iou
-from .config import ModelConfig
-from .priors import REGRESS_RANGES, Priors
-
-
-@dataclass
-class HeadOutput:
-    """Dense predictions over the N priors of each image (all FPN levels concatenated).
-
-    cls_logits: (B, N, C). box_reg: (B, N, 4), deltas (anchors) or l/t/r/b over stride (points).
-    quality_logits: (B, N) or None. centerness_logits: (B, N) or None.
-    """
-
-    cls_logits: Tensor
-    box_reg: Tensor
-    quality_logits: Optional[Tensor] = None
-    centerness_logits: Optional[Tensor] = None
-
-
-@dataclass
-class Targets:
-    """Padded ground truth. boxes: (B, G, 4) xyxy in input pixels; labels: (B, G), -1 = padding;
-    ignore: (B, G) crowd / difficult boxes."""
-
-    boxes: Tensor
-    labels: Tensor
-    ignore: Tensor
-
-    def to(self, device: torch.device) -> "Targets":
-        return Targets(self.boxes.to(device), self.labels.to(device), self.ignore.to(device))
-
-
-def decode_boxes(arch: str, priors: Priors, box_reg: Tensor) -> Tensor:
-    """Predicted boxes (..., N, 4) from box_reg (..., N, 4) on the given priors."""
-    if arch == "retinanet":
-        return DeltaCoder.decode(priors.boxes, box_reg)
-    return DistanceCoder.decode(priors.points, priors.strides, box_reg)
+from .boxes import paired_iou
+from .families import DetectorFamily
+from .structures import NEGATIVE, Assignment, HeadOutput, Priors, Targets
 
 
 def sigmoid_focal_loss_sum(logits: Tensor, valid: Tensor, pos: Tensor, pos_class: Tensor,
@@ -73,6 +41,55 @@ def sigmoid_focal_loss_sum(logits: Tensor, valid: Tensor, pos: Tensor, pos_class
     return total + (pos_loss - neg_at_pos).sum()
 
 
+@dataclass
+class Matches:
+    """The batch's positives, each with its ground truth. index: (P,) prior index of each positive (its
+    image is ``image``, (P,)); box_reg (P, 4) the head's raw box output there; boxes (P, 4) decoded from it;
+    gt_boxes (P, 4) and labels (B, N) (read where positive) of the matched GT."""
+
+    image: Tensor
+    index: Tensor
+    box_reg: Tensor
+    boxes: Tensor
+    gt_boxes: Tensor
+    labels: Tensor
+
+
+# Per-positive box losses (P,). ``beta``: model.smooth_l1_beta.
+BOX_LOSSES: dict[str, Callable[[Matches, Tensor, float], Tensor]] = {
+    # on the family's regression target (deltas): RetinaNet
+    "smooth_l1": lambda m, target, beta: F.smooth_l1_loss(m.box_reg, target, beta=beta, reduction="none").sum(-1),
+    "l1": lambda m, target, beta: (m.box_reg - target).abs().sum(-1),
+    # on the decoded boxes: UnitBox's -ln(IoU) and GIoU
+    "iou": lambda m, target, beta: -paired_iou(m.boxes, m.gt_boxes).clamp(min=1e-6).log(),
+    "giou": lambda m, target, beta: generalized_box_iou_loss(m.boxes, m.gt_boxes, reduction="none"),
+}
+BOX_LOSSES_ON_DELTAS = ("smooth_l1", "l1")
+
+
+def _gfocal(logit: Tensor, target: Tensor, beta: float, gamma: float) -> Tensor:
+    # paper 004 eq. 13: |y - p|^gamma * BCE(p, y)
+    bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    return ((target - logit.sigmoid()).abs().pow(gamma) * bce).sum()
+
+
+# Quality losses on the positives, summed: (logit (P,), target IoU (P,), beta, gamma) -> (). ``bce_neg`` adds
+# neg_weight x BCE of the negatives against 0 (Criterion.loss_quality).
+def _bce(logit: Tensor, target: Tensor, beta: float, gamma: float) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logit, target, reduction="sum")
+
+
+QUALITY_LOSSES: dict[str, Callable[[Tensor, Tensor, float, float], Tensor]] = {
+    "bce": _bce,
+    "bce_neg": _bce,  # CELoss^w of paper 004: the negatives' term is added by the criterion
+    "l2": lambda logit, t, beta, gamma: (logit.sigmoid() - t).pow(2).sum(),
+    "l1": lambda logit, t, beta, gamma: (logit.sigmoid() - t).abs().sum(),
+    "smooth_l1": lambda logit, t, beta, gamma: F.smooth_l1_loss(logit.sigmoid(), t, beta=beta, reduction="sum"),
+    "gfocal": _gfocal,
+}
+QUALITY_LOSSES_WITH_NEGATIVES = ("bce_neg",)
+
+
 def _mean_over_workers(x: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized():
         x = x.clone()
@@ -82,104 +99,80 @@ def _mean_over_workers(x: Tensor) -> Tensor:
 
 
 class Criterion:
-    """The detector's loss: focal classification + box regression + optional quality and centerness."""
+    """The detector's loss: focal classification + box regression + optional quality and centerness.
 
-    def __init__(self, cfg: ModelConfig):
-        self.cfg = cfg
+    family: where the priors are and how they are assigned; box_loss / quality_loss: names in BOX_LOSSES /
+    QUALITY_LOSSES (quality_loss None: no quality branch); detach_quality: the quality target carries no
+    gradient to the box branch (False: the dagger variant of paper 000); centerness: the branch is on (its
+    targets also weight the box loss).
+    """
+
+    def __init__(self, family: DetectorFamily, *, box_loss: str = "smooth_l1", box_loss_weight: float = 1.0,
+                 smooth_l1_beta: float = 0.11, quality_loss: Optional[str] = None, quality_weight: float = 1.0,
+                 detach_quality: bool = True, quality_neg_weight: float = 1e-4, centerness: bool = False,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        self.family = family
+        self.box_loss, self.box_loss_weight, self.smooth_l1_beta = BOX_LOSSES[box_loss], box_loss_weight, smooth_l1_beta
+        self.box_on_deltas = box_loss in BOX_LOSSES_ON_DELTAS
+        self.quality_loss = QUALITY_LOSSES[quality_loss] if quality_loss else None
+        self.quality_neg_weight = quality_neg_weight if quality_loss in QUALITY_LOSSES_WITH_NEGATIVES else 0.0
+        self.quality_weight, self.detach_quality = quality_weight, detach_quality
+        self.centerness = centerness
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
 
     def __call__(self, out: HeadOutput, priors: Priors, targets: Targets) -> dict[str, Tensor]:
-        assignment = self.assign(priors, targets)
+        with torch.no_grad():
+            assignment = self.family.assign(priors, targets)
         pos = assignment.positive
         num_pos = _mean_over_workers(pos.sum().float()).clamp(min=1.0)
-        gt_idx = assignment.gt_index
-        matched_boxes = targets.boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))[pos]  # (P, 4)
-        matched_labels = targets.labels.gather(1, gt_idx)
-        pred_boxes = self._decode_positive(out, priors, pos)
+        m = self.matches(out, priors, targets, assignment)
+        ctr_target = self.family.centerness_target(priors, m.index, m.gt_boxes) if self.centerness else None
 
-        losses = {"loss_cls": self.classification(out, assignment, matched_labels) / num_pos}
-        ctr_target = self._centerness_target(priors, pos, matched_boxes) if self.cfg.arch == "anchor_free" else None
-        losses["loss_box"] = self.cfg.box_loss_weight * self.box(out, priors, pos, pred_boxes, matched_boxes, ctr_target, num_pos)
-        if out.quality_logits is not None:
-            losses["loss_quality"] = self.cfg.quality.weight * self.quality(out, assignment, pred_boxes, matched_boxes) / num_pos
-        if out.centerness_logits is not None:
-            losses["loss_centerness"] = self.centerness(out, pos, ctr_target) / num_pos
+        losses = {"loss_cls": self.loss_cls(out, assignment, m, num_pos),
+                  "loss_box": self.box_loss_weight * self.loss_box(priors, m, ctr_target, num_pos)}
+        if self.quality_loss is not None:
+            losses["loss_quality"] = self.quality_weight * self.loss_quality(out, assignment, m, num_pos)
+        if self.centerness:
+            losses["loss_centerness"] = self.loss_centerness(out, pos, ctr_target, num_pos)
         losses["loss"] = sum(losses.values())
         losses["num_pos"] = pos.sum().float().detach()
         return losses
 
-    def assign(self, priors: Priors, targets: Targets) -> Assignment:
-        with torch.no_grad():
-            if self.cfg.arch == "retinanet":
-                a = self.cfg.assigner
-                return assign_max_iou(priors.boxes, targets.boxes, targets.labels, targets.ignore, a.pos_iou, a.neg_iou)
-            ranges = torch.tensor(REGRESS_RANGES, device=priors.points.device)[priors.level]
-            return assign_points(priors.points, ranges[:, 0], ranges[:, 1], targets.boxes, targets.labels,
-                                 targets.ignore, self.cfg.assigner)
+    def matches(self, out: HeadOutput, priors: Priors, targets: Targets, assignment: Assignment) -> Matches:
+        pos = assignment.positive
+        image, index = pos.nonzero(as_tuple=True)
+        gt_idx = assignment.gt_index
+        gt_boxes = targets.boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4))[pos]
+        box_reg = out.box_reg.float()[image, index]
+        return Matches(image, index, box_reg, self.family.decode(priors, box_reg, index), gt_boxes,
+                       targets.labels.gather(1, gt_idx))
 
-    def _decode_positive(self, out: HeadOutput, priors: Priors, pos: Tensor) -> Tensor:
-        """Decoded predicted boxes of the positives, (P, 4)."""
-        b_idx, n_idx = pos.nonzero(as_tuple=True)
-        reg = out.box_reg.float()[b_idx, n_idx]
-        if self.cfg.arch == "retinanet":
-            return DeltaCoder.decode(priors.boxes[n_idx], reg)
-        return DistanceCoder.decode(priors.points[n_idx], priors.strides[n_idx], reg)
+    def loss_cls(self, out: HeadOutput, assignment: Assignment, m: Matches, num_pos: Tensor) -> Tensor:
+        return sigmoid_focal_loss_sum(out.cls_logits, assignment.valid, assignment.positive, m.labels,
+                                      self.focal_alpha, self.focal_gamma) / num_pos
 
-    def _centerness_target(self, priors: Priors, pos: Tensor, matched_boxes: Tensor) -> Tensor:
-        n_idx = pos.nonzero(as_tuple=True)[1]
-        pts = priors.points[n_idx]
-        ltrb = torch.cat((pts - matched_boxes[:, :2], matched_boxes[:, 2:] - pts), dim=-1)
-        return centerness(ltrb)
-
-    def classification(self, out: HeadOutput, assignment: Assignment, matched_labels: Tensor) -> Tensor:
-        f = self.cfg.focal
-        return sigmoid_focal_loss_sum(out.cls_logits, assignment.valid, assignment.positive, matched_labels, f.alpha, f.gamma)
-
-    def box(self, out: HeadOutput, priors: Priors, pos: Tensor, pred_boxes: Tensor, gt_boxes: Tensor,
-            ctr_target: Optional[Tensor], num_pos: Tensor) -> Tensor:
-        kind = self.cfg.box_loss
-        if kind in ("smooth_l1", "l1"):
-            n_idx = pos.nonzero(as_tuple=True)[1]
-            reg = out.box_reg.float()[pos]
-            target = DeltaCoder.encode(priors.boxes[n_idx], gt_boxes)
-            if kind == "l1":
-                return F.l1_loss(reg, target, reduction="sum") / num_pos
-            return F.smooth_l1_loss(reg, target, beta=self.cfg.smooth_l1_beta, reduction="sum") / num_pos
-        if kind == "giou":
-            per_box = 1.0 - paired_giou(pred_boxes, gt_boxes)
-        else:  # iou, UnitBox's -ln(IoU)
-            per_box = -paired_iou(pred_boxes, gt_boxes).clamp(min=1e-6).log()
-        if ctr_target is not None and self.cfg.centerness:
+    def loss_box(self, priors: Priors, m: Matches, ctr_target: Optional[Tensor], num_pos: Tensor) -> Tensor:
+        target = self.family.encode(priors, m.index, m.gt_boxes) if self.box_on_deltas else None
+        per_box = self.box_loss(m, target, self.smooth_l1_beta)
+        if ctr_target is not None:
             # FCOS / Pseudo-IoU code: weight each positive by its centerness target, normalise by their sum.
             weight_sum = _mean_over_workers(ctr_target.sum().detach()).clamp(min=1e-6)
             return (per_box * ctr_target).sum() / weight_sum
         return per_box.sum() / num_pos
 
-    def quality(self, out: HeadOutput, assignment: Assignment, pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor:
-        """Quality (IoU / object-confidence) loss, summed; target = IoU(predicted box, its GT)."""
-        q_cfg = self.cfg.quality
-        assert out.quality_logits is not None
-        target = paired_iou(pred_boxes, gt_boxes)
-        if q_cfg.detach:
+    def loss_quality(self, out: HeadOutput, assignment: Assignment, m: Matches, num_pos: Tensor) -> Tensor:
+        """Quality (IoU / object-confidence) loss; target = IoU(predicted box, its GT)."""
+        assert out.quality_logits is not None and self.quality_loss is not None
+        target = paired_iou(m.boxes, m.gt_boxes)
+        if self.detach_quality:
             target = target.detach()
-        logit = out.quality_logits.float()[assignment.positive]
-        kind = q_cfg.loss
-        if kind in ("bce", "bce_neg"):
-            loss = F.binary_cross_entropy_with_logits(logit, target, reduction="sum")
-            if kind == "bce_neg":
-                neg_logit = out.quality_logits.float()[assignment.state == NEGATIVE]
-                loss = loss + q_cfg.neg_weight * F.softplus(neg_logit).sum()  # BCE against target 0
-            return loss
-        q = logit.sigmoid()
-        if kind == "l2":
-            return (q - target).pow(2).sum()
-        if kind == "l1":
-            return (q - target).abs().sum()
-        if kind == "smooth_l1":
-            return F.smooth_l1_loss(q, target, beta=self.cfg.smooth_l1_beta, reduction="sum")
-        # gfocal, paper 004 eq. 13: |y - p|^gamma * BCE(p, y)
-        bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
-        return ((target - q).abs().pow(self.cfg.focal.gamma) * bce).sum()
+        logits = out.quality_logits.float()
+        loss = self.quality_loss(logits[assignment.positive], target, self.smooth_l1_beta, self.focal_gamma)
+        if self.quality_neg_weight:
+            loss = loss + self.quality_neg_weight * F.softplus(logits[assignment.state == NEGATIVE]).sum()
+        return loss / num_pos
 
-    def centerness(self, out: HeadOutput, pos: Tensor, ctr_target: Optional[Tensor]) -> Tensor:
+    def loss_centerness(self, out: HeadOutput, pos: Tensor, ctr_target: Optional[Tensor], num_pos: Tensor) -> Tensor:
         assert out.centerness_logits is not None and ctr_target is not None
-        return F.binary_cross_entropy_with_logits(out.centerness_logits.float()[pos], ctr_target, reduction="sum")
+        return F.binary_cross_entropy_with_logits(out.centerness_logits.float()[pos], ctr_target,
+                                                  reduction="sum") / num_pos

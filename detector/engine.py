@@ -19,7 +19,7 @@ from .config import Config, ConfigError, VariantConfig
 from .data.datasets import DetectionSet, build_split, category_ids, records_to_coco
 from .data.loader import make_loader
 from .evaluation import coco_metrics, correlations, iou_eval_of, voc_metrics
-from .model import Detector
+from .model import Detector, build_detector
 from .precision import Precision, hardware_summary, resolve_precision
 from .scoring import detect, raw_predictions
 
@@ -110,6 +110,30 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> TrainState:
     """Train ``cfg`` for its epochs (resuming from ``checkpoint`` if given). Under torch.distributed the
     model is wrapped in DDP and each worker reads its shard; the batch size is the global one."""
+    run = build_training(cfg, checkpoint, log)
+    for epoch in range(run.state.epoch, cfg.train.epochs):
+        epoch_metrics = train_one_epoch(run, cfg, epoch, log)
+        if on_epoch_end is not None:
+            on_epoch_end(run.state, epoch_metrics)
+    return run.state
+
+
+@dataclass
+class Training:
+    """What one training run holds besides its state: the (DDP-wrapped) network, the loader of this worker's
+    shard, the grad scaler (fp16 only) and where in torch.distributed it runs."""
+
+    state: TrainState
+    net: nn.Module
+    loader: Any
+    scaler: Optional[torch.amp.GradScaler]
+    device: torch.device
+    rank: int
+    world: int
+
+
+def build_training(cfg: Config, checkpoint: Optional[dict], log: Callable[[str], None]) -> Training:
+    """Model, optimizer, precision and loader of a run (restored from ``checkpoint`` if given)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -117,7 +141,7 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
     device = select_device()
     precision = _run_precision(cfg.train.precision, device, checkpoint, world)
     train_set = build_split(cfg.data, cfg.data.train_split)
-    model = Detector(cfg.model, len(train_set.classes)).to(device)
+    model = build_detector(cfg.model, len(train_set.classes)).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     state = TrainState(model, build_optimizer(model, cfg), precision, hardware_summary(device))
@@ -131,59 +155,63 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
     loader = make_loader(train_set, cfg.data, per_worker, train=True, workers=cfg.train.loader_workers,
                          seed=cfg.train.seed, distributed=world > 1)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_grad_scaler else None
-    iters_per_epoch = len(loader)
     shard = len(loader.sampler) if world > 1 else len(train_set)
     log(f"[train] rank {rank}/{world}: {shard} of {len(train_set)} images, {len(train_set.classes)} classes, "
-        f"{iters_per_epoch} iters/epoch x {cfg.train.epochs} epochs on {device} ({precision.name})")
+        f"{len(loader)} iters/epoch x {cfg.train.epochs} epochs on {device} ({precision.name})")
+    return Training(state, net, loader, scaler, device, rank, world)
 
-    for epoch in range(state.epoch, cfg.train.epochs):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        torch.manual_seed(cfg.train.seed * 1000 + epoch)
-        net.train()
-        sums: dict[str, float] = {}
-        t0, seen = time.perf_counter(), 0
-        for i, batch in enumerate(loader):
-            batch = batch.to(device)
-            images = batch.images.contiguous(memory_format=torch.channels_last) if precision.channels_last else batch.images
-            for g in state.optimizer.param_groups:
-                g["lr"] = lr_at(cfg, epoch, state.iteration)
-            with precision.autocast():
-                losses = model.criterion(*net(images), batch.targets)
-            loss = losses["loss"]
-            if not _finite_everywhere(loss, world):
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, iteration {state.iteration} "
-                                    f"(this worker's terms: {terms})")
-            state.optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(state.optimizer)
-            else:
-                loss.backward()
-            if cfg.train.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            if scaler is not None:
-                scaler.step(state.optimizer)
-                scaler.update()
-            else:
-                state.optimizer.step()
-            state.iteration += 1
-            seen += batch.images.shape[0]
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if rank == 0 and (i + 1) % max(1, iters_per_epoch // 4) == 0:
-                rate = seen / (time.perf_counter() - t0)
-                log(f"[train] epoch {epoch + 1}/{cfg.train.epochs} iter {i + 1}/{iters_per_epoch} "
-                    f"loss {float(loss.detach()):.4f} lr {lr_at(cfg, epoch, state.iteration):.4g} {rate:.1f} img/s")
-        state.epoch = epoch + 1
-        epoch_metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
-        epoch_metrics["epoch"] = state.epoch
-        epoch_metrics["train_seconds"] = time.perf_counter() - t0
-        state.history.append(epoch_metrics)
-        if on_epoch_end is not None:
-            on_epoch_end(state, epoch_metrics)
-    return state
+
+def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str], None]) -> dict[str, float]:
+    """One pass over the loader (epoch is 0-based); returns the epoch's mean loss terms, its number and its
+    wall time, also appended to ``run.state.history``."""
+    state, precision, loader = run.state, run.state.precision, run.loader
+    model = state.model
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    torch.manual_seed(cfg.train.seed * 1000 + epoch)
+    run.net.train()
+    iters_per_epoch = len(loader)
+    sums: dict[str, float] = {}
+    t0, seen = time.perf_counter(), 0
+    for i, batch in enumerate(loader):
+        batch = batch.to(run.device)
+        images = batch.images.contiguous(memory_format=torch.channels_last) if precision.channels_last else batch.images
+        for g in state.optimizer.param_groups:
+            g["lr"] = lr_at(cfg, epoch, state.iteration)
+        with precision.autocast():
+            losses = model.criterion(*run.net(images), batch.targets)
+        loss = losses["loss"]
+        if not _finite_everywhere(loss, run.world):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, iteration {state.iteration} "
+                                f"(this worker's terms: {terms})")
+        state.optimizer.zero_grad(set_to_none=True)
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.unscale_(state.optimizer)
+        else:
+            loss.backward()
+        if cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if run.scaler is not None:
+            run.scaler.step(state.optimizer)
+            run.scaler.update()
+        else:
+            state.optimizer.step()
+        state.iteration += 1
+        seen += batch.images.shape[0]
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if run.rank == 0 and (i + 1) % max(1, iters_per_epoch // 4) == 0:
+            rate = seen / (time.perf_counter() - t0)
+            log(f"[train] epoch {epoch + 1}/{cfg.train.epochs} iter {i + 1}/{iters_per_epoch} "
+                f"loss {float(loss.detach()):.4f} lr {lr_at(cfg, epoch, state.iteration):.4g} {rate:.1f} img/s")
+    state.epoch = epoch + 1
+    epoch_metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
+    epoch_metrics["epoch"] = state.epoch
+    epoch_metrics["train_seconds"] = time.perf_counter() - t0
+    state.history.append(epoch_metrics)
+    return epoch_metrics
 
 
 @dataclass
@@ -216,7 +244,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         batch = batch.to(device)
         with precision.autocast():
             out, priors = model(batch.images)
-        raw = raw_predictions(out, priors, cfg.model.arch, batch.targets)
+        raw = raw_predictions(out, priors, model.family, batch.targets)
         for name, per_image in detect(raw, variants, cfg.inference).items():
             for img_id, scale, d in zip(batch.image_ids, batch.scales, per_image):
                 boxes = (d.boxes.float() / scale).cpu()
@@ -278,7 +306,7 @@ def model_from_checkpoint(cfg: Config, ckpt: dict[str, Any], num_classes: int, p
     """The model of ``cfg`` with the checkpoint's weights, on this machine's device, and the precision to run
     it in (the one it trained in, when the checkpoint says)."""
     device = select_device()
-    model = Detector(cfg.model, num_classes).to(device)
+    model = build_detector(cfg.model, num_classes).to(device)
     try:
         model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
     except RuntimeError as err:  # another architecture, backbone or class count

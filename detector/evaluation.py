@@ -8,6 +8,7 @@ import io
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 import torch
 from torchvision.ops import box_iou
 
@@ -131,23 +132,12 @@ def voc_metrics(records, detections: list[dict], num_classes: int) -> dict[str, 
     return out
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (as Spearman's rho needs)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]
-
-
 def correlations(confidence: np.ndarray, iou_eval: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman correlation of detection confidence with IoU_eval."""
+    """Pearson and Spearman correlation of detection confidence with IoU_eval (0 when either is constant)."""
     if len(confidence) < 2 or np.std(confidence) == 0 or np.std(iou_eval) == 0:
         return {"pearson": 0.0, "spearman": 0.0}
-    pearson = float(np.corrcoef(confidence, iou_eval)[0, 1])
-    spearman = float(np.corrcoef(_average_ranks(confidence), _average_ranks(iou_eval))[0, 1])
-    return {"pearson": pearson, "spearman": spearman}
+    return {"pearson": float(stats.pearsonr(confidence, iou_eval).statistic),
+            "spearman": float(stats.spearmanr(confidence, iou_eval).statistic)}
 
 
 def iou_eval_of(records_by_id: dict, detections: list[dict]) -> np.ndarray:

@@ -8,8 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .criterion import HeadOutput
+from .structures import HeadOutput
 
 
 def _tower(depth: int, in_ch: int, width: int, norm: str) -> nn.Sequential:
@@ -51,24 +50,26 @@ class Scale(nn.Module):
 
 class DenseHead(nn.Module):
     """Per level: cls tower -> (A*C) logits; reg tower -> (A*4) box outputs; quality conv (A) on the reg tower
-    (``iou``) or cls tower (``conf``); centerness conv (A) on the reg tower. Returns a :class:`HeadOutput`."""
+    (``quality_on="iou"``) or the cls tower (``"conf"``); centerness conv (A) on the reg tower; with
+    ``level_scales`` a learnable scale per level and a ReLU on the box output (distances, FCOS).
+    Input: FPN maps (B, in_channels, H_l, W_l); output: a :class:`HeadOutput` over all levels."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int, num_anchors: int, num_levels: int = 5):
+    def __init__(self, in_channels: int, num_classes: int, num_anchors: int, *, depth: int = 4, width: int = 256,
+                 norm: str = "none", quality_on: Optional[str] = None, centerness: bool = False,
+                 level_scales: bool = False, num_levels: int = 5):
         super().__init__()
-        self.arch = cfg.arch
         self.num_classes = num_classes
         self.num_anchors = num_anchors
-        h = cfg.head
-        width = h.width if h.depth > 0 else cfg.fpn_width
-        self.cls_tower = _tower(h.depth, cfg.fpn_width, h.width, h.norm)
-        self.reg_tower = _tower(h.depth, cfg.fpn_width, h.width, h.norm)
+        out_width = width if depth > 0 else in_channels
+        self.cls_tower = _tower(depth, in_channels, width, norm)
+        self.reg_tower = _tower(depth, in_channels, width, norm)
         prior_prob = 0.01
-        self.cls_out = _output_conv(width, num_anchors * num_classes, -math.log((1 - prior_prob) / prior_prob))
-        self.box_out = _output_conv(width, num_anchors * 4)
-        self.quality_on: Optional[str] = None if cfg.quality.branch == "none" else cfg.quality.branch
-        self.quality_out = _output_conv(width, num_anchors) if self.quality_on else None
-        self.centerness_out = _output_conv(width, num_anchors) if cfg.centerness else None
-        self.scales = nn.ModuleList(Scale() for _ in range(num_levels)) if cfg.arch == "anchor_free" else None
+        self.cls_out = _output_conv(out_width, num_anchors * num_classes, -math.log((1 - prior_prob) / prior_prob))
+        self.box_out = _output_conv(out_width, num_anchors * 4)
+        self.quality_on = quality_on
+        self.quality_out = _output_conv(out_width, num_anchors) if quality_on else None
+        self.centerness_out = _output_conv(out_width, num_anchors) if centerness else None
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels)) if level_scales else None
 
     def forward(self, features: list[Tensor]) -> HeadOutput:
         cls, box, quality, ctr = [], [], [], []

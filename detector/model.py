@@ -1,30 +1,33 @@
-"""The single-stage detector: backbone + FPN + dense head, anchor-based (RetinaNet) or anchor-free."""
+"""The single-stage detector: backbone + FPN + dense head on one family's priors, paired with its loss.
+``build_detector`` is the one place where the config becomes plain arguments."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from .assigners import POINT_RULES, point_rule
 from .backbone import Backbone
 from .config import ModelConfig
-from .criterion import Criterion, HeadOutput, Targets
+from .criterion import Criterion
+from .families import AnchorFamily, DetectorFamily, PointFamily
 from .head import DenseHead
-from .priors import NUM_ANCHORS, Priors, make_priors
+from .structures import HeadOutput, Priors
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
 class Detector(nn.Module):
-    """images (B, 3, H, W) in [0, 1], H and W multiples of 128 (the loader pads so) -> dense predictions."""
+    """images (B, 3, H, W) in [0, 1], H and W multiples of 128 (the loader pads so) -> dense predictions
+    (:class:`HeadOutput`) and the priors they sit on. ``criterion(out, priors, targets)`` is its loss (a
+    separate object, as DETR's pair: under DDP the wrapped module runs the forward only)."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int):
+    def __init__(self, backbone: Backbone, head: DenseHead, family: DetectorFamily, criterion: Criterion):
         super().__init__()
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.anchors_per_location = NUM_ANCHORS if cfg.arch == "retinanet" else 1
-        self.backbone = Backbone(cfg.backbone, cfg.fpn_width)
-        self.head = DenseHead(cfg, num_classes, self.anchors_per_location)
-        self.criterion = Criterion(cfg)
+        self.backbone = backbone
+        self.head = head
+        self.family = family
+        self.criterion = criterion
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self._priors: dict[tuple, Priors] = {}
@@ -32,7 +35,7 @@ class Detector(nn.Module):
     def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> Priors:
         key = (tuple(feature_sizes), str(device))
         if key not in self._priors:
-            self._priors[key] = make_priors(feature_sizes, self.anchors_per_location, device, self.cfg.anchor_scale)
+            self._priors[key] = self.family.priors(feature_sizes, device)
         return self._priors[key]
 
     def forward(self, images: Tensor) -> tuple[HeadOutput, Priors]:
@@ -41,6 +44,26 @@ class Detector(nn.Module):
         out = self.head(features)
         return out, self.priors([tuple(f.shape[-2:]) for f in features], images.device)
 
-    def loss(self, images: Tensor, targets: Targets) -> dict[str, Tensor]:
-        out, priors = self(images)
-        return self.criterion(out, priors, targets)
+
+def build_family(cfg: ModelConfig) -> DetectorFamily:
+    if cfg.arch == "retinanet":
+        return AnchorFamily(cfg.anchor_scale, cfg.assigner.pos_iou, cfg.assigner.neg_iou)
+    rule = POINT_RULES[cfg.assigner.name]
+    return PointFamily(point_rule(cfg.assigner.name, **{f: getattr(cfg.assigner, f) for f in rule.fields}))
+
+
+def build_detector(cfg: ModelConfig, num_classes: int) -> Detector:
+    """The detector ``cfg`` describes, for ``num_classes`` classes."""
+    family = build_family(cfg)
+    b, h, q = cfg.backbone, cfg.head, cfg.quality
+    backbone = Backbone(b.name, cfg.fpn_width, pretrained=b.pretrained, norm=b.norm, frozen_stages=b.frozen_stages,
+                        deformable_stages=tuple(b.deformable_stages))
+    quality_on = None if q.branch == "none" else q.branch
+    head = DenseHead(cfg.fpn_width, num_classes, family.priors_per_location, depth=h.depth, width=h.width,
+                     norm=h.norm, quality_on=quality_on, centerness=cfg.centerness,
+                     level_scales=family.learns_level_scales)
+    criterion = Criterion(family, box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight,
+                          smooth_l1_beta=cfg.smooth_l1_beta, quality_loss=q.loss if quality_on else None,
+                          quality_weight=q.weight, detach_quality=q.detach, quality_neg_weight=q.neg_weight,
+                          centerness=cfg.centerness, focal_alpha=cfg.focal.alpha, focal_gamma=cfg.focal.gamma)
+    return Detector(backbone, head, family, criterion)

@@ -1,14 +1,11 @@
-"""Where predictions live: RetinaNet's anchors and the anchor-free detector's points, per FPN level.
-
-Both are laid out location-major, matching the heads' flattening (H, W, A): index
-``(y * W + x) * A + a`` on each level, levels concatenated P3..P7.
-"""
+"""Where predictions live: RetinaNet's anchors and the anchor-free detector's points, per FPN level, as
+:class:`~detector.structures.Priors` (location-major, matching the head's flattening (H, W, A))."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .structures import Priors
 
 STRIDES = (8, 16, 32, 64, 128)
 # FCOS regress ranges: the largest l/t/r/b distance a level is responsible for.
@@ -17,22 +14,6 @@ REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 ANCHOR_SCALES = tuple(2 ** (i / 3) for i in range(3))
 NUM_ANCHORS = len(ANCHOR_RATIOS) * len(ANCHOR_SCALES)
-
-
-@dataclass
-class Priors:
-    """Per-prior geometry for one padded input size, shared by every image of a batch.
-
-    boxes: (N, 4) anchor boxes (for points: a zero-size box at the point).
-    points: (N, 2) centres. strides: (N,). level: (N,) FPN level index 0..4.
-    level_sizes: priors per level, for per-level top-k at inference.
-    """
-
-    boxes: Tensor
-    points: Tensor
-    strides: Tensor
-    level: Tensor
-    level_sizes: list[int]
 
 
 def _grid_centres(h: int, w: int, stride: int, device: torch.device) -> Tensor:

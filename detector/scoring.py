@@ -16,8 +16,8 @@ from torchvision.ops import batched_nms
 
 from .boxes import batched_box_iou
 from .config import InferenceConfig, VariantConfig
-from .criterion import HeadOutput, Targets, decode_boxes
-from .priors import Priors
+from .families import DetectorFamily
+from .structures import HeadOutput, Priors, Targets
 
 
 @dataclass
@@ -42,8 +42,10 @@ class Detections:
     labels: Tensor
 
 
-def raw_predictions(out: HeadOutput, priors: Priors, arch: str, targets: Optional[Targets] = None) -> RawPredictions:
-    boxes = decode_boxes(arch, priors, out.box_reg.float())
+def raw_predictions(out: HeadOutput, priors: Priors, family: DetectorFamily,
+                    targets: Optional[Targets] = None) -> RawPredictions:
+    """Decoded boxes, p, q (and IoU_truth when ``targets`` are given) for every prior of the batch."""
+    boxes = family.decode(priors, out.box_reg.float())
     p = out.cls_logits.float().sigmoid()
     if out.centerness_logits is not None:
         p = p * out.centerness_logits.float().sigmoid()[..., None]

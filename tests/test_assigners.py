@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from detector.assigners import IGNORE, NEGATIVE, POSITIVE, assign_max_iou, assign_points, centerness, pseudo_iou
-from detector.config import AssignerConfig
+from detector.assigners import (IGNORE, NEGATIVE, POSITIVE, assign_max_iou, assign_points, centerness, point_rule,
+                                pseudo_iou)
 
 
 def _gt(boxes, labels, ignore=None):
@@ -87,8 +87,8 @@ def _grid_points(size=64, stride=8):
 def test_pseudo_iou_threshold_zero_reproduces_inside():
     pts, lo, hi = _grid_points()
     gt = _gt([[3, 5, 50, 45], [30, 30, 60, 62]], [0, 1])
-    inside = assign_points(pts, lo, hi, *gt, AssignerConfig(name="inside"))
-    piou0 = assign_points(pts, lo, hi, *gt, AssignerConfig(name="pseudo_iou", threshold=0.0))
+    inside = assign_points(pts, lo, hi, *gt, point_rule("inside"))
+    piou0 = assign_points(pts, lo, hi, *gt, point_rule("pseudo_iou", threshold=0.0))
     assert torch.equal(inside.state, piou0.state)
     assert torch.equal(inside.gt_index[inside.positive], piou0.gt_index[piou0.positive])
 
@@ -96,7 +96,7 @@ def test_pseudo_iou_threshold_zero_reproduces_inside():
 def test_pseudo_iou_positive_count_falls_monotonically_with_threshold():
     pts, lo, hi = _grid_points()
     gt = _gt([[3, 5, 50, 45], [30, 30, 60, 62]], [0, 1])
-    counts = [int(assign_points(pts, lo, hi, *gt, AssignerConfig(name="pseudo_iou", threshold=t)).positive.sum())
+    counts = [int(assign_points(pts, lo, hi, *gt, point_rule("pseudo_iou", threshold=t)).positive.sum())
               for t in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
     assert all(a >= b for a, b in zip(counts, counts[1:])), counts
     assert counts[0] > counts[3] > 0
@@ -104,7 +104,7 @@ def test_pseudo_iou_positive_count_falls_monotonically_with_threshold():
 
 def test_rejected_point_is_a_negative_not_ignored():
     pts, lo, hi = _grid_points()
-    a = assign_points(pts, lo, hi, *_gt([[0, 0, 64, 64]], [0]), AssignerConfig(name="pseudo_iou", threshold=0.9))
+    a = assign_points(pts, lo, hi, *_gt([[0, 0, 64, 64]], [0]), point_rule("pseudo_iou", threshold=0.9))
     assert (a.state != IGNORE).all()
     assert int(a.positive.sum()) < len(pts)
 
@@ -112,7 +112,7 @@ def test_rejected_point_is_a_negative_not_ignored():
 def test_point_on_two_gts_goes_to_the_smaller():
     pts = torch.tensor([[20.0, 20.0]])
     a = assign_points(pts, torch.tensor([-1.0]), torch.tensor([64.0]),
-                      *_gt([[0, 0, 60, 60], [10, 10, 30, 30]], [0, 1]), AssignerConfig(name="inside"))
+                      *_gt([[0, 0, 60, 60], [10, 10, 30, 30]], [0, 1]), point_rule("inside"))
     assert a.state[0, 0] == POSITIVE and a.gt_index[0, 0] == 1
 
 
@@ -120,7 +120,7 @@ def test_regress_range_excludes_points_on_the_wrong_level():
     pts = torch.tensor([[50.0, 50.0], [50.0, 50.0]])
     lo, hi = torch.tensor([-1.0, 64.0]), torch.tensor([64.0, 128.0])
     # max distance from (50,50) to sides of [0,0,120,120] is 70: only the second level is in range
-    a = assign_points(pts, lo, hi, *_gt([[0, 0, 120, 120]], [0]), AssignerConfig(name="inside"))
+    a = assign_points(pts, lo, hi, *_gt([[0, 0, 120, 120]], [0]), point_rule("inside"))
     assert a.state[0].tolist() == [NEGATIVE, POSITIVE]
 
 
@@ -128,7 +128,7 @@ def test_scaled_box_and_centerness_rules():
     pts = torch.tensor([[50.0, 50.0], [20.0, 50.0]])  # centre, and a point 30 px left of centre
     lo, hi = torch.full((2,), -1.0), torch.full((2,), 64.0)
     gt = _gt([[10, 10, 90, 90]], [0])  # 80 x 80, centre (50, 50)
-    s = assign_points(pts, lo, hi, *gt, AssignerConfig(name="scaled_box", scale=0.5))  # |dx| < 20
+    s = assign_points(pts, lo, hi, *gt, point_rule("scaled_box", scale=0.5))  # |dx| < 20
     assert s.state[0].tolist() == [POSITIVE, NEGATIVE]
-    c = assign_points(pts, lo, hi, *gt, AssignerConfig(name="centerness", threshold=0.4))  # ctr of pt 2: sqrt(10/70)=0.378
+    c = assign_points(pts, lo, hi, *gt, point_rule("centerness", threshold=0.4))  # ctr of pt 2: sqrt(10/70)=0.378
     assert c.state[0].tolist() == [POSITIVE, NEGATIVE]

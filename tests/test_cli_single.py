@@ -89,11 +89,11 @@ def test_evaluate_names_a_checkpoint_of_another_architecture(synthetic_root, tmp
     import torch
 
     from detector.config import parse_config
-    from detector.model import Detector
+    from detector.model import build_detector
 
     other = parse_config(tiny_config(synthetic_root, model={"arch": "anchor_free", "assigner": {"name": "inside"},
                                                               "box_loss": "giou"}))
-    torch.save(Detector(other.model, 6).state_dict(), tmp_path / "anchor_free.pt")
+    torch.save(build_detector(other.model, 6).state_dict(), tmp_path / "anchor_free.pt")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tiny_config(synthetic_root)))
     r = ablab("evaluate", str(path), "--checkpoint", str(tmp_path / "anchor_free.pt"))

@@ -77,3 +77,17 @@ def test_study_seeds_are_checked(tmp_path):
                                     "seeds": [0, -3], "profiles": {"smoke": {}}}))
     with pytest.raises(ConfigError, match=r"seeds\.1"):
         load_study(path)
+
+
+def test_the_config_offers_exactly_the_registered_options():
+    """The names a config accepts are the registries' (config.py stays torch-free, so it lists them too)."""
+    from typing import get_args
+
+    from detector.assigners import POINT_RULES
+    from detector.config import AssignerConfig, ModelConfig, QualityConfig
+    from detector.criterion import BOX_LOSSES, QUALITY_LOSSES
+
+    assert set(get_args(AssignerConfig.model_fields["name"].annotation)) == {"max_iou", *POINT_RULES}
+    assert set(get_args(QualityConfig.model_fields["loss"].annotation)) == set(QUALITY_LOSSES)
+    assert set(get_args(ModelConfig.model_fields["box_loss"].annotation)) == set(BOX_LOSSES)
+    assert all(f in AssignerConfig.model_fields for rule in POINT_RULES.values() for f in rule.fields)

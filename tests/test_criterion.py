@@ -4,9 +4,9 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from detector.config import ModelConfig
-from detector.criterion import Criterion, HeadOutput, sigmoid_focal_loss_sum
-from detector.assigners import Assignment
+from detector.criterion import Criterion, Matches, sigmoid_focal_loss_sum
+from detector.families import AnchorFamily
+from detector.structures import Assignment, HeadOutput
 
 
 def test_focal_sum_matches_torchvision_with_one_hot_targets():
@@ -22,16 +22,25 @@ def test_focal_sum_matches_torchvision_with_one_hot_targets():
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+def _criterion(**quality) -> Criterion:
+    return Criterion(AnchorFamily(), quality_loss=quality.pop("loss", "bce"), **quality)
+
+
+def _matches(pred: torch.Tensor, gt: torch.Tensor) -> Matches:
+    zeros = torch.zeros(len(pred), dtype=torch.long)
+    return Matches(zeros, zeros, torch.zeros_like(pred), pred, gt, zeros[None])
+
+
 def _quality_loss(kind: str, logit: float, target_iou: float, **q) -> float:
-    """Run Criterion.quality on one positive whose predicted box has IoU target_iou with its GT."""
-    cfg = ModelConfig(quality={"branch": "iou", "loss": kind, **q})
-    crit = Criterion(cfg)
+    """Criterion.loss_quality on one positive (and one negative) whose predicted box has IoU target_iou with its GT."""
+    crit = _criterion(loss=kind, **q)
     # GT [0,0,10,10]; predicted [0,0,10,h] has IoU h/10
     pred = torch.tensor([[0.0, 0.0, 10.0, 10.0 * target_iou]])
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     state = torch.tensor([[1, 0]], dtype=torch.int8)
     out = HeadOutput(torch.zeros(1, 2, 1), torch.zeros(1, 2, 4), quality_logits=torch.tensor([[logit, 0.0]]))
-    return crit.quality(out, Assignment(state, torch.zeros(1, 2, dtype=torch.long)), pred, gt).item()
+    assignment = Assignment(state, torch.zeros(1, 2, dtype=torch.long))
+    return crit.loss_quality(out, assignment, _matches(pred, gt), torch.tensor(1.0)).item()
 
 
 def test_quality_losses_hand_values():
@@ -42,18 +51,18 @@ def test_quality_losses_hand_values():
     assert _quality_loss("smooth_l1", 0.0, 0.8) == pytest.approx(0.3 - 0.11 / 2, rel=1e-5)  # |d| > beta
     assert _quality_loss("gfocal", 0.0, 0.8) == pytest.approx(0.09 * ln2, rel=1e-5)  # |y-p|^2 * BCE(0.5, 0.8) = 0.09 ln 2
     # bce_neg adds w * BCE(negative, 0) = w * ln 2 for the one negative with logit 0
-    assert _quality_loss("bce_neg", 0.0, 0.5, neg_weight=0.5) == pytest.approx(ln2 + 0.5 * ln2, rel=1e-5)
+    assert _quality_loss("bce_neg", 0.0, 0.5, quality_neg_weight=0.5) == pytest.approx(ln2 + 0.5 * ln2, rel=1e-5)
 
 
 def test_quality_loss_gradient_reaches_the_target_only_without_detach():
     """Equ. 5 of paper 000: with the target not detached, dBCE/dIoU_hat = log((1 - IoU)/IoU)."""
     for detach in (True, False):
-        cfg = ModelConfig(quality={"branch": "iou", "loss": "bce", "detach": detach})
         pred = torch.tensor([[0.0, 0.0, 10.0, 6.0]], requires_grad=True)
         gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
         logit = math.log(0.7 / 0.3)  # predicted IoU 0.7
         out = HeadOutput(torch.zeros(1, 1, 1), torch.zeros(1, 1, 4), quality_logits=torch.tensor([[logit]], requires_grad=True))
-        Criterion(cfg).quality(out, Assignment(torch.ones(1, 1, dtype=torch.int8), torch.zeros(1, 1, dtype=torch.long)), pred, gt).backward()
+        assignment = Assignment(torch.ones(1, 1, dtype=torch.int8), torch.zeros(1, 1, dtype=torch.long))
+        _criterion(detach_quality=detach).loss_quality(out, assignment, _matches(pred, gt), torch.tensor(1.0)).backward()
         if detach:
             assert pred.grad is None or torch.all(pred.grad == 0)
         else:

@@ -94,7 +94,7 @@ def test_split_without_annotations_yields_detections_and_no_metrics(synthetic_ro
     from detector.config import parse_config
     from detector.data import build_split
     from detector.engine import evaluate
-    from detector.model import Detector
+    from detector.model import build_detector
 
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
@@ -106,7 +106,7 @@ def test_split_without_annotations_yields_detections_and_no_metrics(synthetic_ro
                                    inference={"score_thresh": 0.0}))
     test_dev = build_split(cfg.data, "test-dev2017")
     assert not test_dev.labelled and len(test_dev) == 4
-    result = evaluate(Detector(cfg.model, len(test_dev.classes)), cfg, test_dev)
+    result = evaluate(build_detector(cfg.model, len(test_dev.classes)), cfg, test_dev)
     assert set(result.metrics) == {"cls/num_detections"}
     assert len(result.detections["cls"]) == result.metrics["cls/num_detections"] > 0
 

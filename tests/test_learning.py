@@ -13,7 +13,7 @@ import torch
 from detector.config import parse_config
 from detector.data import write_synthetic
 from detector.engine import evaluate, train
-from detector.model import Detector
+from detector.model import build_detector
 
 pytestmark = pytest.mark.slow
 # Measured in fp32 with ResNet10 on a 2-core AMD EPYC: 0.503 (4.6 min) and 0.264 (3.9 min). RetinaNet's bar
@@ -45,7 +45,7 @@ def _config(root, **model):
 def test_untrained_model_scores_about_zero(learning_data):
     cfg = _config(learning_data)
     torch.manual_seed(0)
-    ap50 = evaluate(Detector(cfg.model, 6), cfg).metrics["cls/AP50"]
+    ap50 = evaluate(build_detector(cfg.model, 6), cfg).metrics["cls/AP50"]
     assert ap50 < 0.02
 
 

@@ -73,11 +73,11 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert all(x.info.status == "FINISHED" for x in runs)
     iou = next(c for c in children if c.data.tags["ablab.trial"] == "iou")
-    assert iou.data.params["model.quality.branch"] == "iou"
+    assert iou.data.params["model.quality.branch"] == '"iou"'  # params are JSON: read back typed, never guessed
     assert iou.data.tags["ablab.profile"] == "smoke" and iou.data.tags["ablab.study"] == "two_trials"
     # precision: auto, resolved by the trial's worker on this machine, is told apart in MLflow and in the log.
     auto = resolve_precision("auto", torch.device("cpu")).name
-    assert iou.data.params["train.precision"] == "auto" and iou.data.tags["ablab.precision"] == auto
+    assert iou.data.params["train.precision"] == '"auto"' and iou.data.tags["ablab.precision"] == auto
     assert iou.data.tags["ablab.hardware"] == hardware_summary(torch.device("cpu"))
     assert f"[train] precision {auto} (train.precision: auto) on cpu " in r.stderr
     assert "alpha_0.5/AP75" in iou.data.metrics and "cls/AP" in iou.data.metrics
@@ -85,7 +85,7 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
     artifacts = {a.path for a in client.list_artifacts(iou.info.run_id)}
     assert {"config.json", "metrics.json", "detections", "model.pt"} <= artifacts
     submitted = {a.path for a in client.list_artifacts(iou.info.run_id, "detections")}
-    assert submitted == {"detections/alpha=0.5.json", "detections/cls.json"}  # one COCO results file per variant
+    assert submitted == {"detections/alpha_0.5.json", "detections/cls.json"}  # one COCO results file per variant
     registry = json.loads((out / "two_trials" / "smoke" / "mlflow_runs.json").read_text())
     assert set(registry["trials"].values()) == {c.info.run_id for c in children}
 

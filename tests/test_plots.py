@@ -24,7 +24,7 @@ def _alpha_results() -> pd.DataFrame:
         rows.append({"trial": "iou", "variant": f"alpha={a}", "AP": ap, "AP50": 0.5, "AP75": 0.35, "AP90": 0.12,
                      "pearson": 0.4, "spearman": 0.45})
     rows.append({"trial": "iou", "variant": "alpha=0.2,truth", "AP": 0.5, "AP50": 0.6, "AP90": 0.3, "pearson": 0.9, "spearman": 0.9})
-    return pd.DataFrame(rows).assign(status="FINISHED")
+    return pd.DataFrame(rows).assign(status="FINISHED", trial_key=lambda d: d["trial"] + "_seed0")
 
 
 def test_alpha_sweep_draws_models_with_three_or_more_predicted_alphas(tmp_path):
@@ -40,7 +40,7 @@ def test_ap_vs_iou_reads_coco_thresholds_per_table_row(tmp_path):
 
 def test_figure4_scatter_uses_each_rows_samples(tmp_path):
     samples = {"confidence": [0.1, 0.5, 0.9], "iou_eval": [0.2, 0.6, 0.8]}
-    scatter = {"base": {"cls": samples}, "iou": {"alpha=0.5": samples, "alpha=0.2,truth": samples}}
+    scatter = {"base_seed0": {"cls": samples}, "iou_seed0": {"alpha=0.5": samples, "alpha=0.2,truth": samples}}
     assert plots.confidence_vs_iou(_alpha_study(), _alpha_results(), scatter, tmp_path).read_bytes()[:4] == PNG
     assert plots.confidence_vs_iou(_alpha_study(), _alpha_results(), {}, tmp_path / "none") is None
 
@@ -55,6 +55,6 @@ def test_threshold_curves_put_the_inside_baseline_at_zero(tmp_path):
         {"trial": "p3", "model.assigner.name": "pseudo_iou", "model.assigner.threshold": 0.3, "mAP50": 0.72},
         {"trial": "p4", "model.assigner.name": "pseudo_iou", "model.assigner.threshold": 0.4, "mAP50": 0.74},
         {"trial": "c3", "model.assigner.name": "centerness", "model.assigner.threshold": 0.3, "mAP50": 0.71}]
-    ).assign(variant="cls", status="FINISHED")
+    ).assign(variant="cls", status="FINISHED", trial_key=lambda d: d["trial"] + "_seed0")
     assert plots.threshold_curves(study, df, tmp_path).read_bytes()[:4] == PNG  # pseudo_iou: 0.0, 0.3, 0.4
     assert plots.threshold_curves(study, df[df["trial"] != "inside"], tmp_path / "b") is None  # two points only

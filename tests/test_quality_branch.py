@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from detector.config import ModelConfig
-from detector.criterion import Targets
-from detector.model import Detector
+from detector.structures import Targets
+from detector.model import Detector, build_detector
 
 
 def _model(branch: str, detach: bool = True, arch: str = "retinanet") -> Detector:
@@ -13,7 +13,7 @@ def _model(branch: str, detach: bool = True, arch: str = "retinanet") -> Detecto
     cfg = ModelConfig(arch=arch, backbone={"name": "resnet18", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
                       fpn_width=32, head={"depth": 2, "width": 32}, quality={"branch": branch, "detach": detach}, **extra)
     torch.manual_seed(0)
-    return Detector(cfg, num_classes=3)
+    return build_detector(cfg, num_classes=3)
 
 
 def _n_params(m: torch.nn.Module) -> int:
@@ -33,7 +33,7 @@ def _quality_grads(branch: str, detach: bool) -> dict[str, float]:
     targets = Targets(torch.tensor([[[10.0, 10, 60, 70]], [[40.0, 30, 120, 100]]]), torch.tensor([[0], [2]]),
                       torch.zeros(2, 1, dtype=torch.bool))
     # Train a few steps so that the box regression is not the all-zero init (its IoU gradient would vanish).
-    losses = model.loss(images, targets)
+    losses = model.criterion(*model(images), targets)
     model.zero_grad()
     losses["loss_quality"].backward()
     norm = lambda mod: sum(float(p.grad.abs().sum()) for p in mod.parameters() if p.grad is not None)

@@ -85,3 +85,36 @@ def test_metrics_mapping_must_name_columns():
         Study.model_validate({
             "study": "x", "paper": "pseudo_iou", "table": "1", "trials": [{"name": "a"}], "profiles": {"smoke": {}},
             "layout": {"columns": ["mAP"], "metrics": {"AP": "mAP50"}, "rows": [{"label": "a", "trial": "a"}]}})
+
+
+def test_a_row_reads_the_grid_point_its_where_names(tmp_path):
+    """A trial's own sweep (Pseudo-IoU T in Table 1(a)) is one trial with a grid; each row picks its value."""
+    import pandas as pd
+
+    from ablab.study import Study
+    from ablab.table import build_table
+
+    study = Study.model_validate({
+        "study": "t", "paper": "pseudo_iou", "table": "1a", "variants": ["cls"], "profiles": {"smoke": {}},
+        "trials": [{"name": "base"}, {"name": "piou", "grid": {"model.assigner.threshold": [0.3, 0.4]}}],
+        "layout": {"columns": ["mAP"], "scale": 1, "rows": [
+            {"label": "T 0.4", "trial": "piou", "where": {"model.assigner.threshold": 0.4}, "reference": {"mAP": 0.8}},
+            {"label": "T 0.3", "trial": "piou", "where": {"model.assigner.threshold": 0.3}}]}})
+    assert [p.get("model.assigner.threshold") for p in study.trial_points("smoke")] == [None, 0.3, 0.4]
+    df = pd.DataFrame([{"trial": "piou", "variant": "cls", "model.assigner.threshold": t, "mAP": m, "status": "FINISHED"}
+                       for t, m in ((0.3, 0.5), (0.4, 0.7))])
+    (r04, cells04), (r03, cells03) = build_table(study, df)
+    assert cells04[0].ours == 0.7 and cells04[0].paper == 0.8 and cells03[0].ours == 0.5
+
+
+def test_a_where_value_outside_the_trials_grid_is_refused():
+    import pytest
+
+    from ablab.study import Study
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"layout.rows.0.where.model.assigner.threshold: 0.5 is not a grid value"):
+        Study.model_validate({
+            "study": "t", "paper": "pseudo_iou", "table": "1a", "profiles": {"smoke": {}},
+            "trials": [{"name": "piou", "grid": {"model.assigner.threshold": [0.3, 0.4]}}],
+            "layout": {"columns": ["mAP"], "rows": [{"label": "x", "trial": "piou", "where": {"model.assigner.threshold": 0.5}}]}})

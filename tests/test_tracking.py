@@ -9,7 +9,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from ablab.study import Study
-from ablab.tracking import MlflowStudyLogger, metric_key
+from ablab.naming import metric_key
+from ablab.tracking import MlflowStudyLogger
 from detector.evaluation import COCO_STATS, EXTRA_THRESHOLDS, voc_metrics
 
 
@@ -74,3 +75,15 @@ def test_an_unusable_tracking_uri_is_an_error_naming_it():
 
     with pytest.raises(ConfigError, match="tracking URI nosuch://store: cannot open the MLflow store"):
         _open_store("nosuch://store")
+
+
+def test_querying_results_imports_neither_ray_nor_torch(tmp_path):
+    """`ablab.results` is for notebooks and dashboards: it reads MLflow and needs no cluster library."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ablab\n"
+            "try:\n    ablab.results('nothing', out_root=sys.argv[1])\nexcept FileNotFoundError:\n    pass\n"
+            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -271,11 +271,11 @@ def test_a_checkpoint_of_another_architecture_is_named(tmp_path, synthetic_root,
     import torch
 
     from detector.config import parse_config
-    from detector.model import Detector
+    from detector.model import build_detector
 
     c = Case(tmp_path, synthetic_root)
     other = parse_config(tiny_config(synthetic_root, model={"backbone": {"name": "resnet18"}}))
-    torch.save(Detector(other.model, 6).state_dict(), tmp_path / "r18.pt")
+    torch.save(build_detector(other.model, 6).state_dict(), tmp_path / "r18.pt")
     assert main(["evaluate", c.config(), "--checkpoint", str(tmp_path / "r18.pt")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("ablab: error: --checkpoint") and "model.backbone.name resnet10" in line

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import DataConfig
-from ..criterion import Targets
+from ..structures import Targets
 from .datasets import DatasetError, DetectionSet
 
 SIZE_DIVISOR = 128  # P7 has stride 128: padding to a multiple keeps every level's grid exact
@@ -26,8 +26,10 @@ def resize_scale(width: int, height: int, short: int, long: int) -> float:
 class TrainingImages(Dataset):
     """Yields (image uint8 (3, h, w), boxes (G, 4), labels (G,), ignore (G,), image_id, scale)."""
 
-    def __init__(self, ds: DetectionSet, short: int, long: int, flip: float = 0.0):
-        self.ds, self.short, self.long, self.flip = ds, short, long, flip
+    def __init__(self, ds: DetectionSet, short: int, long: int, flip: float = 0.0,
+                 short_range: Optional[tuple[int, int]] = None):
+        """short_range: draw each image's short side uniformly from [lo, hi] (multi-scale training)."""
+        self.ds, self.short, self.long, self.flip, self.short_range = ds, short, long, flip, short_range
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -38,7 +40,8 @@ class TrainingImages(Dataset):
             img = Image.open(r.path).convert("RGB")
         except OSError as err:
             raise DatasetError(f"cannot read image {r.path}: {err}") from None
-        scale = resize_scale(img.width, img.height, self.short, self.long)
+        short = int(torch.randint(self.short_range[0], self.short_range[1] + 1, ())) if self.short_range else self.short
+        scale = resize_scale(img.width, img.height, short, self.long)
         w, h = round(img.width * scale), round(img.height * scale)
         if (w, h) != img.size:
             img = img.resize((w, h), Image.BILINEAR)
@@ -83,7 +86,8 @@ def collate(items) -> Batch:
 def make_loader(ds: DetectionSet, cfg: DataConfig, batch_size: int, train: bool, workers: int = 0,
                 seed: int = 0, distributed: bool = False) -> DataLoader:
     """A loader over the (per-worker shard of the) dataset. distributed: shard with DistributedSampler."""
-    images = TrainingImages(ds, cfg.short, cfg.long, cfg.flip if train else 0.0)
+    images = TrainingImages(ds, cfg.short, cfg.long, cfg.flip if train else 0.0,
+                            cfg.train_short_range if train else None)
     sampler: Optional[DistributedSampler] = None
     if distributed:
         sampler = DistributedSampler(images, shuffle=train, seed=seed, drop_last=False)

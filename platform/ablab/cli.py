@@ -1,88 +1,116 @@
-"""The ``ablab`` command line."""
+"""The ``ablab`` command line: one handler per subcommand (``cmd_*``), composed here from the detector, the
+platform and the dashboards. Heavy modules are imported inside the handlers, so ``ablab validate`` never
+pays for torch or Ray."""
 from __future__ import annotations
 
 import argparse
 import sys
 import traceback
-from typing import Optional
+from typing import Callable, Optional
 
 from detector.config import ConfigError
 from detector.data import DatasetError
 
+from .logs import log, setup_logging
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ablab", description="Ablation studies of quality-aware single-stage detectors.")
-    sub = p.add_subparsers(dest="command", required=True)
+USER_ERRORS = (ConfigError, DatasetError, OSError)
+"""Bad input or an environment that refuses it (a missing, read-only or full path): exit 2 and one line.
+Anything else is a bug in ablab: its traceback, then a line saying so."""
 
-    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
-    syn = data.add_parser("synthetic", help="write the synthetic COCO/VOC dataset")
-    syn.add_argument("--out", required=True)
-    syn.add_argument("--train", type=int, default=400)
-    syn.add_argument("--val", type=int, default=100)
-    syn.add_argument("--size", type=int, default=256)
-    syn.add_argument("--seed", type=int, default=0)
 
-    tr = sub.add_parser("train", help="train and evaluate one config in this process (no Ray, no MLflow)")
-    tr.add_argument("config")
-    tr.add_argument("--out", help="output folder (default runs/<config name>)")
-    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field, e.g. --set train.epochs=2")
+def cmd_data_synthetic(args) -> int:
+    from pydantic import ValidationError
 
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint under any inference variants, from one pass")
-    ev.add_argument("config")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--variants", nargs="*", default=[],
-                    help="names from the config, or cls | none | alpha=A [,truth] [,q>0.5]")
-    ev.add_argument("--convention", choices=["iou_aware", "conf"], default="iou_aware",
-                    help="what alpha weighs: iou_aware (paper 000) p^a q^(1-a); conf (paper 004) q^a p^(1-a)")
-    ev.add_argument("--out")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    from detector.config import SyntheticConfig
+    from detector.data import write_synthetic
 
-    for name, text in (("validate", "check a study, its trial configs, data, weights, addresses and output folder "
-                                     "as `run` would, without running"),
-                       ("run", "run a study on Ray (embedded local cluster unless --address)"),
-                       ("resume", "finish an interrupted study; finished trials are not re-run")):
-        r = sub.add_parser(name, help=text)
-        r.add_argument("study")
-        r.add_argument("--profile", default="smoke")
-        r.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else an embedded local cluster)")
-        r.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the output dir)")
-        r.add_argument("--out-root", help="where study outputs go (default $ABLAB_OUTPUT_ROOT or ./outputs)")
-        r.add_argument("--allow-large-grid", action="store_true",
-                       help="run a grid of more than 10,000 trials (refused otherwise, as a likely typo)")
+    try:  # the flags are checked as the config's data.synthetic is
+        params = SyntheticConfig(train=args.train, val=args.val, size=args.size, seed=args.seed).model_dump()
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ConfigError(f"--{e['loc'][0]}: {e['msg']} (got {e['input']!r})") from None
+    root = write_synthetic(args.out, **params, progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+    print(f"synthetic dataset written to {root} ({args.train} train / {args.val} val, {args.size}px, seed {args.seed})")
+    return 0
 
-    sb = sub.add_parser("submit", help="submit `ablab run` as a Ray job with the runtime env filled in")
-    sb.add_argument("study")
-    sb.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
-    sb.add_argument("--profile", default="smoke")
-    sb.add_argument("--tracking-uri", help="MLflow URI the job logs to (default $MLFLOW_TRACKING_URI)")
-    sb.add_argument("--working-dir", default=".")
-    sb.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env")
-    sb.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
-    sb.add_argument("--allow-large-grid", action="store_true", help="as for `ablab run`")
 
-    rs = sub.add_parser("results", help="a study's results from MLflow: print, or write Parquet/CSV")
-    rs.add_argument("study")
-    rs.add_argument("--profile")
-    rs.add_argument("--tracking-uri")
-    rs.add_argument("--out-root")
-    rs.add_argument("--parquet", help="write the DataFrame to this Parquet file")
-    rs.add_argument("--csv", help="write the DataFrame to this CSV file")
+def cmd_train(args) -> int:
+    from . import single
 
-    tb = sub.add_parser("table", help="the paper's table rebuilt from MLflow, ours beside the paper's")
-    tb.add_argument("study")
-    tb.add_argument("--profile", default="smoke")
-    tb.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
-    tb.add_argument("--tracking-uri")
-    tb.add_argument("--out-root")
+    return single.train_command(args.config, args.out, args.overrides)
 
-    rp = sub.add_parser("report", help="plots + one HTML page per study (and an index), built from MLflow")
-    rp.add_argument("study")
-    rp.add_argument("--profile", default="smoke")
-    rp.add_argument("--tracking-uri")
-    rp.add_argument("--out-root")
-    rp.add_argument("--dashboards", help="folder for the pages (default <out-root>/dashboards)")
-    return p
+
+def cmd_evaluate(args) -> int:
+    from . import single
+
+    return single.evaluate_command(args.config, args.checkpoint, args.variants, args.convention, args.out,
+                                   args.overrides)
+
+
+def cmd_validate(args) -> int:
+    from .paths import resolve_tracking_uri
+    from .runner import plan_study, preflight
+
+    plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid)
+    preflight(plan, args.address, resolve_tracking_uri(plan.study.study, args.tracking_uri, args.out_root),
+              explicit_uri=bool(args.tracking_uri))
+    print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
+          f"{len(plan.study.variant_configs()) or 1} variants; data found; outputs -> {plan.out_dir}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .runner import run_study
+
+    outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
+                        resume=args.command == "resume", allow_large_grid=args.allow_large_grid)
+    try:
+        _report(args, outcome.tracking_uri)
+    except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
+        log.warning("the report was not built (%s: %s); retry with `ablab report %s --profile %s`",
+                    type(err).__name__, err, args.study, args.profile)
+    return 1 if outcome.failed else 0
+
+
+def cmd_submit(args) -> int:
+    from .submit import submit
+
+    return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait,
+                  args.allow_large_grid)
+
+
+def cmd_results(args) -> int:
+    from .query import results
+
+    df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+    if args.parquet:
+        df.to_parquet(args.parquet, index=False)
+        print(f"wrote {len(df)} rows to {args.parquet}")
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+        print(f"wrote {len(df)} rows to {args.csv}")
+    if not (args.parquet or args.csv):
+        cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
+        print(df[cols].to_string(index=False))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .query import results
+    from .study import load_study
+    from .table import table_text
+
+    df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+    if df.empty:
+        raise ConfigError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
+                          f"`ablab run {args.study} --profile {args.profile}` makes them")
+    print(table_text(load_study(args.study), args.profile, df, args.format), end="")
+    return 0
+
+
+def cmd_report(args) -> int:
+    _report(args)
+    return 0
 
 
 def _report(args, tracking_uri: Optional[str] = None) -> None:
@@ -92,15 +120,93 @@ def _report(args, tracking_uri: Optional[str] = None) -> None:
                  getattr(args, "dashboards", None))
 
 
-USER_ERRORS = (ConfigError, DatasetError, OSError)
-"""Bad input or an environment that refuses it (a missing, read-only or full path): exit 2 and one line.
-Anything else is a bug in ablab: its traceback, then a line saying so."""
+def _command(sub, name: str, handler: Callable, text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=text)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _single_process_commands(sub) -> None:
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    syn = _command(data, "synthetic", cmd_data_synthetic, "write the synthetic COCO/VOC dataset")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--train", type=int, default=400)
+    syn.add_argument("--val", type=int, default=100)
+    syn.add_argument("--size", type=int, default=256)
+    syn.add_argument("--seed", type=int, default=0)
+
+    tr = _command(sub, "train", cmd_train, "train and evaluate one config in this process (no Ray, no MLflow)")
+    tr.add_argument("config")
+    tr.add_argument("--out", help="output folder (default runs/<config name>)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set train.epochs=2")
+
+    ev = _command(sub, "evaluate", cmd_evaluate, "evaluate a checkpoint under any inference variants, from one pass")
+    ev.add_argument("config")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--variants", nargs="*", default=[],
+                    help="names from the config, or cls | none | alpha=A [,truth] [,q>0.5]")
+    ev.add_argument("--convention", choices=["iou_aware", "conf"], default="iou_aware",
+                    help="what alpha weighs: iou_aware (paper 000) p^a q^(1-a); conf (paper 004) q^a p^(1-a)")
+    ev.add_argument("--out")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _study_commands(sub) -> None:
+    for name, handler, text in (
+            ("validate", cmd_validate, "check a study, its trial configs, data, weights, addresses and output "
+                                       "folder as `run` would, without running"),
+            ("run", cmd_run, "run a study on Ray (embedded local cluster unless --address)"),
+            ("resume", cmd_run, "finish an interrupted study; finished trials are not re-run")):
+        r = _command(sub, name, handler, text)
+        r.add_argument("study")
+        r.add_argument("--profile", default="smoke")
+        r.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else an embedded local cluster)")
+        r.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the output dir)")
+        r.add_argument("--out-root", help="where study outputs go (default $ABLAB_OUTPUT_ROOT or ./outputs)")
+        r.add_argument("--allow-large-grid", action="store_true",
+                       help="run a grid of more than 10,000 trials (refused otherwise, as a likely typo)")
+
+    sb = _command(sub, "submit", cmd_submit, "submit `ablab run` as a Ray job with the runtime env filled in")
+    sb.add_argument("study")
+    sb.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    sb.add_argument("--profile", default="smoke")
+    sb.add_argument("--tracking-uri", help="MLflow URI the job logs to (default $MLFLOW_TRACKING_URI)")
+    sb.add_argument("--working-dir", default=".")
+    sb.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env")
+    sb.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
+    sb.add_argument("--allow-large-grid", action="store_true", help="as for `ablab run`")
+
+
+def _query_commands(sub) -> None:
+    rs = _command(sub, "results", cmd_results, "a study's results from MLflow: print, or write Parquet/CSV")
+    rs.add_argument("--parquet", help="write the DataFrame to this Parquet file")
+    rs.add_argument("--csv", help="write the DataFrame to this CSV file")
+    tb = _command(sub, "table", cmd_table, "the paper's table rebuilt from MLflow, ours beside the paper's")
+    tb.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
+    rp = _command(sub, "report", cmd_report, "plots + one HTML page per study (and an index), built from MLflow")
+    rp.add_argument("--dashboards", help="folder for the pages (default <out-root>/dashboards)")
+    for parser in (rs, tb, rp):
+        parser.add_argument("study")
+        parser.add_argument("--profile", default=None if parser is rs else "smoke")
+        parser.add_argument("--tracking-uri")
+        parser.add_argument("--out-root")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ablab", description="Ablation studies of quality-aware single-stage detectors.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _single_process_commands(sub)
+    _study_commands(sub)
+    _query_commands(sub)
+    return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    setup_logging()
     try:
-        return _command(args)
+        return args.handler(args)
     except USER_ERRORS as err:
         print(f"ablab: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -115,93 +221,6 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         return f"{err.filename}: {err.strerror}"  # e.g. "/data/out: Read-only file system"
     return " ".join(str(err).split())
-
-
-def _synthetic_params(args) -> dict:
-    """The `ablab data synthetic` flags, checked as the config's data.synthetic is."""
-    from pydantic import ValidationError
-
-    from detector.config import SyntheticConfig
-
-    try:
-        return SyntheticConfig(train=args.train, val=args.val, size=args.size, seed=args.seed).model_dump()
-    except ValidationError as err:
-        e = err.errors()[0]
-        raise ConfigError(f"--{e['loc'][0]}: {e['msg']} (got {e['input']!r})") from None
-
-
-def _command(args) -> int:
-    if args.command == "data":
-        from detector.data import write_synthetic
-
-        params = _synthetic_params(args)
-        root = write_synthetic(args.out, **params,
-                               progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
-        print(f"synthetic dataset written to {root} ({args.train} train / {args.val} val, {args.size}px, seed {args.seed})")
-        return 0
-    if args.command == "train":
-        from . import single
-
-        return single.train_command(args.config, args.out, args.overrides)
-    if args.command == "evaluate":
-        from . import single
-
-        return single.evaluate_command(args.config, args.checkpoint, args.variants, args.convention, args.out,
-                                       args.overrides)
-    if args.command == "validate":
-        from .runner import plan_study, preflight, resolve_tracking_uri
-
-        plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid)
-        preflight(plan, args.address, resolve_tracking_uri(plan.study.study, args.tracking_uri, args.out_root),
-                  explicit_uri=bool(args.tracking_uri))
-        print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
-              f"{len(plan.study.variant_configs()) or 1} variants; data found; outputs -> {plan.out_dir}")
-        return 0
-    if args.command in ("run", "resume"):
-        from .runner import run_study
-
-        outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
-                            resume=args.command == "resume", allow_large_grid=args.allow_large_grid)
-        try:
-            _report(args, outcome.tracking_uri)
-        except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
-            print(f"ablab: warning: the report was not built ({type(err).__name__}: {err}); "
-                  f"retry with `ablab report {args.study} --profile {args.profile}`", file=sys.stderr)
-        return 1 if outcome.failed else 0
-    if args.command == "submit":
-        from .submit import submit
-
-        return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait,
-                      args.allow_large_grid)
-    if args.command == "results":
-        from .query import results
-
-        df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
-        if args.parquet:
-            df.to_parquet(args.parquet, index=False)
-            print(f"wrote {len(df)} rows to {args.parquet}")
-        if args.csv:
-            df.to_csv(args.csv, index=False)
-            print(f"wrote {len(df)} rows to {args.csv}")
-        if not (args.parquet or args.csv):
-            cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
-            print(df[cols].to_string(index=False))
-        return 0
-    if args.command == "report":
-        _report(args)
-        return 0
-    if args.command == "table":
-        from .query import results
-        from .study import load_study
-        from .table import table_text
-
-        df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
-        if df.empty:
-            raise ConfigError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
-                              f"`ablab run {args.study} --profile {args.profile}` makes them")
-        print(table_text(load_study(args.study), args.profile, df, args.format), end="")
-        return 0
-    return 1
 
 
 if __name__ == "__main__":

@@ -53,6 +53,14 @@ def study_dir(study_id: str, profile: str, root: Optional[str] = None) -> Path:
     return under(output_root(root), check_name("study", study_id), check_name("profile", profile))
 
 
+def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:
+    """--tracking-uri > $MLFLOW_TRACKING_URI > the local default: one SQLite file per study, beside its
+    profiles' folders (profiles are told apart by a tag). Credentials in the URI move to the environment
+    (adopt_credentials): the URI returned is safe to write and print."""
+    default = f"sqlite:///{under(output_root(out_root), check_name('study', study_id), 'mlflow.db')}"
+    return adopt_credentials(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default)
+
+
 def adopt_credentials(uri: str) -> str:
     """``uri`` without the ``user:password@`` it may carry, which move to MLFLOW_TRACKING_USERNAME /
     MLFLOW_TRACKING_PASSWORD of this process (MLflow's client reads them; an explicit variable wins). Every

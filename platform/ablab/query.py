@@ -10,10 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from detector.config import ConfigError
 
-from .paths import check_name
+from .paths import check_name, resolve_tracking_uri
 from .preflight import probe_tracking_server
-from .runner import resolve_tracking_uri
-from .tracking import EXPERIMENT_PREFIX, metric_key
+from .naming import EXPERIMENT_PREFIX, metric_key
 
 
 def _study_id(study: str) -> str:
@@ -26,6 +25,7 @@ def _study_id(study: str) -> str:
 
 
 def _cast(value: str) -> Any:
+    """A param as logged (JSON); runs logged before params were JSON held str() of the value."""
     try:
         return json.loads(value)
     except (json.JSONDecodeError, TypeError):

@@ -17,25 +17,15 @@ from typing import Any, Optional
 from detector.config import Config, ConfigError
 from detector.data import build_split
 
-from .paths import adopt_credentials, check_name, output_root, study_dir, under
+from .paths import adopt_credentials, resolve_tracking_uri, study_dir
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
 from .study import Study, load_study, resolve_configs
-from .trial import point_key, set_health_check_interval
+from .logs import log, setup_logging
+from .naming import POINT, point_key, point_of
+from .trial import set_health_check_interval
 
 LAUNCH_FILE = "launch.json"
-
-
-def log(msg: str) -> None:
-    print(f"[ablab] {msg}", file=sys.stderr, flush=True)
-
-
-def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:
-    """--tracking-uri > $MLFLOW_TRACKING_URI > the local default: one SQLite file per study, beside its
-    profiles' folders (profiles are told apart by a tag). Credentials in the URI move to the environment
-    (adopt_credentials): the URI returned is safe to write and print."""
-    default = f"sqlite:///{under(output_root(out_root), check_name('study', study_id), 'mlflow.db')}"
-    return adopt_credentials(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default)
 
 
 @dataclass
@@ -95,7 +85,7 @@ def _check_weights(study_path: str, configs: dict[str, Config]) -> None:
 
     for key, cfg in pretrained.values():
         try:
-            weights_file(cfg.model.backbone)
+            weights_file(cfg.model.backbone.name, cfg.model.backbone.pretrained)
         except WeightsNotFound as err:
             raise ConfigError(f"{study_path} (trial {key}): {err}") from None
 
@@ -194,12 +184,7 @@ def _tuner_parts(plan: Plan, tracking_uri: str):
 def _param_space(plan: Plan) -> dict[str, Any]:
     from ray import tune
 
-    space: dict[str, Any] = {}
-    for key in plan.points[0]:
-        # json.dumps: a grid value may be a list (unhashable)
-        values = list({json.dumps(p[key]): p[key] for p in plan.points}.values())
-        space[key] = tune.grid_search(values)
-    return space
+    return {POINT: tune.grid_search(plan.points)}
 
 
 def _open_store(tracking_uri: str) -> None:
@@ -241,6 +226,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
               tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False,
               allow_large_grid: bool = False) -> Outcome:
     """Run (or resume) a study."""
+    setup_logging()
     t0 = time.perf_counter()
     explicit_uri = tracking_uri
     plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid)
@@ -269,14 +255,14 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     from ray import tune
     res = plan.study.resources_for(profile)
     max_conc = concurrency(plan)
-    log(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
+    log.info(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
         f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
-    log(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, "
+    log.info(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, "
         f"{max_conc} at a time")
-    log(f"mlflow: {tracking_uri}")
+    log.info(f"mlflow: {tracking_uri}")
     if tracking_uri.startswith("sqlite:"):
-        log(f"browse: mlflow ui --backend-store-uri {tracking_uri}")
-    log(f"outputs: {plan.out_dir}")
+        log.info(f"browse: mlflow ui --backend-store-uri {tracking_uri}")
+    log.info(f"outputs: {plan.out_dir}")
 
     trainable, logger = _tuner_parts(plan, tracking_uri)
     callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
@@ -303,7 +289,7 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
     metric = f"{first.name}/{shown}" if first else None
     lines, failed = [], 0
     for r in results:
-        key = point_key(r.config) if r.config else "?"
+        key = point_key(point_of(r.config)) if r.config else "?"
         m = r.metrics or {}
         if r.error is not None or m.get("failed"):
             failed += 1
@@ -313,10 +299,10 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
         ap = m.get(metric) if metric else next((v for k, v in m.items() if k.endswith(f"/{shown}")), None)
         lines.append(f"  {key:<40} {status:<10} {metric or shown}={ap:.3f}" if isinstance(ap, float)
                      else f"  {key:<40} {status}")
-    log(f"finished in {wall:.0f}s (trials {trials_wall:.1f}s): {len(lines) - failed} ok, {failed} failed")
+    log.info(f"finished in {wall:.0f}s (trials {trials_wall:.1f}s): {len(lines) - failed} ok, {failed} failed")
     for line in lines:
-        print(line, file=sys.stderr)
-    log(f"results: ablab results {plan.study_path} --profile {plan.profile}   |   "
+        log.info(line)
+    log.info(f"results: ablab results {plan.study_path} --profile {plan.profile}   |   "
         f"python -c \"import ablab; print(ablab.results('{plan.study.study}', profile='{plan.profile}'))\"")
-    log(f"mlflow: {tracking_uri}")
+    log.info(f"mlflow: {tracking_uri}")
     return failed

@@ -1,8 +1,6 @@
 """Single-process commands (no Ray, no MLflow): train one config, evaluate a checkpoint."""
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,13 +10,11 @@ import yaml
 from detector.config import (Config, ConfigError, VariantConfig, check_tree, load_config, parse_config, parse_variant,
                              set_dotted, yaml_problem)
 from detector.data import build_split
-from detector.engine import EvalResult, evaluate, model_from_checkpoint, read_checkpoint, train
+from detector.engine import evaluate, model_from_checkpoint, read_checkpoint, train
 
+from .logs import log
+from .naming import METRICS_FILE, write_eval_outputs
 from .preflight import check_output_dir
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def config_with_overrides(path: str, overrides: list[str]) -> Config:
@@ -54,33 +50,24 @@ def metrics_table(metrics: dict[str, float], keys: tuple[str, ...] = ("AP", "AP5
     return "\n".join(lines)
 
 
-def write_results(out: Path, result: EvalResult) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
-    for name, dets in result.detections.items():
-        safe = name.replace("/", "_").replace(">", "gt").replace(",", "_")
-        (out / f"detections_{safe}.json").write_text(json.dumps(
-            [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]))
-
-
 def train_command(config: str, out: Optional[str], overrides: list[str]) -> int:
     cfg = config_with_overrides(config, overrides)
     out_dir = Path(out or Path("runs") / Path(config).stem)
     check_output_dir(out_dir, "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    log(f"[ablab] training {config} -> {out_dir}")
+    log.info(f"training {config} -> {out_dir}")
 
     def save(state, epoch_metrics):
         torch.save(state.checkpoint(), out_dir / "checkpoint.pt")
-        log(f"[train] epoch {state.epoch} done: " + ", ".join(
+        log.info(f"[train] epoch {state.epoch} done: " + ", ".join(
             f"{k}={v:.4f}" for k, v in epoch_metrics.items() if k.startswith("loss")))
 
-    state = train(cfg, on_epoch_end=save)
-    result = evaluate(state.model, cfg, precision=state.precision)
-    write_results(out_dir, result)
+    state = train(cfg, on_epoch_end=save, log=log.info)
+    result = evaluate(state.model, cfg, precision=state.precision, log=log.info)
+    write_eval_outputs(out_dir, result.metrics, result.detections, result.scatter)
     print(metrics_table(result.metrics))
-    log(f"[ablab] metrics: {out_dir / 'metrics.json'}  checkpoint: {out_dir / 'checkpoint.pt'}")
+    log.info(f"metrics: {out_dir / METRICS_FILE}  checkpoint: {out_dir / 'checkpoint.pt'}")
     return 0
 
 
@@ -101,8 +88,8 @@ def evaluate_command(config: str, checkpoint: str, variants: list[str], conventi
     ckpt = read_checkpoint(checkpoint)  # before any data set or model is built
     val = build_split(cfg.data, cfg.data.val_split)
     model, precision = model_from_checkpoint(cfg, ckpt, len(val.classes), checkpoint)
-    result = evaluate(model, cfg, val, chosen, precision=precision)
+    result = evaluate(model, cfg, val, chosen, precision=precision, log=log.info)
     if out:
-        write_results(Path(out), result)
+        write_eval_outputs(Path(out), result.metrics, result.detections, result.scatter)
     print(metrics_table(result.metrics))
     return 0

@@ -35,6 +35,9 @@ class TrialSpec(Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Dotted overrides for one profile only, applied after ``set``: e.g. the paper's ResNet-101 row gets a
     ResNet-34 stand-in under ``smoke``."""
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """A sweep of this trial alone (dotted key -> values), crossed with the study's grid: e.g. the Pseudo-IoU
+    threshold T of Table 1(a). Table rows pick a value with ``where``."""
 
 
 class Resources(Strict):
@@ -56,6 +59,9 @@ class Row(Strict):
     """The inference variant this row reads (default: the study's first)."""
     cited: bool = False
     """A row the paper only cites (other methods): shown with the paper's numbers, never run."""
+    where: dict[str, Any] = Field(default_factory=dict)
+    """Grid values this row reads (dotted keys of its trial's or the study's grid), e.g.
+    ``{model.assigner.threshold: 0.4}``; rows without it average over the trial's grid points."""
     not_reproduced: Optional[str] = None
     """Why a row the paper ran is not run here (e.g. a DCN backbone that is not built): shown, never run."""
     reference: dict[str, Optional[float]] = Field(default_factory=dict)
@@ -166,6 +172,11 @@ class Study(Strict):
                     raise ValueError(f"layout.rows.{i}.trial: unknown trial {row.trial!r} (known: {names})")
                 if row.variant is not None and row.variant not in variant_names:
                     raise ValueError(f"layout.rows.{i}.variant: unknown variant {row.variant!r} (known: {sorted(variant_names)})")
+                grid = self._grid_of(row.trial) if row.trial is not None else {}
+                for key, value in row.where.items():
+                    if key not in grid or value not in grid[key]:
+                        raise ValueError(f"layout.rows.{i}.where.{key}: {value!r} is not a grid value of trial "
+                                         f"{row.trial!r} (its grid: {grid})")
         return self
 
     def variant_configs(self) -> list[VariantConfig]:
@@ -183,18 +194,23 @@ class Study(Strict):
         allowed = self.profile(profile).trials
         return [t.name for t in self.trials if allowed is None or t.name in allowed]
 
+    def _grid_of(self, name: str) -> dict[str, list[Any]]:
+        return {**self.grid, **next(t for t in self.trials if t.name == name).grid}
+
     def trial_count(self, profile: str) -> int:
         """len(trial_points(profile)), without building them."""
-        return len(self._trial_names(profile)) * len(self.seeds) * math.prod(len(v) for v in self.grid.values())
+        return sum(len(self.seeds) * math.prod(len(v) for v in self._grid_of(n).values())
+                   for n in self._trial_names(profile))
 
     def trial_points(self, profile: str) -> list[dict[str, Any]]:
-        """Every training point of the profile's grid: {"trial": name, "seed": s, <grid key>: value, ...}.
-        A grid value may itself be a list (a grid over ``train.steps``: ``[[8, 11], [9]]``)."""
-        names = self._trial_names(profile)
-        keys = list(self.grid)
+        """Every training point of the profile: {"trial": name, "seed": s, <grid key>: value, ...} for each
+        trial x seed x its grid (the study's crossed with the trial's own). A grid value may itself be a list
+        (a grid over ``train.steps``: ``[[8, 11], [9]]``)."""
         points = []
-        for name, seed, *values in itertools.product(names, self.seeds, *(self.grid[k] for k in keys)):
-            points.append({"trial": name, "seed": seed, **dict(zip(keys, values))})
+        for name in self._trial_names(profile):
+            grid = self._grid_of(name)
+            for seed, *values in itertools.product(self.seeds, *grid.values()):
+                points.append({"trial": name, "seed": seed, **dict(zip(grid, values))})
         return points
 
     def trial_config(self, profile: str, point: dict[str, Any]) -> Config:

@@ -37,8 +37,18 @@ def row_variant(row: Row, results: pd.DataFrame) -> Optional[str]:
     return evaluated.iloc[0] if len(evaluated) else None
 
 
+def row_results(row: Row, results: pd.DataFrame) -> pd.DataFrame:
+    """The results a measured row reads: its trial, its variant, and the grid values of its ``where``."""
+    if not row.measured or results.empty:
+        return results[:0]
+    sel = (results["trial"] == row.trial) & (results["variant"] == row_variant(row, results))
+    for key, value in row.where.items():
+        sel &= results[key] == value if key in results else False
+    return results[sel]
+
+
 def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None) -> list[tuple[Row, list[Cell]]]:
-    """One (row, cells) per layout row. Ours: the mean over seeds of the row's trial x variant, times the
+    """One (row, cells) per layout row. Ours: the mean over seeds of the row's results (row_results), times the
     layout's scale (100: percent), or None when MLflow holds no finished value for it."""
     layout = study.table_layout
     if layout is None:
@@ -47,7 +57,7 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
     done = finished(results)
     out = []
     for row in layout.rows:
-        mine = done[(done["trial"] == row.trial) & (done["variant"] == row_variant(row, done))] if row.measured else done[:0]
+        mine = row_results(row, done)
         cells = []
         for col in layout.columns:
             ours = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
@@ -17,29 +16,18 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from .trial import HISTORY_FILE, point_key
-
-EXPERIMENT_PREFIX = "ablab/"
-
-
-_NOT_IN_MLFLOW_NAMES = re.compile(r"[^/\w.\- :]")
-
-
-def metric_key(variant: str, metric: str) -> str:
-    """MLflow allows only [/\\w.\\- :] in names: ``alpha=0.4,truth`` -> ``alpha_0.4-truth``, ``cls,q>0.5`` ->
-    ``cls-qgt0.5``; any other character becomes ``_``."""
-    name = f"{variant.replace('=', '_').replace(',', '-').replace('>', 'gt')}/{metric}"
-    return _NOT_IN_MLFLOW_NAMES.sub("_", name)
-
+from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, TRIAL_FILES, metric_key,
+                     point_key, point_of)
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config as MLflow params: dotted keys, each value JSON (``ablab.results`` reads it back typed)."""
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+            out[key] = json.dumps(v)
     return out
 
 
@@ -157,14 +145,14 @@ class MlflowStudyLogger(Callback):
     # ---- Tune callback hooks ----
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_for(point_key(trial.config), trial.config)
+        self.run_for(point_key(point_of(trial.config)), point_of(trial.config))
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self.run_for(point_key(trial.config), trial.config)
+        self.run_for(point_key(point_of(trial.config)), point_of(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        key = point_key(trial.config)
-        run_id = self.run_for(key, trial.config)
+        key = point_key(point_of(trial.config))
+        run_id = self.run_for(key, point_of(trial.config))
         self._tag_precision(run_id, result)
         epoch, done = int(result.get("epoch", 0)), bool(result.get("done"))
         logged = self._epochs_logged(key, run_id)
@@ -221,23 +209,22 @@ class MlflowStudyLogger(Callback):
         self._finish(trial, failed=True)
 
     def _finish(self, trial, failed: bool) -> None:
-        key = point_key(trial.config)
-        run_id = self.run_for(key, trial.config)
+        key = point_key(point_of(trial.config))
+        run_id = self.run_for(key, point_of(trial.config))
         trial_dir = self.artifacts_root / key
-        error_file = trial_dir / "error.txt"
+        error_file = trial_dir / ERROR_FILE
         reason: Optional[str] = None
         if error_file.is_file():
             reason = error_file.read_text().strip()
         elif failed:
             err = trial.get_error() if hasattr(trial, "get_error") else None
             reason = str(err) if err else "trial failed (see Ray Tune logs)"
-        cfg_path = trial_dir / "config.json"
-        cfg_path.write_text(json.dumps(self.configs[key], indent=1))
-        for name in ("config.json", "metrics.json", "scatter.json", "model.pt", "error.txt"):
+        (trial_dir / CONFIG_FILE).write_text(json.dumps(self.configs[key], indent=1))
+        for name in TRIAL_FILES:
             if (trial_dir / name).is_file():
                 self.client.log_artifact(run_id, str(trial_dir / name))
-        if (trial_dir / "detections").is_dir():
-            self.client.log_artifacts(run_id, str(trial_dir / "detections"), "detections")
+        if (trial_dir / DETECTIONS_DIR).is_dir():
+            self.client.log_artifacts(run_id, str(trial_dir / DETECTIONS_DIR), DETECTIONS_DIR)
         if reason:
             self.client.set_tag(run_id, "ablab.error", reason[:5000])
         self.client.set_terminated(run_id, status="FAILED" if reason else "FINISHED")

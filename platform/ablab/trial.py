@@ -13,7 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-HISTORY_FILE = "history.json"
+from .naming import ERROR_FILE, HISTORY_FILE, MODEL_FILE, point_key, point_of, write_eval_outputs
+
 
 
 def _rank() -> int:
@@ -59,7 +60,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     except NonFiniteLoss as err:
         # Deterministic: restarting the worker would only hit it again. Record it and stop this trial.
         if rank == 0:
-            (trial_dir / "error.txt").write_text(f"NonFiniteLoss: {err}\n")
+            (trial_dir / ERROR_FILE).write_text(f"NonFiniteLoss: {err}\n")
         ray.train.report({"failed": 1.0, "epoch": -1.0})
         return
 
@@ -70,17 +71,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         result = evaluate(state.model, cfg, precision=state.precision)
         final.update(result.metrics)
         final["eval_seconds"] = time.perf_counter() - t0
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
+        write_eval_outputs(trial_dir, result.metrics, result.detections, result.scatter)
         (trial_dir / HISTORY_FILE).write_text(json.dumps(state.history))  # lets the driver backfill any epoch
-        # One COCO results file per variant: what the COCO test-dev server takes for submission.
-        (trial_dir / "detections").mkdir(exist_ok=True)
-        for name, dets in result.detections.items():
-            (trial_dir / "detections" / f"{name}.json").write_text(json.dumps(
-                [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]))
-        scatter = {name: {"confidence": c.tolist(), "iou_eval": i.tolist()} for name, (c, i) in result.scatter.items()}
-        (trial_dir / "scatter.json").write_text(json.dumps(scatter))
-        torch.save(state.model.state_dict(), trial_dir / "model.pt")
+        torch.save(state.model.state_dict(), trial_dir / MODEL_FILE)
     ray.train.report(final)
 
 
@@ -93,7 +86,7 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
-    key = point_key(params)
+    key = point_key(point_of(params))
     trial_dir = Path(artifacts_root) / key
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "error.txt").unlink(missing_ok=True)
@@ -122,14 +115,6 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
     error = trial_dir / "error.txt"
     if error.is_file():
         raise RuntimeError(f"trial {trial_id} ({key}) failed: {error.read_text().strip()}")
-
-
-def point_key(point: dict[str, Any]) -> str:
-    """A stable, readable id of a training point: trial name, seed and grid values."""
-    parts = [str(point["trial"]), f"seed{point['seed']}"]
-    parts += [f"{k.rsplit('.', 1)[-1]}={','.join(map(str, v)) if isinstance(v, list) else v}"
-              for k, v in sorted(point.items()) if k not in ("trial", "seed")]
-    return "_".join(parts).replace("/", "-").replace(" ", "")
 
 
 def set_health_check_interval() -> None:

@@ -1,0 +1,66 @@
+"""The names ablab gives things, in one place: MLflow experiment names and metric keys, a trial's key, and
+the files a trial (or ``ablab train`` / ``evaluate``) writes. No Ray, no MLflow, no torch: ``ablab.results``
+and the reports import it."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+EXPERIMENT_PREFIX = "ablab/"
+"""A study's MLflow experiment is ``ablab/<study>``."""
+
+HISTORY_FILE = "history.json"
+"""Per-epoch training metrics, in a trial's folder and in each Train checkpoint."""
+CONFIG_FILE, METRICS_FILE, SCATTER_FILE, MODEL_FILE, ERROR_FILE = (
+    "config.json", "metrics.json", "scatter.json", "model.pt", "error.txt")
+DETECTIONS_DIR = "detections"
+"""One COCO results file per variant: what the COCO test-dev server takes for submission."""
+TRIAL_FILES = (CONFIG_FILE, METRICS_FILE, SCATTER_FILE, MODEL_FILE, ERROR_FILE)
+"""A trial folder's files that go to its MLflow run as artifacts (with DETECTIONS_DIR)."""
+
+_NOT_IN_MLFLOW_NAMES = re.compile(r"[^/\w.\- :]")
+
+
+def variant_slug(variant: str) -> str:
+    """A variant's name where MLflow and file names need it plain: ``alpha=0.4,truth`` -> ``alpha_0.4-truth``,
+    ``cls,q>0.5`` -> ``cls-qgt0.5``; any other character outside [\\w.\\- :] becomes ``_``."""
+    return _NOT_IN_MLFLOW_NAMES.sub("_", variant.replace("=", "_").replace(",", "-").replace(">", "gt").replace("/", "_"))
+
+
+def metric_key(variant: str, metric: str) -> str:
+    """The MLflow metric of one variant: ``alpha_0.4-truth/AP``."""
+    return f"{variant_slug(variant)}/{metric}"
+
+
+def write_eval_outputs(out: Path, metrics: dict[str, float], detections: dict[str, list[dict]],
+                       scatter: dict[str, tuple[Any, Any]]) -> None:
+    """An evaluation's files: METRICS_FILE, DETECTIONS_DIR/<variant slug>.json (COCO results) and SCATTER_FILE
+    (the confidence / IoU_eval samples of Figure 4)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    (out / DETECTIONS_DIR).mkdir(exist_ok=True)
+    for name, dets in detections.items():
+        (out / DETECTIONS_DIR / f"{variant_slug(name)}.json").write_text(json.dumps(
+            [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]))
+    (out / SCATTER_FILE).write_text(json.dumps(
+        {name: {"confidence": list(map(float, c)), "iou_eval": list(map(float, i))} for name, (c, i) in scatter.items()}))
+
+
+POINT = "point"
+"""The one Tune parameter of a study: its grid is the list of training points (a trial's own sweep makes it
+no cross product), each a dict {"trial": name, "seed": s, <grid key>: value, ...}."""
+
+
+def point_of(tune_config: dict[str, Any]) -> dict[str, Any]:
+    """The training point of a Tune trial's config."""
+    return tune_config[POINT]
+
+
+def point_key(point: dict[str, Any]) -> str:
+    """A stable, readable id of a training point: trial name, seed and grid values."""
+    parts = [str(point["trial"]), f"seed{point['seed']}"]
+    parts += [f"{k.rsplit('.', 1)[-1]}={','.join(map(str, v)) if isinstance(v, list) else v}"
+              for k, v in sorted(point.items()) if k not in ("trial", "seed")]
+    return "_".join(parts).replace("/", "-").replace(" ", "")
