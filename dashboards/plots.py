@@ -73,23 +73,25 @@ def alpha_sweep(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
 def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
     """The table's first metric vs the assignment threshold, one line per assigner (Tables 1a and 2 of 003):
     Pseudo-IoU T, centerness c, scaled-box s. The inside-box baseline is Pseudo-IoU at T = 0."""
-    if not study.table_layout or "model.assigner.name" not in df:
-        return None
+    metric = study.table_layout.metric(study.table_layout.columns[0]) if study.table_layout else None
+    df = finished(df)
+    if metric not in df or "model.assigner.name" not in df or df["model.assigner.name"].isin(["max_iou"]).all():
+        return None  # (checked first: a RetinaNet study's report never imports the detector, and so torch)
     from detector.assigners import POINT_RULES  # each rule names the field that holds its threshold
 
-    metric = study.table_layout.metric(study.table_layout.columns[0])
-    df = finished(df)
-    lines: dict[str, list[tuple[float, float]]] = {}
+    points: dict[tuple[str, float], list[float]] = {}
     for (_, name), group in df.groupby(["trial_key", "model.assigner.name"], sort=False):  # each trained point
         row = group.iloc[0]
-        if metric not in row or pd.isna(row[metric]) or name not in POINT_RULES:
+        if pd.isna(row[metric]) or name not in POINT_RULES:
             continue
         fields = POINT_RULES[name].fields
         x = row.get(f"model.assigner.{fields[0]}") if fields else 0.0  # a rule without one: the T = 0 end
-        if x is None:
-            continue
-        lines.setdefault("pseudo_iou" if name == "inside" else name, []).append((float(x), float(row[metric])))
-    lines = {k: sorted(set(v)) for k, v in lines.items() if len({x for x, _ in v}) >= 3}
+        if x is not None:
+            points.setdefault(("pseudo_iou" if name == "inside" else name, float(x)), []).append(float(row[metric]))
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for (name, x), values in sorted(points.items()):  # the mean over seeds at each setting
+        lines.setdefault(name, []).append((x, float(np.mean(values))))
+    lines = {k: v for k, v in lines.items() if len(v) >= 3}
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -17,6 +17,8 @@ from torchvision.ops import FeaturePyramidNetwork, deform_conv2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .config import ConfigError
+
 _WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
@@ -87,10 +89,14 @@ class ModulatedDeformConv(nn.Module):
         nn.init.zeros_(self.offset_mask.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (B, C_in, H, W) -> (B, C_out, H', W')."""
+        """x (B, C_in, H, W) -> (B, C_out, H', W'), in x's dtype."""
         o1, o2, mask = self.offset_mask(x).chunk(3, dim=1)
-        return deform_conv2d(x, torch.cat((o1, o2), dim=1), self.weight, None, self.stride, self.padding,
-                             self.dilation, mask.sigmoid())
+        # deform_conv2d has no bf16 kernel on CPU (and autocast casts it to fp32 only on CUDA): run it in fp32
+        # under any autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            out = deform_conv2d(x.float(), torch.cat((o1, o2), dim=1).float(), self.weight.float(), None,
+                                self.stride, self.padding, self.dilation, mask.float().sigmoid())
+        return out.to(x.dtype)
 
 
 def make_deformable(stage: nn.Sequential) -> None:
@@ -148,7 +154,8 @@ class Backbone(nn.Module):
             missing, unexpected = resnet.load_state_dict(state, strict=False)
             bad = [k for k in missing if not k.startswith("fc.")]
             if bad:
-                raise ValueError(f"model.backbone.pretrained: file lacks {len(bad)} {name} weights, e.g. {bad[:3]}")
+                raise ConfigError(f"model.backbone.pretrained: {pretrained} lacks {len(bad)} {name} weights, "
+                                  f"e.g. {bad[:3]}")
         for c in deformable_stages:
             make_deformable(getattr(resnet, f"layer{c - 1}"))
         if norm == "frozen_bn":

@@ -35,6 +35,12 @@ class BackboneConfig(Strict):
     def _weights_exist(self) -> "BackboneConfig":
         if self.name == "resnet10" and self.pretrained == "imagenet":
             raise ValueError("resnet10 has no ImageNet weights in torchvision: set pretrained: none (or a file)")
+        if len(set(self.deformable_stages)) != len(self.deformable_stages):
+            raise ValueError(f"deformable_stages {self.deformable_stages}: a stage is listed twice")
+        frozen = [c for c in self.deformable_stages if c - 1 <= self.frozen_stages]
+        if frozen:
+            raise ValueError(f"deformable_stages {frozen} lie in frozen_stages {self.frozen_stages}: their offsets "
+                             f"could never learn (freeze fewer stages)")
         return self
 
 

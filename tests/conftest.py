@@ -14,13 +14,26 @@ def synthetic_root(tmp_path_factory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("synthetic") / "ds", train=40, val=16, size=128, seed=3)
 
 
+SMOKE_PROFILE = Path(__file__).resolve().parents[1] / "studies" / "profiles" / "smoke.yaml"
+
+
+def smoke_model(**overrides) -> dict:
+    """The model of the studies' shared smoke profile (studies/profiles/smoke.yaml), with ``overrides``
+    merged in: the one place the small from-scratch detector is configured."""
+    import yaml
+
+    from detector.config import deep_merge
+
+    return deep_merge(yaml.safe_load(SMOKE_PROFILE.read_text())["model"], overrides)
+
+
 def tiny_config(root: Path, **overrides) -> dict:
-    """A raw config for a tiny from-scratch RetinaNet (ResNet10) on the synthetic set (seconds per epoch on CPU)."""
+    """A raw config for the smoke model made narrower still (32 channels, a one-conv head) on the synthetic
+    set: seconds per epoch on CPU."""
     from detector.config import deep_merge
 
     raw = {
-        "model": {"backbone": {"name": "resnet10", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
-                  "fpn_width": 32, "head": {"depth": 1, "width": 32}},
+        "model": smoke_model(fpn_width=32, head={"depth": 1, "width": 32, "norm": "none"}, anchor_scale=4.0),
         "data": {"kind": "synthetic", "root": str(root), "short": 128, "long": 128},
         "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 5, "threads": 2},
     }

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from conftest import smoke_model
+
 
 def write_study(path: Path, data_root: Path, trials=None, epochs: int = 1, max_images: int = 8, **extra) -> Path:
     study = {
@@ -14,8 +16,7 @@ def write_study(path: Path, data_root: Path, trials=None, epochs: int = 1, max_i
         "table": "test",
         "alpha_convention": "iou_aware",
         "base": {
-            "model": {"backbone": {"name": "resnet10", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
-                      "fpn_width": 32, "head": {"depth": 1, "width": 32, "norm": "gn"}},
+            "model": smoke_model(fpn_width=32, head={"depth": 1, "width": 32}, anchor_scale=4.0),
             "train": {"epochs": epochs, "batch_size": 4, "warmup_iters": 2},
         },
         "trials": trials or [{"name": "baseline", "set": {}}, {"name": "iou", "set": {"model.quality.branch": "iou"}}],

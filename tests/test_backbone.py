@@ -88,3 +88,22 @@ def test_deformable_stages_replace_the_3x3_convs_of_c3_to_c5_only():
     assert ModulatedDeformConv not in kinds["layer1"]  # (a plain conv, its frozen BN folded in)
     assert kinds["layer2"] == kinds["layer3"] == kinds["layer4"] == {ModulatedDeformConv}
     assert [f.shape[-1] for f in bb(torch.randn(1, 3, 128, 128))] == [16, 8, 4, 2, 1]
+
+
+def test_a_deformable_stage_runs_under_bf16_autocast_on_cpu():
+    """deform_conv2d has no CPU bf16 kernel: the block computes in fp32 and hands back bf16."""
+    from detector.backbone import ModulatedDeformConv
+
+    dcn = ModulatedDeformConv(torch.nn.Conv2d(8, 8, 3, padding=1))
+    with torch.autocast("cpu", torch.bfloat16):
+        out = dcn(torch.randn(1, 8, 10, 10).bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 8, 10, 10)
+
+
+def test_deformable_stages_are_checked_against_freezing_and_repeats():
+    from detector.config import BackboneConfig
+
+    with pytest.raises(ValueError, match="lie in frozen_stages"):
+        BackboneConfig(deformable_stages=[3], frozen_stages=2)
+    with pytest.raises(ValueError, match="listed twice"):
+        BackboneConfig(deformable_stages=[3, 3])

@@ -2,9 +2,11 @@
 reproduces the losses and metrics recorded in tests/golden/families.json before the detector was
 restructured (issue 12).
 
-Tolerances: the first batch's loss terms from the seeded initial model within 1e-4 relative (one forward
-pass; CPUs with other SIMD kernels differ around 1e-6), and after two epochs the epoch-mean losses within 2%
-relative and every metric within 0.02 absolute (a wrong rule, target or normalisation moves them far more).
+Tolerances: the first batch's loss terms and prediction sums (decoded boxes, p, q, IoU_truth over every
+prior) from the seeded initial model within 1e-4 relative (one forward pass; CPUs with other SIMD kernels
+differ around 1e-6); after two epochs the epoch-mean losses and the trained model's prediction sums within 2%
+relative and every metric within 0.02 absolute (a wrong rule, target, decoding or normalisation moves them
+far more; the metrics themselves are near 0 after two epochs on 12 images, so the sums carry the check).
 
 Re-record only for an intended change of behaviour: ``python tests/test_families_golden.py --record``.
 """
@@ -53,8 +55,24 @@ def _variants(model: dict) -> list[dict]:
     return variants
 
 
+def _predictions(net, images, targets) -> dict[str, float]:
+    """Sums over every prior of what inference reads: decoded boxes, p, q and IoU_truth."""
+    from detector.scoring import raw_predictions
+
+    with torch.no_grad():
+        out, priors = net(images)
+        # (the family object since the refactor; the arch name before it, when these values were recorded)
+        raw = raw_predictions(out, priors, getattr(net, "family", None) or net.cfg.arch, targets)
+    stats = {"boxes": raw.boxes.double().sum(), "boxes_abs": raw.boxes.double().abs().sum(),
+             "p": raw.p.double().sum(), "iou_truth": raw.iou_truth.double().sum()}
+    if raw.q is not None:
+        stats["q"] = raw.q.double().sum()
+    return {k: float(v) for k, v in stats.items()}
+
+
 def measure(root: Path, model: dict) -> dict:
-    """First-batch losses of the seeded initial model, epoch-mean losses of 2 epochs, and the metrics."""
+    """First-batch losses and predictions of the seeded initial model; epoch-mean losses of 2 epochs; the
+    trained model's predictions on the first val batch; the metrics."""
     from detector.data import build_split
     from detector.data.loader import make_loader
     from detector.engine import evaluate, seed_everything, train
@@ -68,11 +86,15 @@ def measure(root: Path, model: dict) -> dict:
     batch = next(iter(make_loader(train_set, cfg.data, 4, train=False)))
     with torch.no_grad():
         first = {k: float(v) for k, v in net.criterion(*net(batch.images), batch.targets).items()}
+    first_predictions = _predictions(net.eval(), batch.images, batch.targets)
     state = train(cfg, log=lambda m: None)
     epochs = [{k: v for k, v in h.items() if k.startswith("loss") or k == "num_pos"} for h in state.history]
+    val = next(iter(make_loader(build_split(cfg.data, cfg.data.val_split), cfg.data, 4, train=False)))
+    trained_predictions = _predictions(state.model.eval(), val.images, val.targets)
     metrics = evaluate(state.model, cfg, log=lambda m: None).metrics
     keep = ("AP", "AP50", "AP75", "AP90", "num_detections", "pearson")
-    return {"first_batch": first, "epochs": epochs,
+    return {"first_batch": first, "first_predictions": first_predictions, "epochs": epochs,
+            "trained_predictions": trained_predictions,
             "metrics": {k: v for k, v in metrics.items() if k.rpartition("/")[2] in keep}}
 
 
@@ -83,6 +105,10 @@ def test_family_reproduces_its_recorded_losses_and_metrics(family, synthetic_roo
     assert got["first_batch"].keys() == recorded["first_batch"].keys()
     for k, v in recorded["first_batch"].items():
         assert got["first_batch"][k] == pytest.approx(v, rel=1e-4, abs=1e-7), k
+    for k, v in recorded["first_predictions"].items():  # decoding and scoring of the same initial weights
+        assert got["first_predictions"][k] == pytest.approx(v, rel=1e-4), k
+    for k, v in recorded["trained_predictions"].items():
+        assert got["trained_predictions"][k] == pytest.approx(v, rel=0.02, abs=0.5), k
     for epoch, (g, r) in enumerate(zip(got["epochs"], recorded["epochs"], strict=True)):
         for k, v in r.items():
             assert g[k] == pytest.approx(v, rel=0.02, abs=1e-4), f"epoch {epoch + 1} {k}"

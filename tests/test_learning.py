@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from conftest import smoke_model
 from detector.config import parse_config
 from detector.data import write_synthetic
 from detector.engine import evaluate, train
@@ -23,8 +24,7 @@ RETINANET_AP50 = 0.45
 ANCHOR_FREE_AP50 = 0.2
 
 SMOKE = {
-    "model": {"backbone": {"name": "resnet10", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
-              "fpn_width": 64, "head": {"depth": 2, "width": 64, "norm": "gn"}, "anchor_scale": 2},
+    "model": smoke_model(),  # studies/profiles/smoke.yaml
     "train": {"epochs": 28, "batch_size": 8, "lr": 0.16, "warmup_iters": 100, "steps": [22, 26],
               "precision": "fp32", "threads": 2},
 }

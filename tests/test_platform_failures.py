@@ -38,7 +38,10 @@ def _epochs_in_mlflow(out, study, trial=None) -> list[int]:
         return []
 
 
-def test_nan_loss_fails_that_trial_alone_with_its_reason(synthetic_root, tmp_path):
+def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(synthetic_root, tmp_path):
+    """A trial that diverges fails alone, with its reason in MLflow. Once the study is fixed, `ablab resume
+    --retry-failed` runs that trial alone again, in the same MLflow run (FINISHED, the failure kept as a tag),
+    with a tracking URI that replaces the stale one in launch.json."""
     # Three trials on two CPUs: the third only starts if finished trials give their CPUs back.
     study = write_study(tmp_path / "nan_study.yaml", synthetic_root, trials=[
         {"name": "ok", "set": {}},
@@ -55,6 +58,31 @@ def test_nan_loss_fails_that_trial_alone_with_its_reason(synthetic_root, tmp_pat
     assert runs["diverges"].info.status == "FAILED"
     assert "NonFiniteLoss" in runs["diverges"].data.tags["ablab.error"]
     assert "non-finite loss" in runs["diverges"].data.tags["ablab.error"]
+
+    finished_at = {t: runs[t].info.end_time for t in ("ok", "ok_too")}
+    # The fix: a sane lr. The MLflow server "moved": launch.json names one that is gone.
+    write_study(study, synthetic_root, layout=None, trials=[
+        {"name": "ok", "set": {}}, {"name": "diverges", "set": {"train.lr": 0.01}},
+        {"name": "ok_too", "set": {"model.quality.branch": "iou"}}])
+    launch = tmp_path / "out" / "nan_study" / "smoke" / "launch.json"
+    store = json.loads(launch.read_text())["tracking_uri"]
+    launch.write_text(json.dumps({**json.loads(launch.read_text()), "tracking_uri": "http://127.0.0.1:9"}))
+    cmd = [sys.executable, "-m", "ablab.cli", "resume", str(study), "--retry-failed"]
+    stale = subprocess.run(cmd, capture_output=True, text=True, env=ablab_env(tmp_path / "out"), timeout=60)
+    assert stale.returncode == 2 and "launch.json: --tracking-uri replaces it" in stale.stderr, stale.stderr
+    r = subprocess.run(cmd + ["--tracking-uri", store], capture_output=True, text=True,
+                       env=ablab_env(tmp_path / "out"), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(launch.read_text())["tracking_uri"] == store
+    trial_runs = [x for x in _runs(tmp_path / "out", "nan_study") if x.data.tags["ablab.role"] == "trial"]
+    assert len(trial_runs) == 3  # retried in its own run, not beside it
+    retried = {x.data.tags["ablab.trial"]: x for x in trial_runs}["diverges"]
+    assert retried.info.status == "FINISHED" and "cls/AP" in retried.data.metrics
+    assert "ablab.error" not in retried.data.tags and retried.data.tags["ablab.attempts"] == "2"
+    assert "NonFiniteLoss" in json.loads(retried.data.tags["ablab.previous_errors"])[0]
+    # the two trials that had finished were not run again: their runs were not reopened
+    assert {t: x.info.end_time for t, x in {x.data.tags["ablab.trial"]: x for x in trial_runs}.items()
+            if t != "diverges"} == finished_at
 
 
 def test_resume_after_the_driver_is_killed(synthetic_root, tmp_path):

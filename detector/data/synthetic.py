@@ -189,12 +189,15 @@ def write_synthetic(root: str | Path, train: int = 400, val: int = 100, size: in
     except BaseException:  # a full disk, Ctrl-C: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if is_complete(root) and json.loads((root / MARKER).read_text()) == params:
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer finished the same set first: readers may use it
+        return root
     if root.exists():
-        shutil.rmtree(root)
+        shutil.rmtree(root)  # half-written, or other parameters
     try:
         tmp.rename(root)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)  # another process renamed its copy into place in between
         if not is_complete(root):
             raise
     return root

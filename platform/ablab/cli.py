@@ -53,7 +53,7 @@ def cmd_validate(args) -> int:
 
     plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid)
     preflight(plan, args.address, resolve_tracking_uri(plan.study.study, args.tracking_uri, args.out_root),
-              explicit_uri=bool(args.tracking_uri))
+              explicit_uri=bool(args.tracking_uri), create=False)
     print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
           f"{len(plan.study.variant_configs()) or 1} variants; data found; outputs -> {plan.out_dir}")
     return 0
@@ -63,7 +63,8 @@ def cmd_run(args) -> int:
     from .runner import run_study
 
     outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
-                        resume=args.command == "resume", allow_large_grid=args.allow_large_grid)
+                        resume=args.command == "resume", allow_large_grid=args.allow_large_grid,
+                        retry_failed=getattr(args, "retry_failed", False))
     try:
         _report(args, outcome.tracking_uri)
     except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
@@ -157,7 +158,8 @@ def _study_commands(sub) -> None:
             ("validate", cmd_validate, "check a study, its trial configs, data, weights, addresses and output "
                                        "folder as `run` would, without running"),
             ("run", cmd_run, "run a study on Ray (embedded local cluster unless --address)"),
-            ("resume", cmd_run, "finish an interrupted study; finished trials are not re-run")):
+            ("resume", cmd_run, "finish an interrupted study (finished trials are not re-run); "
+                                "--retry-failed runs the failed ones again")):
         r = _command(sub, name, handler, text)
         r.add_argument("study")
         r.add_argument("--profile", default="smoke")
@@ -166,6 +168,9 @@ def _study_commands(sub) -> None:
         r.add_argument("--out-root", help="where study outputs go (default $ABLAB_OUTPUT_ROOT or ./outputs)")
         r.add_argument("--allow-large-grid", action="store_true",
                        help="run a grid of more than 10,000 trials (refused otherwise, as a likely typo)")
+        if name == "resume":
+            r.add_argument("--retry-failed", action="store_true",
+                           help="run the failed trials again (from their last checkpoint), in their MLflow runs")
 
     sb = _command(sub, "submit", cmd_submit, "submit `ablab run` as a Ray job with the runtime env filled in")
     sb.add_argument("study")

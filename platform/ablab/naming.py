@@ -11,6 +11,9 @@ from typing import Any
 EXPERIMENT_PREFIX = "ablab/"
 """A study's MLflow experiment is ``ablab/<study>``."""
 
+LAUNCH_FILE = "launch.json"
+"""In a study profile's folder: the study file, the profile and the tracking URI (without credentials) it
+logs to; resume reads it, ``--tracking-uri`` on resume rewrites it."""
 HISTORY_FILE = "history.json"
 """Per-epoch training metrics, in a trial's folder and in each Train checkpoint."""
 CONFIG_FILE, METRICS_FILE, SCATTER_FILE, MODEL_FILE, ERROR_FILE = (
@@ -54,8 +57,9 @@ no cross product), each a dict {"trial": name, "seed": s, <grid key>: value, ...
 
 
 def point_of(tune_config: dict[str, Any]) -> dict[str, Any]:
-    """The training point of a Tune trial's config."""
-    return tune_config[POINT]
+    """The training point of a Tune trial's config (a study launched before points were one parameter has
+    the point's keys at the top level)."""
+    return tune_config.get(POINT, tune_config)
 
 
 def point_key(point: dict[str, Any]) -> str:

@@ -120,13 +120,18 @@ def check_embedded_resources(workers: int, cpus_per_worker: float, gpus_per_work
                               f"has {gpus} GPU{'s' if gpus != 1 else ''}: set it to 0, or pass --address of a GPU cluster")
 
 
-def check_output_dir(path: Path, field: str = "--out-root") -> None:
-    """Make ``path`` (a folder this process will write), or fail naming why it cannot be one."""
+def check_output_dir(path: Path, field: str = "--out-root", create: bool = True) -> None:
+    """Make ``path`` (a folder this process will write), or fail naming why it cannot be one. ``create=False``
+    (validate) only checks that the nearest existing folder above it is writable."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{field}: {existing} is a file, so {path} cannot be a folder")
+    if not create:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{field}: {existing} is not writable, so outputs cannot go to {path}")
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

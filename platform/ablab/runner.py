@@ -22,11 +22,8 @@ from .preflight import (check_embedded_resources, check_output_dir, check_ray_ad
                         probe_tracking_server)
 from .study import Study, load_study, resolve_configs
 from .logs import log, setup_logging
-from .naming import POINT, point_key, point_of
+from .naming import LAUNCH_FILE, POINT, point_key, point_of
 from .trial import set_health_check_interval
-
-LAUNCH_FILE = "launch.json"
-
 
 @dataclass
 class Plan:
@@ -164,7 +161,7 @@ def concurrency(plan: Plan) -> int:
     return max(1, min(fits, len(plan.points)))
 
 
-def _tuner_parts(plan: Plan, tracking_uri: str):
+def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool):
     from ray import tune
 
     from .tracking import MlflowStudyLogger
@@ -174,7 +171,7 @@ def _tuner_parts(plan: Plan, tracking_uri: str):
     configs = {k: c.model_dump() for k, c in plan.configs.items()}
     trainable = tune.with_parameters(trial_driver, configs=configs, resources=res.model_dump(),
                                      storage_path=str(plan.out_dir / "train"),
-                                     artifacts_root=str(plan.out_dir / "trials"))
+                                     artifacts_root=str(plan.out_dir / "trials"), embedded=embedded)
     trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1 << 20})
     logger = MlflowStudyLogger(tracking_uri, plan.study, plan.profile, configs, plan.out_dir / "trials",
                                plan.out_dir / "mlflow_runs.json")
@@ -206,11 +203,12 @@ class Outcome:
     tracking_uri: str
 
 
-def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_uri: bool = False) -> None:
+def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_uri: bool = False,
+              create: bool = True) -> None:
     """Everything about where the study runs and logs that can be checked before Ray starts: the output
-    folder, the tracking URI (and its server, if remote), the Ray address, or what this machine can hold
-    when the cluster is the embedded one."""
-    check_output_dir(plan.out_dir)
+    folder (made unless ``create=False``), the tracking URI (and its server, if remote), the Ray address, or
+    what this machine can hold when the cluster is the embedded one."""
+    check_output_dir(plan.out_dir, create=create)
     field = "--tracking-uri" if explicit_uri else "tracking URI"
     check_tracking_uri(tracking_uri, field)
     probe_tracking_server(tracking_uri, field)
@@ -224,8 +222,9 @@ def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_ur
 
 def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
               tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False,
-              allow_large_grid: bool = False) -> Outcome:
-    """Run (or resume) a study."""
+              allow_large_grid: bool = False, retry_failed: bool = False) -> Outcome:
+    """Run (or resume) a study. ``retry_failed`` (with resume): run the failed trials again, each from its last
+    checkpoint when it has one, in the same MLflow run. ``tracking_uri`` on resume replaces launch.json's."""
     setup_logging()
     t0 = time.perf_counter()
     explicit_uri = tracking_uri
@@ -240,8 +239,14 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         tracking_uri = resolve_tracking_uri(plan.study.study, tracking_uri, out_root)
         if (plan.out_dir / "tune").exists():
             raise ConfigError(f"{plan.out_dir} already holds a run of this study: `ablab resume {study_path}"
-                              f" --profile {profile}` finishes it; delete the folder to start over")
-    preflight(plan, address, tracking_uri, explicit_uri=bool(explicit_uri))
+                              f" --profile {profile}` finishes it (add --retry-failed to run its failed trials "
+                              f"again); delete the folder to start over")
+    try:
+        preflight(plan, address, tracking_uri, explicit_uri=bool(explicit_uri))
+    except ConfigError as err:
+        if resume and not explicit_uri and "tracking URI" in str(err):
+            raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
+        raise
     launch_file.write_text(json.dumps({"study": study_path, "profile": profile, "tracking_uri": tracking_uri}, indent=1))
 
     # Importing MLflow and opening the store (a new SQLite file: schema migrations) take ~2.5 s: done in a
@@ -264,13 +269,15 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         log.info(f"browse: mlflow ui --backend-store-uri {tracking_uri}")
     log.info(f"outputs: {plan.out_dir}")
 
-    trainable, logger = _tuner_parts(plan, tracking_uri)
+    trainable, logger = _tuner_parts(plan, tracking_uri, embedded=where == "local")
     callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
     run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1)
     if resume and tune.Tuner.can_restore(str(plan.out_dir / "tune")):
+        # A retried trial's driver starts its TorchTrainer under the same name, so Train restores the trial's
+        # last checkpoint (a trial that failed before its first one starts over).
         tuner = tune.Tuner.restore(str(plan.out_dir / "tune"), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
+                                   resume_errored=retry_failed, restart_errored=False)
     else:
         # reuse_actors: a trial driver process serves the next trial too, saving ~3 s of actor start per trial.
         tuner = tune.Tuner(trainable, param_space=_param_space(plan),
@@ -282,6 +289,13 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     return Outcome(summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit), tracking_uri)
 
 
+def _tune_config(result) -> dict[str, Any]:
+    """A Tune result's config; a trial restored without running again has none in memory, only on disk."""
+    if result.config:
+        return result.config
+    return json.loads((Path(result.path) / "params.json").read_text())
+
+
 def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: float) -> int:
     first = (plan.study.variant_configs() or [None])[0]
     layout = plan.study.table_layout
@@ -289,7 +303,7 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
     metric = f"{first.name}/{shown}" if first else None
     lines, failed = [], 0
     for r in results:
-        key = point_key(point_of(r.config)) if r.config else "?"
+        key = point_key(point_of(_tune_config(r)))
         m = r.metrics or {}
         if r.error is not None or m.get("failed"):
             failed += 1

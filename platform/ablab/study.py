@@ -7,6 +7,7 @@ Validated with pydantic: unknown keys are errors, and every error names its fiel
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from detector.config import (Config, ConfigError, VariantConfig, deep_merge, format_validation_error, parse_config,
                              parse_variant, read_yaml_mapping, set_dotted)
 
+from .naming import variant_slug
 from .paths import NAME, check_name
 
 
@@ -63,7 +65,7 @@ class Row(Strict):
     """Grid values this row reads (dotted keys of its trial's or the study's grid), e.g.
     ``{model.assigner.threshold: 0.4}``; rows without it average over the trial's grid points."""
     not_reproduced: Optional[str] = None
-    """Why a row the paper ran is not run here (e.g. a DCN backbone that is not built): shown, never run."""
+    """Why a row the paper ran is not run here (e.g. a model this platform does not build): shown, never run."""
     reference: dict[str, Optional[float]] = Field(default_factory=dict)
     """The paper's numbers for this row, by column."""
 
@@ -149,6 +151,16 @@ class Study(Strict):
                     parse_variant(v, self.alpha_convention)
                 except ConfigError as err:
                     raise ValueError(f"variants.{i}: {err}") from None
+        slugs = [variant_slug(v.name) for v in self.variant_configs()]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"variants: two names become the same metric key ({sorted(slugs)}): rename one")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} lists a seed twice")
+        for where, grid in [("grid", self.grid)] + [(f"trials.{t.name}.grid", t.grid) for t in self.trials]:
+            for key, values in grid.items():
+                encoded = [json.dumps(v) for v in values]
+                if not values or len(set(encoded)) != len(encoded):
+                    raise ValueError(f"{where}.{key}: {values} must list distinct values (at least one)")
         for pname in self.profiles:
             try:
                 check_name(f"profiles.{pname}", pname)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -42,8 +43,8 @@ def row_results(row: Row, results: pd.DataFrame) -> pd.DataFrame:
     if not row.measured or results.empty:
         return results[:0]
     sel = (results["trial"] == row.trial) & (results["variant"] == row_variant(row, results))
-    for key, value in row.where.items():
-        sel &= results[key] == value if key in results else False
+    for key, value in row.where.items():  # compared as JSON: a grid value may be a list (train.steps)
+        sel &= results[key].map(json.dumps) == json.dumps(value) if key in results else False
     return results[sel]
 
 

@@ -16,8 +16,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, TRIAL_FILES, metric_key,
-                     point_key, point_of)
+from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, LAUNCH_FILE, TRIAL_FILES,
+                     metric_key, point_key, point_of)
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """A nested config as MLflow params: dotted keys, each value JSON (``ablab.results`` reads it back typed)."""
@@ -92,6 +92,11 @@ class MlflowStudyLogger(Callback):
         return RunRegistry(self.registry_path)
 
     def setup(self, **info) -> None:
+        # A restored logger carries the URI of the launch it was pickled in; the launch file holds the current
+        # one (resume may have replaced it with --tracking-uri).
+        launch = self.registry_path.parent / LAUNCH_FILE
+        if launch.is_file():
+            self.tracking_uri, self._client = json.loads(launch.read_text())["tracking_uri"], None
         name = EXPERIMENT_PREFIX + self.study.study
         exp = self.client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
@@ -115,32 +120,45 @@ class MlflowStudyLogger(Callback):
         registry.save()
         return run.info.run_id
 
-    def _rows_of(self, trial: str) -> list[str]:
+    def _rows_of(self, point: dict[str, Any]) -> list[str]:
+        """The table rows this training point fills (its trial's, and of those the ones its grid values match)."""
         layout = self.study.table_layout
-        return [r.label for r in layout.rows if r.trial == trial] if layout else []
+        return [r.label for r in layout.rows if r.trial == point["trial"]
+                and all(point.get(k) == v for k, v in r.where.items())] if layout else []
 
     def run_for(self, key: str, point: dict[str, Any]) -> str:
         registry = self.registry
         run_id = registry.data["trials"].get(key)
         if run_id:
             if run_id not in self._reopened:  # once per run and process, not on every result
-                self.client.update_run(run_id, status="RUNNING")
+                self._reopen(run_id)
                 self._reopened.add(run_id)
             return run_id
         tags = {**self._common_tags(), "mlflow.parentRunId": self.parent, "ablab.role": "trial",
                 "ablab.trial_key": key, "ablab.trial": point["trial"], "ablab.seed": str(point["seed"]),
-                "ablab.rows": json.dumps(self._rows_of(point["trial"])),
+                "ablab.rows": json.dumps(self._rows_of(point)),
                 "ablab.columns": json.dumps(self.study.table_layout.columns if self.study.table_layout else []),
                 "ablab.variants": json.dumps([v["name"] for v in self.configs[key]["inference"]["variants"]])}
         run = self.client.create_run(self.experiment_id, run_name=key, tags=tags)
         params = [Param(k, v[:6000]) for k, v in flatten(self.configs[key]).items()]
-        params += [Param(f"grid.{k}", str(v)) for k, v in point.items() if k not in ("trial", "seed")]
+        params += [Param(f"grid.{k}", json.dumps(v)) for k, v in point.items() if k not in ("trial", "seed")]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
         registry.data["trials"][key] = run.info.run_id
         registry.save()
         self._reopened.add(run.info.run_id)
         return run.info.run_id
+
+    def _reopen(self, run_id: str) -> None:
+        """A trial's run continues (resume) or runs again (--retry-failed): one run per trial either way. An
+        earlier failure stays on it as ``ablab.previous_errors`` (a JSON list) and ``ablab.attempts`` counts."""
+        tags = self.client.get_run(run_id).data.tags
+        if "ablab.error" in tags:
+            previous = json.loads(tags.get("ablab.previous_errors", "[]")) + [tags["ablab.error"][:2000]]
+            self.client.set_tag(run_id, "ablab.previous_errors", json.dumps(previous)[:5000])
+            self.client.set_tag(run_id, "ablab.attempts", str(len(previous) + 1))
+            self.client.delete_tag(run_id, "ablab.error")
+        self.client.update_run(run_id, status="RUNNING")
 
     # ---- Tune callback hooks ----
 

@@ -16,7 +16,6 @@ from typing import Any
 from .naming import ERROR_FILE, HISTORY_FILE, MODEL_FILE, point_key, point_of, write_eval_outputs
 
 
-
 def _rank() -> int:
     import ray.train
 
@@ -78,23 +77,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources: dict[str, Any],
-                 storage_path: str, artifacts_root: str) -> None:
-    """The Tune trainable (needs no CPU of its own): one TorchTrainer for this trial's config."""
+                 storage_path: str, artifacts_root: str, embedded: bool = False) -> None:
+    """The Tune trainable (needs no CPU of its own): one TorchTrainer for this trial's config. ``embedded``:
+    the cluster is this machine alone, so torch.distributed stays on 127.0.0.1 (ablab.loopback)."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .loopback import LoopbackTorchConfig
 
     trial_id = ray.tune.get_context().get_trial_id()
     key = point_key(point_of(params))
     trial_dir = Path(artifacts_root) / key
     trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / "error.txt").unlink(missing_ok=True)
+    (trial_dir / ERROR_FILE).unlink(missing_ok=True)
     config = configs[key]
     config = {**config, "train": {**config["train"], "threads": max(1, int(resources["cpus_per_worker"]))}}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "trial_dir": str(trial_dir)},
+        torch_config=LoopbackTorchConfig() if embedded else TorchConfig(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources["workers"], use_gpu=resources["gpus_per_worker"] > 0,
             resources_per_worker={"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]}
@@ -110,9 +113,9 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
     try:
         trainer.fit()
     except Exception:
-        (trial_dir / "error.txt").write_text(traceback.format_exc()[-4000:])
+        (trial_dir / ERROR_FILE).write_text(traceback.format_exc()[-4000:])
         raise
-    error = trial_dir / "error.txt"
+    error = trial_dir / ERROR_FILE
     if error.is_file():
         raise RuntimeError(f"trial {trial_id} ({key}) failed: {error.read_text().strip()}")
 
