@@ -85,7 +85,13 @@ def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(sy
             if t != "diverges"} == finished_at
 
 
-def test_resume_after_the_driver_is_killed(synthetic_root, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tmp_path):
+    """SIGKILL: the driver and its cluster die at once. SIGTERM (a preempted node, a scheduler's stop): the
+    study stops itself within 30 s, the stopped trial's run is left KILLED (interrupted), and no Ray process
+    outlives it. Either way `ablab resume` finishes the study: one run per trial, every epoch logged once."""
+    import psutil
+
     study = write_study(tmp_path / "resumable.yaml", synthetic_root, epochs=3, max_images=24, trials=[
         {"name": "short", "set": {"train.epochs": 1}}, {"name": "long", "set": {}}],
         resources={"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1}, layout=None)
@@ -98,11 +104,27 @@ def test_resume_after_the_driver_is_killed(synthetic_root, tmp_path):
         assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.3)
     assert _epochs_in_mlflow(tmp_path / "out", "resumable", "long"), "the long trial never reported an epoch"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded cluster it started
-    driver.wait()
-    before = {x.data.tags["ablab.trial"]: x.info.status for x in _runs(tmp_path / "out", "resumable")
+    started = psutil.Process(driver.pid).create_time()
+    if stop == "SIGKILL":
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded cluster it started
+        driver.wait()
+    else:
+        t0 = time.time()
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 130, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.time() - t0 < 30, f"took {time.time() - t0:.0f}s to stop"
+        time.sleep(2)
+        left = [p.name() for p in psutil.process_iter(["name", "create_time"])
+                if p.info["name"] in ("raylet", "gcs_server") and p.info["create_time"] >= started]
+        assert not left, left
+        assert "`ablab resume" in (tmp_path / "first.log").read_text()
+    trials = {x.data.tags["ablab.trial"]: x for x in _runs(tmp_path / "out", "resumable")
               if x.data.tags["ablab.role"] == "trial"}
-    assert before["short"] == "FINISHED" and before["long"] == "RUNNING"
+    assert trials["short"].info.status == "FINISHED"
+    if stop == "SIGKILL":
+        assert trials["long"].info.status == "RUNNING"
+    else:
+        assert trials["long"].info.status == "KILLED" and trials["long"].data.tags["ablab.interrupted"] == "true"
 
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "resume", str(study)], capture_output=True, text=True,
                        env=env, timeout=900)

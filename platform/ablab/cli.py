@@ -65,6 +65,8 @@ def cmd_run(args) -> int:
     outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
                         resume=args.command == "resume", allow_large_grid=args.allow_large_grid,
                         retry_failed=getattr(args, "retry_failed", False))
+    if outcome.interrupted:
+        return 130  # as a shell reports Ctrl-C; the report waits for the resumed study
     try:
         _report(args, outcome.tracking_uri)
     except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry

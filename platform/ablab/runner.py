@@ -6,10 +6,12 @@ import atexit
 import json
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -201,6 +203,8 @@ class Outcome:
     failed: int
     """Trials that failed (their reasons are in MLflow)."""
     tracking_uri: str
+    interrupted: bool = False
+    """Stopped by SIGTERM / Ctrl-C before every trial ended: `ablab resume` finishes it."""
 
 
 def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_uri: bool = False,
@@ -227,27 +231,8 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     checkpoint when it has one, in the same MLflow run. ``tracking_uri`` on resume replaces launch.json's."""
     setup_logging()
     t0 = time.perf_counter()
-    explicit_uri = tracking_uri
     plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid)
-    launch_file = plan.out_dir / LAUNCH_FILE
-    if resume:
-        if not launch_file.is_file():
-            raise ConfigError(f"nothing to resume: {launch_file} not found (run the study first)")
-        # launch.json holds the URI without credentials: they come back from the environment (or --tracking-uri).
-        tracking_uri = adopt_credentials(tracking_uri or json.loads(launch_file.read_text())["tracking_uri"])
-    else:
-        tracking_uri = resolve_tracking_uri(plan.study.study, tracking_uri, out_root)
-        if (plan.out_dir / "tune").exists():
-            raise ConfigError(f"{plan.out_dir} already holds a run of this study: `ablab resume {study_path}"
-                              f" --profile {profile}` finishes it (add --retry-failed to run its failed trials "
-                              f"again); delete the folder to start over")
-    try:
-        preflight(plan, address, tracking_uri, explicit_uri=bool(explicit_uri))
-    except ConfigError as err:
-        if resume and not explicit_uri and "tracking URI" in str(err):
-            raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
-        raise
-    launch_file.write_text(json.dumps({"study": study_path, "profile": profile, "tracking_uri": tracking_uri}, indent=1))
+    tracking_uri = _launch(plan, address, tracking_uri, out_root, resume)
 
     # Importing MLflow and opening the store (a new SQLite file: schema migrations) take ~2.5 s: done in a
     # thread while Ray starts.
@@ -257,36 +242,89 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         where = start_ray(address)
         store.result()
     t_ray = time.perf_counter() - t_ray
-    from ray import tune
     res = plan.study.resources_for(profile)
     max_conc = concurrency(plan)
     log.info(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
-        f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
-    log.info(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per trial, "
-        f"{max_conc} at a time")
+             f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
+    log.info(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per "
+             f"trial, {max_conc} at a time")
     log.info(f"mlflow: {tracking_uri}")
     if tracking_uri.startswith("sqlite:"):
         log.info(f"browse: mlflow ui --backend-store-uri {tracking_uri}")
     log.info(f"outputs: {plan.out_dir}")
 
-    trainable, logger = _tuner_parts(plan, tracking_uri, embedded=where == "local")
+    tuner = _tuner(plan, tracking_uri, where == "local", max_conc, resume, retry_failed)
+    t_fit = time.perf_counter()
+    with _sigterm_as_interrupt():
+        results = tuner.fit()
+    t_fit = time.perf_counter() - t_fit
+    failed, unfinished = summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit)
+    if unfinished:
+        log.info(f"interrupted: {unfinished} trial(s) stopped at their last checkpoint; "
+                 f"`ablab resume {study_path} --profile {profile}` finishes the study")
+    return Outcome(failed, tracking_uri, interrupted=bool(unfinished))
+
+
+def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out_root: Optional[str],
+            resume: bool) -> str:
+    """The launch's tracking URI (the given one, else launch.json's on resume, else the default), checked with
+    everything else preflight checks, and written to launch.json."""
+    launch_file = plan.out_dir / LAUNCH_FILE
+    explicit = tracking_uri is not None
+    if resume:
+        if not launch_file.is_file():
+            raise ConfigError(f"nothing to resume: {launch_file} not found (run the study first)")
+        # launch.json holds the URI without credentials: they come back from the environment (or --tracking-uri).
+        tracking_uri = adopt_credentials(tracking_uri or json.loads(launch_file.read_text())["tracking_uri"])
+    else:
+        tracking_uri = resolve_tracking_uri(plan.study.study, tracking_uri, out_root)
+        if (plan.out_dir / "tune").exists():
+            raise ConfigError(f"{plan.out_dir} already holds a run of this study: `ablab resume {plan.study_path}"
+                              f" --profile {plan.profile}` finishes it (add --retry-failed to run its failed trials "
+                              f"again); delete the folder to start over")
+    try:
+        preflight(plan, address, tracking_uri, explicit_uri=explicit)
+    except ConfigError as err:
+        if resume and not explicit and "tracking URI" in str(err):
+            raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
+        raise
+    launch_file.write_text(json.dumps({"study": plan.study_path, "profile": plan.profile,
+                                       "tracking_uri": tracking_uri}, indent=1))
+    return tracking_uri
+
+
+def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, resume: bool, retry_failed: bool):
+    from ray import tune
+
+    trainable, logger = _tuner_parts(plan, tracking_uri, embedded=embedded)
+    tune_dir = str(plan.out_dir / "tune")
+    if resume and tune.Tuner.can_restore(tune_dir):
+        # A retried trial's driver starts its TorchTrainer under the same name, so Train restores the trial's
+        # last checkpoint (a trial that failed before its first one starts over).
+        return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=retry_failed, restart_errored=False)
     callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
     run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1)
-    if resume and tune.Tuner.can_restore(str(plan.out_dir / "tune")):
-        # A retried trial's driver starts its TorchTrainer under the same name, so Train restores the trial's
-        # last checkpoint (a trial that failed before its first one starts over).
-        tuner = tune.Tuner.restore(str(plan.out_dir / "tune"), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=retry_failed, restart_errored=False)
-    else:
-        # reuse_actors: a trial driver process serves the next trial too, saving ~3 s of actor start per trial.
-        tuner = tune.Tuner(trainable, param_space=_param_space(plan),
-                           tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, reuse_actors=True),
-                           run_config=run_config)
-    t_fit = time.perf_counter()
-    results = tuner.fit()
-    t_fit = time.perf_counter() - t_fit
-    return Outcome(summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit), tracking_uri)
+    # reuse_actors: a trial driver process serves the next trial too, saving ~3 s of actor start per trial.
+    return tune.Tuner(trainable, param_space=_param_space(plan),
+                      tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
+                      run_config=run_config)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a preempted node, `kill`, a scheduler's stop) ends the study as Ctrl-C does: Tune's SIGINT
+    handler stops the trials, which keep their last checkpoint, and saves the experiment state."""
+    def on_term(signum, frame):
+        log.info("SIGTERM: stopping the trials and saving the study's state")
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _tune_config(result) -> dict[str, Any]:
@@ -296,12 +334,13 @@ def _tune_config(result) -> dict[str, Any]:
     return json.loads((Path(result.path) / "params.json").read_text())
 
 
-def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: float) -> int:
+def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: float) -> tuple[int, int]:
+    """Log one line per trial; returns (failed, unfinished) trial counts."""
     first = (plan.study.variant_configs() or [None])[0]
     layout = plan.study.table_layout
     shown = layout.metric(layout.columns[0]) if layout else "AP"
     metric = f"{first.name}/{shown}" if first else None
-    lines, failed = [], 0
+    lines, failed, unfinished = [], 0, 0
     for r in results:
         key = point_key(point_of(_tune_config(r)))
         m = r.metrics or {}
@@ -310,13 +349,16 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
             status = "FAILED"
         else:
             status = "done" if m.get("done") else "incomplete"
+            unfinished += status == "incomplete"
         ap = m.get(metric) if metric else next((v for k, v in m.items() if k.endswith(f"/{shown}")), None)
         lines.append(f"  {key:<40} {status:<10} {metric or shown}={ap:.3f}" if isinstance(ap, float)
                      else f"  {key:<40} {status}")
-    log.info(f"finished in {wall:.0f}s (trials {trials_wall:.1f}s): {len(lines) - failed} ok, {failed} failed")
+    stopped = f", {unfinished} interrupted" if unfinished else ""
+    log.info(f"finished in {wall:.0f}s (trials {trials_wall:.1f}s): {len(lines) - failed - unfinished} ok, "
+             f"{failed} failed{stopped}")
     for line in lines:
         log.info(line)
     log.info(f"results: ablab results {plan.study_path} --profile {plan.profile}   |   "
         f"python -c \"import ablab; print(ablab.results('{plan.study.study}', profile='{plan.profile}'))\"")
     log.info(f"mlflow: {tracking_uri}")
-    return failed
+    return failed, unfinished

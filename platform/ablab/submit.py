@@ -27,6 +27,9 @@ def runtime_env(working_dir: str, tracking_uri: Optional[str], pip: list[str]) -
     # The job's working dir is a copy of this checkout: import its detector/ and platform/ablab/ first.
     env_vars["PYTHONPATH"] = os.pathsep.join(["platform", "."] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
     env_vars.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # `ray job stop` sends SIGTERM, on which the study stops at its trials' checkpoints (ablab.runner), then
+    # SIGKILL after this many seconds (Ray's default, 3, is too short for that).
+    env_vars.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "45")
     env: dict = {"working_dir": working_dir, "env_vars": env_vars,
                  "excludes": ["outputs/", "runs/", "data/", ".git/", "*.db", "**/__pycache__/"]}
     if pip:

@@ -153,6 +153,8 @@ class MlflowStudyLogger(Callback):
         """A trial's run continues (resume) or runs again (--retry-failed): one run per trial either way. An
         earlier failure stays on it as ``ablab.previous_errors`` (a JSON list) and ``ablab.attempts`` counts."""
         tags = self.client.get_run(run_id).data.tags
+        if "ablab.interrupted" in tags:
+            self.client.delete_tag(run_id, "ablab.interrupted")
         if "ablab.error" in tags:
             previous = json.loads(tags.get("ablab.previous_errors", "[]")) + [tags["ablab.error"][:2000]]
             self.client.set_tag(run_id, "ablab.previous_errors", json.dumps(previous)[:5000])
@@ -249,6 +251,17 @@ class MlflowStudyLogger(Callback):
 
     def on_experiment_end(self, trials, **info):
         failed = sum(1 for t in trials if t.status == "ERROR")
+        # Trials still pending or running here were stopped (SIGTERM, Ctrl-C): their runs end KILLED, which
+        # `ablab resume` reopens; the launch run says the study was interrupted.
+        # (Tune marks a trial it stops at the end as TERMINATED too: a stopped one never reported `done`.)
+        stopped = [t for t in trials if t.status != "ERROR" and not (t.last_result or {}).get("done")]
+        registry = self.registry.data["trials"]
+        for t in stopped:
+            run_id = registry.get(point_key(point_of(t.config)))
+            if run_id:
+                self.client.set_tag(run_id, "ablab.interrupted", "true")
+                self.client.set_terminated(run_id, status="KILLED")
         self.client.set_tag(self.parent, "ablab.trials", str(len(trials)))
         self.client.set_tag(self.parent, "ablab.failed_trials", str(failed))
-        self.client.set_terminated(self.parent, status="FINISHED")
+        self.client.set_tag(self.parent, "ablab.interrupted_trials", str(len(stopped)))
+        self.client.set_terminated(self.parent, status="KILLED" if stopped else "FINISHED")
