@@ -177,9 +177,8 @@ def write_synthetic(root: str | Path, train: int = 400, val: int = 100, size: in
     the writer ends; a folder left half-written by an older version is rewritten."""
     root = Path(root)
     params = {"train": train, "val": val, "size": size, "seed": seed}
-    if is_complete(root):
-        if json.loads((root / MARKER).read_text()) == params:
-            return root
+    if _holds(root, params):
+        return root
     _check_replaceable(root)
     _remove_stale_partials(root)
     tmp = root.with_name(f".{root.name}.partial-{os.getpid()}")
@@ -189,7 +188,7 @@ def write_synthetic(root: str | Path, train: int = 400, val: int = 100, size: in
     except BaseException:  # a full disk, Ctrl-C: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if is_complete(root) and json.loads((root / MARKER).read_text()) == params:
+    if _holds(root, params):
         shutil.rmtree(tmp, ignore_errors=True)  # another writer finished the same set first: readers may use it
         return root
     if root.exists():
@@ -205,6 +204,11 @@ def write_synthetic(root: str | Path, train: int = 400, val: int = 100, size: in
 
 def is_complete(root: Path) -> bool:
     return (root / MARKER).is_file()
+
+
+def _holds(root: Path, params: dict[str, int]) -> bool:
+    """``root`` is a complete set written with exactly these arguments."""
+    return is_complete(root) and json.loads((root / MARKER).read_text()) == params
 
 
 def _check_replaceable(root: Path) -> None:

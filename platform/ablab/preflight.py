@@ -128,13 +128,11 @@ def check_output_dir(path: Path, field: str = "--out-root", create: bool = True)
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{field}: {existing} is a file, so {path} cannot be a folder")
-    if not create:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"{field}: {existing} is not writable, so outputs cannot go to {path}")
-        return
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"{field}: cannot create {path} ({err.strerror or type(err).__name__})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field}: {path} is not writable")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{field}: cannot create {path} ({err.strerror or type(err).__name__})") from None
+        existing = path
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: {existing} is not writable, so outputs cannot go to {path}")
