@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 from ablab.study import Study  # noqa: E402
 from ablab.table import finished, row_results, row_variant  # noqa: E402
 from detector.config import parse_variant  # noqa: E402
+from detector.options import POINT_RULES  # noqa: E402  (each rule names the field that holds its threshold)
 
 # The AP family read off each model at single IoU thresholds: COCO's named stats, VOC's mAP50 ... mAP95.
 COCO_AT = {"AP50": 0.5, "AP60": 0.6, "AP70": 0.7, "AP75": 0.75, "AP80": 0.8, "AP90": 0.9}
@@ -76,16 +77,14 @@ def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path
     metric = study.table_layout.metric(study.table_layout.columns[0]) if study.table_layout else None
     df = finished(df)
     if metric not in df or "model.assigner.name" not in df or df["model.assigner.name"].isin(["max_iou"]).all():
-        return None  # (checked first: a RetinaNet study's report never imports the detector, and so torch)
-    from detector.assigners import POINT_RULES  # each rule names the field that holds its threshold
-
+        return None
     points: dict[tuple[str, float], list[float]] = {}
     for (_, name), group in df.groupby(["trial_key", "model.assigner.name"], sort=False):  # each trained point
         row = group.iloc[0]
         if pd.isna(row[metric]) or name not in POINT_RULES:
             continue
         fields = POINT_RULES[name].fields
-        x = row.get(f"model.assigner.{fields[0]}") if fields else 0.0  # a rule without one: the T = 0 end
+        x = row.get(f"model.{fields[0]}") if fields else 0.0  # a rule without one: the T = 0 end
         if x is not None:
             points.setdefault(("pseudo_iou" if name == "inside" else name, float(x)), []).append(float(row[metric]))
     lines: dict[str, list[tuple[float, float]]] = {}

@@ -5,22 +5,21 @@ Ground truth is padded per batch: ``gt_boxes`` (B, G, 4), ``gt_labels`` (B, G) w
 overlapping priors are neither positive nor negative.
 
 Every assigner returns an :class:`~detector.structures.Assignment` over the N priors of each image. The
-anchor-free rules that decide which candidate points stay positive are registered in POINT_RULES, each with
-the config fields it reads.
+anchor-free rules that decide which candidate points stay positive are declared in ``options.POINT_RULES``
+(with the config fields each reads) and implemented here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .boxes import batched_box_iou, point_box_distances
+from .options import POINT_RULES
 from .structures import IGNORE, NEGATIVE, POSITIVE, Assignment
 
-__all__ = ["IGNORE", "NEGATIVE", "POSITIVE", "POINT_RULES", "Assignment", "PointRule", "assign_max_iou",
+__all__ = ["IGNORE", "NEGATIVE", "POSITIVE", "Assignment", "assign_max_iou",
            "assign_points", "centerness", "point_rule", "pseudo_iou"]
 
 
@@ -89,37 +88,32 @@ def centerness(ltrb: Tensor) -> Tensor:
     return (lr * tb).sqrt()
 
 
-@dataclass(frozen=True)
-class PointRule:
-    """Which FCOS candidates stay positive: ``keep(ltrb, **params)`` -> (...) bool, where ltrb (..., 4) are a
-    candidate point's distances to its GT's sides. ``fields``: the ``model.assigner`` fields it reads."""
-
-    keep: Callable[..., Tensor]
-    fields: tuple[str, ...] = ()
-    doc: str = ""
+# The point rules of detector/options.py (POINT_RULES: their names and the fields they read).
+@POINT_RULES.implements("inside")
+def _inside(ltrb: Tensor) -> Tensor:
+    return torch.ones(ltrb.shape[:-1], dtype=torch.bool, device=ltrb.device)
 
 
-def _scaled_box(ltrb: Tensor, scale: float) -> Tensor:
+@POINT_RULES.implements("pseudo_iou")
+def _pseudo_iou_at_least(ltrb: Tensor, *, threshold: float) -> Tensor:
+    return pseudo_iou(ltrb) >= threshold
+
+
+@POINT_RULES.implements("centerness")
+def _centerness_at_least(ltrb: Tensor, *, threshold: float) -> Tensor:
+    return centerness(ltrb) >= threshold
+
+
+@POINT_RULES.implements("scaled_box")
+def _scaled_box(ltrb: Tensor, *, scale: float) -> Tensor:
     # |x - xc| < s w / 2  <=>  |l - r| < s (l + r), likewise vertically.
     l, t, r, b = ltrb.unbind(-1)
     return ((l - r).abs() < scale * (l + r)) & ((t - b).abs() < scale * (t + b))
 
 
-POINT_RULES: dict[str, PointRule] = {
-    "inside": PointRule(lambda ltrb: torch.ones(ltrb.shape[:-1], dtype=torch.bool, device=ltrb.device),
-                        doc="every candidate (FCOS without centre sampling)"),
-    "pseudo_iou": PointRule(lambda ltrb, threshold: pseudo_iou(ltrb) >= threshold, ("threshold",),
-                            "Pseudo-IoU >= T (paper 003, Algorithm 1)"),
-    "centerness": PointRule(lambda ltrb, threshold: centerness(ltrb) >= threshold, ("threshold",),
-                            "FCOS centerness >= c"),
-    "scaled_box": PointRule(_scaled_box, ("scale",), "inside the GT box scaled by s about its centre"),
-}
-
-
 def point_rule(name: str, **fields: float) -> Callable[[Tensor], Tensor]:
-    """The registered rule ``name`` with its parameters bound: ltrb (..., 4) -> keep (...)."""
-    rule = POINT_RULES[name]
-    return partial(rule.keep, **{f: fields[f] for f in rule.fields})
+    """The rule ``name`` of POINT_RULES with its fields bound (``threshold=0.4``): ltrb (..., 4) -> keep (...)."""
+    return POINT_RULES.bind(name, **fields)
 
 
 def assign_points(points: Tensor, regress_lo: Tensor, regress_hi: Tensor, gt_boxes: Tensor, gt_labels: Tensor,

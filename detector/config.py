@@ -11,6 +11,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .options import BOX_LOSSES, POINT_RULES, QUALITY_LOSSES
+
 
 class Strict(BaseModel):
     # NaN and infinities are refused everywhere: `lr: .nan` would otherwise train to NaN after startup.
@@ -53,7 +55,8 @@ class HeadConfig(Strict):
 class QualityConfig(Strict):
     branch: Literal["none", "iou", "conf"] = "none"
     """``iou``: on the regression tower (paper 000); ``conf``: on the classification tower (paper 004)."""
-    loss: Literal["bce", "l2", "l1", "smooth_l1", "gfocal", "bce_neg"] = "bce"
+    loss: Literal[QUALITY_LOSSES.names] = "bce"
+    """A name of ``options.QUALITY_LOSSES``."""
     neg_weight: float = Field(1e-4, ge=0.0, le=1.0)
     """Weight of the negatives' BCE term for ``bce_neg`` (CELoss^w of paper 004)."""
     detach: bool = True
@@ -62,7 +65,8 @@ class QualityConfig(Strict):
 
 
 class AssignerConfig(Strict):
-    name: Literal["max_iou", "inside", "pseudo_iou", "scaled_box", "centerness"] = "max_iou"
+    name: Literal[("max_iou", *POINT_RULES.names)] = "max_iou"
+    """``max_iou`` (RetinaNet's anchors) or an anchor-free rule of ``options.POINT_RULES``."""
     pos_iou: float = Field(0.5, ge=0.0, le=1.0)
     neg_iou: float = Field(0.4, ge=0.0, le=1.0)
     threshold: float = Field(0.4, ge=0.0, le=1.0)
@@ -91,7 +95,8 @@ class ModelConfig(Strict):
     for tiny inputs, where objects are smaller than 4 x 8 px)."""
     head: HeadConfig = HeadConfig()
     quality: QualityConfig = QualityConfig()
-    box_loss: Literal["smooth_l1", "l1", "iou", "giou"] = "smooth_l1"
+    box_loss: Literal[BOX_LOSSES.names] = "smooth_l1"
+    """A name of ``options.BOX_LOSSES``."""
     box_loss_weight: float = Field(1.0, ge=0.0)
     smooth_l1_beta: float = Field(0.11, gt=0.0)
     assigner: AssignerConfig = AssignerConfig()
@@ -100,17 +105,17 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _arch_consistency(self) -> "ModelConfig":
-        anchor_free_assigners = {"inside", "pseudo_iou", "scaled_box", "centerness"}
         if self.arch == "retinanet":
             if self.assigner.name != "max_iou":
                 raise ValueError(f"assigner.name {self.assigner.name!r} needs arch anchor_free; retinanet uses max_iou")
             if self.centerness:
                 raise ValueError("centerness branch is anchor_free only")
         else:
-            if self.assigner.name not in anchor_free_assigners:
-                raise ValueError(f"assigner.name {self.assigner.name!r} is anchor-based; anchor_free takes one of {sorted(anchor_free_assigners)}")
-            if self.box_loss not in ("iou", "giou"):
-                raise ValueError(f"box_loss {self.box_loss!r}: anchor_free regresses distances and takes iou or giou")
+            if self.assigner.name not in POINT_RULES:
+                raise ValueError(f"assigner.name {self.assigner.name!r} is anchor-based; anchor_free takes one of {sorted(POINT_RULES)}")
+            on_boxes = [name for name in BOX_LOSSES if BOX_LOSSES[name].on == "boxes"]
+            if self.box_loss not in on_boxes:
+                raise ValueError(f"box_loss {self.box_loss!r}: anchor_free regresses distances and takes one of {on_boxes}")
         return self
 
 

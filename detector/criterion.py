@@ -3,12 +3,13 @@ normalised: by N_pos (the batch's positives, averaged across DDP workers and cla
 FCOS and the three papers do, or, for the box term with a centerness branch, by the sum of the positives'
 centerness targets (the FCOS / Pseudo-IoU code).
 
-The box and quality losses the papers compare are registered in BOX_LOSSES and QUALITY_LOSSES.
+The box and quality losses the papers compare are declared in ``options.py`` (BOX_LOSSES, QUALITY_LOSSES)
+and implemented here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ from torchvision.ops import generalized_box_iou_loss
 
 from .boxes import paired_iou
 from .families import DetectorFamily
+from .options import BOX_LOSSES, QUALITY_LOSSES
 from .structures import NEGATIVE, Assignment, HeadOutput, Priors, Targets
 
 
@@ -55,39 +57,56 @@ class Matches:
     labels: Tensor
 
 
-# Per-positive box losses (P,). ``beta``: model.smooth_l1_beta.
-BOX_LOSSES: dict[str, Callable[[Matches, Tensor, float], Tensor]] = {
-    # on the family's regression target (deltas): RetinaNet
-    "smooth_l1": lambda m, target, beta: F.smooth_l1_loss(m.box_reg, target, beta=beta, reduction="none").sum(-1),
-    "l1": lambda m, target, beta: (m.box_reg - target).abs().sum(-1),
-    # on the decoded boxes: UnitBox's -ln(IoU) and GIoU
-    "iou": lambda m, target, beta: -paired_iou(m.boxes, m.gt_boxes).clamp(min=1e-6).log(),
-    "giou": lambda m, target, beta: generalized_box_iou_loss(m.boxes, m.gt_boxes, reduction="none"),
-}
-BOX_LOSSES_ON_DELTAS = ("smooth_l1", "l1")
+# The box and quality losses of detector/options.py (their names, what they are, the fields they read).
+@BOX_LOSSES.implements("smooth_l1")
+def _smooth_l1_deltas(m: Matches, target: Tensor, *, smooth_l1_beta: float) -> Tensor:
+    return F.smooth_l1_loss(m.box_reg, target, beta=smooth_l1_beta, reduction="none").sum(-1)
 
 
-def _gfocal(logit: Tensor, target: Tensor, beta: float, gamma: float) -> Tensor:
-    # paper 004 eq. 13: |y - p|^gamma * BCE(p, y)
-    bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
-    return ((target - logit.sigmoid()).abs().pow(gamma) * bce).sum()
+@BOX_LOSSES.implements("l1")
+def _l1_deltas(m: Matches, target: Tensor) -> Tensor:
+    return (m.box_reg - target).abs().sum(-1)
 
 
-# Quality losses on the positives, summed: (logit (P,), target IoU (P,), beta, gamma) -> (). ``bce_neg`` adds
-# neg_weight x BCE of the negatives against 0 (Criterion.loss_quality).
-def _bce(logit: Tensor, target: Tensor, beta: float, gamma: float) -> Tensor:
+@BOX_LOSSES.implements("iou")
+def _iou_loss(m: Matches, target: None) -> Tensor:
+    return -paired_iou(m.boxes, m.gt_boxes).clamp(min=1e-6).log()
+
+
+@BOX_LOSSES.implements("giou")
+def _giou_loss(m: Matches, target: None) -> Tensor:
+    return generalized_box_iou_loss(m.boxes, m.gt_boxes, reduction="none")
+
+
+@QUALITY_LOSSES.implements("bce")
+def _bce(logit: Tensor, target: Tensor, negatives: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logit, target, reduction="sum")
 
 
-QUALITY_LOSSES: dict[str, Callable[[Tensor, Tensor, float, float], Tensor]] = {
-    "bce": _bce,
-    "bce_neg": _bce,  # CELoss^w of paper 004: the negatives' term is added by the criterion
-    "l2": lambda logit, t, beta, gamma: (logit.sigmoid() - t).pow(2).sum(),
-    "l1": lambda logit, t, beta, gamma: (logit.sigmoid() - t).abs().sum(),
-    "smooth_l1": lambda logit, t, beta, gamma: F.smooth_l1_loss(logit.sigmoid(), t, beta=beta, reduction="sum"),
-    "gfocal": _gfocal,
-}
-QUALITY_LOSSES_WITH_NEGATIVES = ("bce_neg",)
+@QUALITY_LOSSES.implements("bce_neg")
+def _bce_with_negatives(logit: Tensor, target: Tensor, negatives: Tensor, *, neg_weight: float) -> Tensor:
+    return _bce(logit, target, negatives) + neg_weight * F.softplus(negatives).sum()
+
+
+@QUALITY_LOSSES.implements("l2")
+def _l2(logit: Tensor, target: Tensor, negatives: Tensor) -> Tensor:
+    return (logit.sigmoid() - target).pow(2).sum()
+
+
+@QUALITY_LOSSES.implements("l1")
+def _l1(logit: Tensor, target: Tensor, negatives: Tensor) -> Tensor:
+    return (logit.sigmoid() - target).abs().sum()
+
+
+@QUALITY_LOSSES.implements("smooth_l1")
+def _smooth_l1(logit: Tensor, target: Tensor, negatives: Tensor, *, smooth_l1_beta: float) -> Tensor:
+    return F.smooth_l1_loss(logit.sigmoid(), target, beta=smooth_l1_beta, reduction="sum")
+
+
+@QUALITY_LOSSES.implements("gfocal")
+def _gfocal(logit: Tensor, target: Tensor, negatives: Tensor, *, gamma: float) -> Tensor:
+    bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    return ((target - logit.sigmoid()).abs().pow(gamma) * bce).sum()
 
 
 def _mean_over_workers(x: Tensor) -> Tensor:
@@ -112,10 +131,11 @@ class Criterion:
                  detach_quality: bool = True, quality_neg_weight: float = 1e-4, centerness: bool = False,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         self.family = family
-        self.box_loss, self.box_loss_weight, self.smooth_l1_beta = BOX_LOSSES[box_loss], box_loss_weight, smooth_l1_beta
-        self.box_on_deltas = box_loss in BOX_LOSSES_ON_DELTAS
-        self.quality_loss = QUALITY_LOSSES[quality_loss] if quality_loss else None
-        self.quality_neg_weight = quality_neg_weight if quality_loss in QUALITY_LOSSES_WITH_NEGATIVES else 0.0
+        self.box_loss = BOX_LOSSES.bind(box_loss, smooth_l1_beta=smooth_l1_beta)
+        self.box_loss_weight = box_loss_weight
+        self.box_on_deltas = BOX_LOSSES[box_loss].on == "deltas"
+        self.quality_loss = QUALITY_LOSSES.bind(quality_loss, neg_weight=quality_neg_weight, gamma=focal_gamma,
+                                                smooth_l1_beta=smooth_l1_beta) if quality_loss else None
         self.quality_weight, self.detach_quality = quality_weight, detach_quality
         self.centerness = centerness
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -153,7 +173,7 @@ class Criterion:
 
     def loss_box(self, priors: Priors, m: Matches, ctr_target: Optional[Tensor], num_pos: Tensor) -> Tensor:
         target = self.family.encode(priors, m.index, m.gt_boxes) if self.box_on_deltas else None
-        per_box = self.box_loss(m, target, self.smooth_l1_beta)
+        per_box = self.box_loss(m, target)
         if ctr_target is not None:
             # FCOS / Pseudo-IoU code: weight each positive by its centerness target, normalise by their sum.
             weight_sum = _mean_over_workers(ctr_target.sum().detach()).clamp(min=1e-6)
@@ -167,9 +187,7 @@ class Criterion:
         if self.detach_quality:
             target = target.detach()
         logits = out.quality_logits.float()
-        loss = self.quality_loss(logits[assignment.positive], target, self.smooth_l1_beta, self.focal_gamma)
-        if self.quality_neg_weight:
-            loss = loss + self.quality_neg_weight * F.softplus(logits[assignment.state == NEGATIVE]).sum()
+        loss = self.quality_loss(logits[assignment.positive], target, logits[assignment.state == NEGATIVE])
         return loss / num_pos
 
     def loss_centerness(self, out: HeadOutput, pos: Tensor, ctr_target: Optional[Tensor], num_pos: Tensor) -> Tensor:

@@ -92,6 +92,8 @@ class TrainState:
     epoch: int = 0  # epochs completed
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    resumed_at: Optional[int] = None
+    """The epoch this run continued from, when it started from a checkpoint (not saved in checkpoints)."""
 
     def checkpoint(self) -> dict[str, Any]:
         """Tensors, numbers, strings and lists only: ``torch.load(weights_only=True)`` reads it back."""
@@ -103,6 +105,7 @@ class TrainState:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.iteration, self.history = ckpt["epoch"], ckpt["iteration"], list(ckpt.get("history", []))
+        self.resumed_at = self.epoch
 
 
 def train(cfg: Config, *, checkpoint: Optional[dict] = None,

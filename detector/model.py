@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .assigners import POINT_RULES, point_rule
+from .assigners import point_rule
 from .backbone import Backbone
 from .config import ModelConfig
 from .criterion import Criterion
@@ -48,8 +48,8 @@ class Detector(nn.Module):
 def build_family(cfg: ModelConfig) -> DetectorFamily:
     if cfg.arch == "retinanet":
         return AnchorFamily(cfg.anchor_scale, cfg.assigner.pos_iou, cfg.assigner.neg_iou)
-    rule = POINT_RULES[cfg.assigner.name]
-    return PointFamily(point_rule(cfg.assigner.name, **{f: getattr(cfg.assigner, f) for f in rule.fields}))
+    a = cfg.assigner
+    return PointFamily(point_rule(a.name, threshold=a.threshold, scale=a.scale))
 
 
 def build_detector(cfg: ModelConfig, num_classes: int) -> Detector:

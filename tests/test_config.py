@@ -79,15 +79,24 @@ def test_study_seeds_are_checked(tmp_path):
         load_study(path)
 
 
-def test_the_config_offers_exactly_the_registered_options():
-    """The names a config accepts are the registries' (config.py stays torch-free, so it lists them too)."""
-    from typing import get_args
+def test_every_registered_option_is_implemented_with_exactly_its_declared_fields():
+    """The config's names come from detector/options.py; each entry's function exists in the module the
+    registry names, takes each declared field as a keyword, and every declared field is a config field."""
+    from detector.config import ModelConfig
+    from detector.options import BOX_LOSSES, POINT_RULES, QUALITY_LOSSES
 
-    from detector.assigners import POINT_RULES
-    from detector.config import AssignerConfig, ModelConfig, QualityConfig
-    from detector.criterion import BOX_LOSSES, QUALITY_LOSSES
+    for registry in (POINT_RULES, BOX_LOSSES, QUALITY_LOSSES):
+        for name in registry:
+            assert registry.undeclared_keywords(name) == set(), (registry.config_field, name)
+            for path in registry[name].fields:
+                section = ModelConfig()
+                for part in path.split("."):
+                    assert part in type(section).model_fields, f"{registry.config_field} {name}: model.{path}"
+                    section = getattr(section, part)
 
-    assert set(get_args(AssignerConfig.model_fields["name"].annotation)) == {"max_iou", *POINT_RULES}
-    assert set(get_args(QualityConfig.model_fields["loss"].annotation)) == set(QUALITY_LOSSES)
-    assert set(get_args(ModelConfig.model_fields["box_loss"].annotation)) == set(BOX_LOSSES)
-    assert all(f in AssignerConfig.model_fields for rule in POINT_RULES.values() for f in rule.fields)
+
+def test_an_option_the_registry_does_not_declare_cannot_be_implemented():
+    from detector.options import POINT_RULES
+
+    with pytest.raises(KeyError, match="not declared in model.assigner.name's registry"):
+        POINT_RULES.implements("nearest_centre")

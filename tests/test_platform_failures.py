@@ -51,7 +51,6 @@ def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(sy
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "run", str(study)], capture_output=True, text=True,
                        env=ablab_env(tmp_path / "out"), timeout=900)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert "2 ok, 1 failed" in r.stderr
     runs = {x.data.tags["ablab.trial"]: x for x in _runs(tmp_path / "out", "nan_study") if x.data.tags["ablab.role"] == "trial"}
     assert runs["ok"].info.status == "FINISHED" and "cls/AP" in runs["ok"].data.metrics
     assert runs["ok_too"].info.status == "FINISHED"
@@ -121,6 +120,7 @@ def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tm
     trials = {x.data.tags["ablab.trial"]: x for x in _runs(tmp_path / "out", "resumable")
               if x.data.tags["ablab.role"] == "trial"}
     assert trials["short"].info.status == "FINISHED"
+    short_finished_at = trials["short"].info.end_time
     if stop == "SIGKILL":
         assert trials["long"].info.status == "RUNNING"
     else:
@@ -129,13 +129,14 @@ def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tm
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "resume", str(study)], capture_output=True, text=True,
                        env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed at epoch" in r.stderr  # the long trial continued from its checkpoint
-    assert "training short" not in r.stderr and "(short_seed0" not in r.stderr
     runs = _runs(tmp_path / "out", "resumable")
     trials = [x for x in runs if x.data.tags["ablab.role"] == "trial"]
     assert sorted(x.data.tags["ablab.trial"] for x in trials) == ["long", "short"]  # one run per trial
     assert all(x.info.status == "FINISHED" for x in runs)  # no orphan left RUNNING
+    short_run = next(x for x in trials if x.data.tags["ablab.trial"] == "short")
+    assert short_run.info.end_time == short_finished_at  # the finished trial was not run again
     long_run = next(x for x in trials if x.data.tags["ablab.trial"] == "long")
+    assert int(long_run.data.tags["ablab.resumed_at_epoch"]) >= 1  # it continued from its checkpoint
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'resumable' / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(long_run.info.run_id, "train/loss")]
     assert sorted(set(steps)) == [1, 2, 3]
@@ -164,7 +165,6 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_p
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    log = (tmp_path / "run.log").read_text()
-    assert "resumed at epoch" in log
     trial = next(x for x in _runs(tmp_path / "out", "restart") if x.data.tags["ablab.role"] == "trial")
     assert trial.info.status == "FINISHED" and "alpha_0.5/AP" in trial.data.metrics
+    assert int(trial.data.tags["ablab.resumed_at_epoch"]) >= 1  # the new worker started from the checkpoint

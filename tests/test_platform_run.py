@@ -59,7 +59,6 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
     study, out, env, r, _ = finished_study
     assert r.returncode == 0, r.stderr[-3000:]
     assert "browse: mlflow ui --backend-store-uri sqlite:///" in r.stderr
-    assert "2 ok, 0 failed" in r.stderr
     client = MlflowClient(f"sqlite:///{out / 'two_trials' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ablab/two_trials")
     runs = client.search_runs([exp.experiment_id])
@@ -71,11 +70,10 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
     iou = next(c for c in children if c.data.tags["ablab.trial"] == "iou")
     assert iou.data.params["model.quality.branch"] == '"iou"'  # params are JSON: read back typed, never guessed
     assert iou.data.tags["ablab.profile"] == "smoke" and iou.data.tags["ablab.study"] == "two_trials"
-    # precision: auto, resolved by the trial's worker on this machine, is told apart in MLflow and in the log.
+    # precision: auto, resolved by the trial's worker on this machine, is told apart in MLflow.
     auto = resolve_precision("auto", torch.device("cpu")).name
     assert iou.data.params["train.precision"] == '"auto"' and iou.data.tags["ablab.precision"] == auto
     assert iou.data.tags["ablab.hardware"] == hardware_summary(torch.device("cpu"))
-    assert f"[train] precision {auto} (train.precision: auto) on cpu " in r.stderr
     assert "alpha_0.5/AP75" in iou.data.metrics and "cls/AP" in iou.data.metrics
     assert [m.step for m in client.get_metric_history(iou.info.run_id, "train/loss")] == [1]
     artifacts = {a.path for a in client.list_artifacts(iou.info.run_id)}
@@ -125,7 +123,6 @@ def test_a_trial_trains_with_ddp_over_two_workers_each_on_its_shard_on_loopback(
     r, listeners, _ = run_watching_listeners([sys.executable, "-m", "ablab.cli", "run", str(study)],
                                              ablab_env(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "1 ok, 0 failed" in r.stderr
     assert "rank 0/2: 8 of 16 images" in r.stderr and "rank 1/2: 8 of 16 images" in r.stderr
     # torch.distributed's store and gloo's pairs too stay on 127.0.0.1 (ablab.loopback)
     workers = {x for x in listeners if x[0].startswith("ray::RayTrainWorker")}

@@ -75,11 +75,12 @@ class MlflowStudyLogger(Callback):
         self._logged_epochs: dict[str, set[int]] = {}
         self._reopened: set[str] = set()  # runs set back to RUNNING by this process
         self._precision_tagged: set[str] = set()
+        self._resumed_at: dict[str, float] = {}
         self.experiment_id: Optional[str] = None
         self.parent: Optional[str] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_logged_epochs": {}, "_reopened": set(), "_precision_tagged": set()}
+        return {**self.__dict__, "_client": None, "_logged_epochs": {}, "_reopened": set(), "_precision_tagged": set(), "_resumed_at": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -174,6 +175,10 @@ class MlflowStudyLogger(Callback):
         key = point_key(point_of(trial.config))
         run_id = self.run_for(key, point_of(trial.config))
         self._tag_precision(run_id, result)
+        if "resumed_at" in result and self._resumed_at.get(run_id) != result["resumed_at"]:
+            # a restarted worker or a resumed study continued from this epoch's checkpoint
+            self.client.set_tag(run_id, "ablab.resumed_at_epoch", str(int(result["resumed_at"])))
+            self._resumed_at[run_id] = result["resumed_at"]
         epoch, done = int(result.get("epoch", 0)), bool(result.get("done"))
         logged = self._epochs_logged(key, run_id)
         # Epochs reported but never logged (the driver was killed in between) are in the trial's history: every

@@ -45,6 +45,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def report(state, epoch_metrics: dict[str, float]) -> None:
         metrics: dict[str, Any] = {k: float(v) for k, v in epoch_metrics.items()}
         metrics.update(precision=state.precision.name, hardware=state.hardware)  # tags of the trial's run
+        if state.resumed_at is not None:
+            metrics["resumed_at"] = state.resumed_at
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
