@@ -94,18 +94,26 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_at: Optional[int] = None
     """The epoch this run continued from, when it started from a checkpoint (not saved in checkpoints)."""
+    data_order: Optional[torch.Generator] = None
+    """The loader's shuffling generator: saved in checkpoints, so that a resumed run draws the order the
+    uninterrupted run would have drawn (the global RNG of the augmentations is seeded per epoch)."""
 
     def checkpoint(self) -> dict[str, Any]:
         """Tensors, numbers, strings and lists only: ``torch.load(weights_only=True)`` reads it back."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        ckpt = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "iteration": self.iteration, "history": self.history,
                 "precision": self.precision.name}
+        if self.data_order is not None:
+            ckpt["data_order"] = self.data_order.get_state()
+        return ckpt
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.iteration, self.history = ckpt["epoch"], ckpt["iteration"], list(ckpt.get("history", []))
         self.resumed_at = self.epoch
+        if self.data_order is not None and "data_order" in ckpt:
+            self.data_order.set_state(ckpt["data_order"])
 
 
 def train(cfg: Config, *, checkpoint: Optional[dict] = None,
@@ -150,13 +158,14 @@ def build_training(cfg: Config, checkpoint: Optional[dict], log: Callable[[str],
     state = TrainState(model, build_optimizer(model, cfg), precision, hardware_summary(device))
     if rank == 0:
         log(f"[train] precision {precision.name} (train.precision: {cfg.train.precision}) on {state.hardware}")
+    per_worker = max(1, cfg.train.batch_size // world)
+    loader = make_loader(train_set, cfg.data, per_worker, train=True, workers=cfg.train.loader_workers,
+                         seed=cfg.train.seed, distributed=world > 1)
+    state.data_order = loader.generator
     if checkpoint is not None:
         state.restore(checkpoint)
         log(f"[train] resumed at epoch {state.epoch}, iteration {state.iteration}")
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    per_worker = max(1, cfg.train.batch_size // world)
-    loader = make_loader(train_set, cfg.data, per_worker, train=True, workers=cfg.train.loader_workers,
-                         seed=cfg.train.seed, distributed=world > 1)
     scaler = torch.amp.GradScaler(device.type) if precision.needs_grad_scaler else None
     shard = len(loader.sampler) if world > 1 else len(train_set)
     log(f"[train] rank {rank}/{world}: {shard} of {len(train_set)} images, {len(train_set.classes)} classes, "

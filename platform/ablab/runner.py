@@ -40,6 +40,7 @@ class Plan:
 
 
 MAX_TRIALS = 10_000
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # every Ray head node has 1 of it (ray._common.constants)
 """A larger grid is refused unless --allow-large-grid: at that size it is more likely a typo than a plan."""
 
 
@@ -174,7 +175,9 @@ def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool):
     trainable = tune.with_parameters(trial_driver, configs=configs, resources=res.model_dump(),
                                      storage_path=str(plan.out_dir / "train"),
                                      artifacts_root=str(plan.out_dir / "trials"), embedded=embedded)
-    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1 << 20})
+    # A trial driver only waits on its TorchTrainer: no CPU, and on the head node (where the study's driver
+    # is), so that losing a worker node costs the Train workers on it, which Train restarts elsewhere.
+    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1 << 20, HEAD_NODE_RESOURCE: 0.001})
     logger = MlflowStudyLogger(tracking_uri, plan.study, plan.profile, configs, plan.out_dir / "trials",
                                plan.out_dir / "mlflow_runs.json")
     return trainable, logger

@@ -1,0 +1,91 @@
+"""Losing a node: a study on a real 2-node Ray cluster (ray.cluster_utils: a head holding no CPUs and two
+worker nodes of one CPU each, each its own raylet) survives the worker node that its trial trains on being
+killed mid-trial. Train restarts the worker on the node that is left, from the last epoch's checkpoint; the
+study finishes with one MLflow run, every epoch logged once, and the metrics of a run that lost nothing."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform_helpers import ablab_env, wait_until, write_study
+from test_platform_failures import _epochs_in_mlflow, _runs
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+
+
+def _trial_run(out, study):
+    (run,) = [x for x in _runs(out, study) if x.data.tags["ablab.role"] == "trial"]
+    return run
+
+
+def _train_worker_node(cluster):
+    """The cluster node whose raylet started the (one) Ray Train worker process."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in cluster.worker_nodes}
+    for proc in psutil.process_iter(["cmdline"]):
+        if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            for parent in proc.parents():
+                if parent.pid in raylets:
+                    return raylets[parent.pid]
+    return None
+
+
+def test_a_study_survives_losing_the_node_its_trial_trains_on(synthetic_root, tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    def study(name):
+        return write_study(tmp_path / f"{name}.yaml", synthetic_root, epochs=EPOCHS, max_images=16, layout=None,
+                           trials=[{"name": "iou", "set": {"model.quality.branch": "iou", "train.precision": "fp32"}}],
+                           resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 2})
+
+    # The reference: the same trial on the embedded cluster, nothing lost.
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "run", str(study("reference"))], capture_output=True,
+                       text=True, env=ablab_env(tmp_path / "out"), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reference = _trial_run(tmp_path / "out", "reference")
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study("node_loss")),
+                                   "--address", cluster.address], env=ablab_env(tmp_path / "out"),
+                                  stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"), start_new_session=True)
+        try:
+            # Once an epoch is in MLflow, Train has registered that epoch's checkpoint.
+            wait_until(lambda: _epochs_in_mlflow(tmp_path / "out", "node_loss") or driver.poll() is not None,
+                       600, "the trial's first epoch")
+            assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            node = wait_until(lambda: _train_worker_node(cluster), 30, "the Train worker's node")
+            lost_at = max(_epochs_in_mlflow(tmp_path / "out", "node_loss"))
+            cluster.remove_node(node, allow_graceful=False)  # its raylet and every process of it, at once
+            assert driver.wait(600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        cluster.shutdown()
+
+    run = _trial_run(tmp_path / "out", "node_loss")
+    assert run.info.status == "FINISHED"
+    assert lost_at < EPOCHS, "the node was lost after training had ended: nothing was tested"
+    assert int(run.data.tags["ablab.resumed_at_epoch"]) >= lost_at  # restarted from a checkpoint, not from 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'node_loss' / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, EPOCHS + 1))  # every epoch exactly once
+    # Resumed at an epoch boundary with that epoch's data order: the metrics of the run that lost nothing.
+    finals = {k: v for k, v in run.data.metrics.items() if not k.startswith("train/") and k != "eval_seconds"}
+    expected = {k: v for k, v in reference.data.metrics.items() if not k.startswith("train/") and k != "eval_seconds"}
+    assert finals == expected
+    history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
+    ref_client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'reference' / 'mlflow.db'}")
+    ref_history = [m.value for m in sorted(ref_client.get_metric_history(reference.info.run_id, "train/loss"),
+                                           key=lambda m: m.step)]
+    assert history == ref_history
