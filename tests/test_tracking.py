@@ -44,6 +44,7 @@ def test_epochs_reported_but_never_logged_are_backfilled_from_history(tmp_path):
     (ckpt / "history.json").write_text(json.dumps([{"epoch": e, "loss": 4.0 - e} for e in (1, 2, 3)]))
     logger.on_trial_result(0, [], trial, {"epoch": 3, "loss": 1.0, "checkpoint_path": str(ckpt)})
     logger.on_trial_result(0, [], trial, {"epoch": 3, "loss": 1.0, "checkpoint_path": str(ckpt)})  # a restored trial re-reports
+    assert logger.journal.drain(30) == 0
     run_id = json.loads((tmp_path / "runs.json").read_text())["trials"]["a_seed0"]
     history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 2.0), (3, 1.0)]
@@ -63,6 +64,7 @@ def test_epochs_checkpointed_before_a_kill_are_backfilled_from_the_finished_tria
     (tmp_path / "trials" / "a_seed0" / "history.json").write_text(
         json.dumps([{"epoch": e, "loss": 4.0 - e} for e in (1, 2, 3)]))
     logger.on_trial_result(0, [], trial, {"epoch": 3, "done": 1.0, "cls/AP": 0.5})
+    assert logger.journal.drain(30) == 0
     run_id = json.loads((tmp_path / "runs.json").read_text())["trials"]["a_seed0"]
     client = MlflowClient(uri)
     assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")) == [(1, 3.0), (2, 2.0), (3, 1.0)]

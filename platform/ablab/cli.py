@@ -67,12 +67,20 @@ def cmd_run(args) -> int:
                         retry_failed=getattr(args, "retry_failed", False))
     if outcome.interrupted:
         return 130  # as a shell reports Ctrl-C; the report waits for the resumed study
+    if outcome.tracking_pending:
+        return 1  # the results are on disk, not all in MLflow: `ablab sync` (the log says so)
     try:
         _report(args, outcome.tracking_uri)
     except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
         log.warning("the report was not built (%s: %s); retry with `ablab report %s --profile %s`",
                     type(err).__name__, err, args.study, args.profile)
     return 1 if outcome.failed else 0
+
+
+def cmd_sync(args) -> int:
+    from .runner import sync_study
+
+    return 1 if sync_study(args.study, args.profile, args.tracking_uri, args.out_root) else 0
 
 
 def cmd_submit(args) -> int:
@@ -173,6 +181,13 @@ def _study_commands(sub) -> None:
         if name == "resume":
             r.add_argument("--retry-failed", action="store_true",
                            help="run the failed trials again (from their last checkpoint), in their MLflow runs")
+
+    sy = _command(sub, "sync", cmd_sync, "write to MLflow what a study could not log while its store was down "
+                                         "(the study's journal); no Ray")
+    sy.add_argument("study")
+    sy.add_argument("--profile", default="smoke")
+    sy.add_argument("--tracking-uri", help="MLflow URI to write to (default: the launch's, from launch.json)")
+    sy.add_argument("--out-root", help="as for `ablab run`")
 
     sb = _command(sub, "submit", cmd_submit, "submit `ablab run` as a Ray job with the runtime env filled in")
     sb.add_argument("study")

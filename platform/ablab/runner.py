@@ -23,6 +23,7 @@ from .paths import adopt_credentials, resolve_tracking_uri, study_dir
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
 from .study import Study, load_study, resolve_configs
+from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, pending_entries
 from .logs import log, setup_logging
 from .naming import LAUNCH_FILE, POINT, point_key, point_of
 from .trial import set_health_check_interval
@@ -208,10 +209,12 @@ class Outcome:
     tracking_uri: str
     interrupted: bool = False
     """Stopped by SIGTERM / Ctrl-C before every trial ended: `ablab resume` finishes it."""
+    tracking_pending: int = 0
+    """MLflow writes the store never took (it stayed down): kept in the journal for `ablab sync` / resume."""
 
 
 def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_uri: bool = False,
-              create: bool = True) -> None:
+              create: bool = True, check_cluster: bool = True) -> None:
     """Everything about where the study runs and logs that can be checked before Ray starts: the output
     folder (made unless ``create=False``), the tracking URI (and its server, if remote), the Ray address, or
     what this machine can hold when the cluster is the embedded one."""
@@ -219,6 +222,8 @@ def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_ur
     field = "--tracking-uri" if explicit_uri else "tracking URI"
     check_tracking_uri(tracking_uri, field)
     probe_tracking_server(tracking_uri, field)
+    if not check_cluster:
+        return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address, "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS")
@@ -265,11 +270,35 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     if unfinished:
         log.info(f"interrupted: {unfinished} trial(s) stopped at their last checkpoint; "
                  f"`ablab resume {study_path} --profile {profile}` finishes the study")
-    return Outcome(failed, tracking_uri, interrupted=bool(unfinished))
+    pending = len(pending_entries(plan.out_dir))
+    if pending:
+        log.warning(f"tracking: {pending} MLflow writes are not in {tracking_uri} yet (it did not answer); they are "
+                    f"kept in {plan.out_dir / JOURNAL_FILE}, beside the trials' own files: "
+                    f"`ablab sync {study_path} --profile {profile}` writes them once it answers")
+    return Outcome(failed, tracking_uri, interrupted=bool(unfinished), tracking_pending=pending)
+
+
+def sync_study(study_path: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
+               out_root: Optional[str] = None) -> int:
+    """Write the MLflow writes a launch could not make (its journal) to its store, without Ray; returns how
+    many are still waiting (0: MLflow holds everything)."""
+    setup_logging()
+    plan = plan_study(study_path, profile, out_root, check_data=False)
+    entries = pending_entries(plan.out_dir)
+    if not entries:
+        log.info(f"nothing to sync: every MLflow write of {plan.out_dir} is in its store")
+        return 0
+    tracking_uri = _launch(plan, None, tracking_uri, out_root, resume=True, check_cluster=False)
+    writer = MlflowWriter(tracking_uri, registry_path=plan.out_dir / "mlflow_runs.json")
+    journal = Journal(plan.out_dir, writer.apply)
+    left = journal.drain(FLUSH_WAIT_S)
+    log.info(f"sync: {len(entries) - left} of {len(entries)} MLflow writes made to {tracking_uri}"
+             + (f"; {left} still wait in {journal.path}" if left else ""))
+    return left
 
 
 def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out_root: Optional[str],
-            resume: bool) -> str:
+            resume: bool, check_cluster: bool = True) -> str:
     """The launch's tracking URI (the given one, else launch.json's on resume, else the default), checked with
     everything else preflight checks, and written to launch.json."""
     launch_file = plan.out_dir / LAUNCH_FILE
@@ -286,7 +315,7 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
                               f" --profile {plan.profile}` finishes it (add --retry-failed to run its failed trials "
                               f"again); delete the folder to start over")
     try:
-        preflight(plan, address, tracking_uri, explicit_uri=explicit)
+        preflight(plan, address, tracking_uri, explicit_uri=explicit, check_cluster=check_cluster)
     except ConfigError as err:
         if resume and not explicit and "tracking URI" in str(err):
             raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None

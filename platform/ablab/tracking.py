@@ -12,10 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from .journal import FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, unavailable
+from .logs import log
 from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, LAUNCH_FILE, TRIAL_FILES,
                      metric_key, point_key, point_of)
 
@@ -47,21 +48,12 @@ def artifact_location(tracking_uri: str) -> Optional[str]:
     return None
 
 
-class RunRegistry:
-    """{parent_run_id, trials: {key: run_id}} persisted as JSON, written atomically."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
-
-
 class MlflowStudyLogger(Callback):
-    """A Ray Tune callback, run in the driver process, that mirrors the study into MLflow."""
+    """A Ray Tune callback, run in the driver process, that mirrors the study into MLflow.
+
+    The experiment and the launch run are made when the study starts (the store was checked just before);
+    every later write goes through the study's :class:`~ablab.journal.Journal`, so no trial and no Tune
+    callback ever waits on MLflow, and an outage costs nothing but delay."""
 
     def __init__(self, tracking_uri: str, study, profile: str, configs: dict[str, dict], artifacts_root: Path,
                  registry_path: Path):
@@ -71,22 +63,37 @@ class MlflowStudyLogger(Callback):
         self.study, self.profile, self.configs = study, profile, configs
         self.artifacts_root, self.registry_path = artifacts_root, registry_path
         self.commit = git_commit()
-        self._client: Optional[MlflowClient] = None
-        self._logged_epochs: dict[str, set[int]] = {}
-        self._reopened: set[str] = set()  # runs set back to RUNNING by this process
-        self._precision_tagged: set[str] = set()
-        self._resumed_at: dict[str, float] = {}
+        self._reset()
         self.experiment_id: Optional[str] = None
         self.parent: Optional[str] = None
 
+    def _reset(self) -> None:
+        self._client: Optional[MlflowClient] = None
+        self._journal: Optional[Journal] = None
+        self._logged_epochs: dict[str, set[int]] = {}
+        self._started: set[str] = set()  # trial keys whose run this process made or reopened (or queued so)
+        self._tagged: dict[tuple[str, str], str] = {}  # (key, tag) -> value written by this process
+
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_logged_epochs": {}, "_reopened": set(), "_precision_tagged": set(), "_resumed_at": {}}
+        state = dict(self.__dict__)
+        for k in ("_client", "_journal", "_logged_epochs", "_started", "_tagged"):
+            state.pop(k)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
+
+    @property
+    def journal(self) -> Journal:
+        assert self._journal is not None, "setup() starts the journal"
+        return self._journal
 
     @property
     def registry(self) -> RunRegistry:
@@ -98,12 +105,18 @@ class MlflowStudyLogger(Callback):
         launch = self.registry_path.parent / LAUNCH_FILE
         if launch.is_file():
             self.tracking_uri, self._client = json.loads(launch.read_text())["tracking_uri"], None
+        # A request to a server that is down fails in seconds instead of MLflow's two minutes of retries: the
+        # journal tries again itself.
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+                           ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")):
+            os.environ.setdefault(var, value)
         name = EXPERIMENT_PREFIX + self.study.study
         exp = self.client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             name, artifact_location=artifact_location(self.tracking_uri),
             tags={"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table})
         self.parent = self._parent_run()
+        self._journal = Journal(self.registry_path.parent, MlflowWriter(self.tracking_uri, self.registry_path).apply)
 
     def _common_tags(self) -> dict[str, str]:
         return {"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table,
@@ -127,60 +140,56 @@ class MlflowStudyLogger(Callback):
         return [r.label for r in layout.rows if r.trial == point["trial"]
                 and all(point.get(k) == v for k, v in r.where.items())] if layout else []
 
-    def run_for(self, key: str, point: dict[str, Any]) -> str:
-        registry = self.registry
-        run_id = registry.data["trials"].get(key)
-        if run_id:
-            if run_id not in self._reopened:  # once per run and process, not on every result
-                self._reopen(run_id)
-                self._reopened.add(run_id)
-            return run_id
-        tags = {**self._common_tags(), "mlflow.parentRunId": self.parent, "ablab.role": "trial",
+    def trial_tags(self, key: str, point: dict[str, Any]) -> dict[str, str]:
+        return {**self._common_tags(), "mlflow.parentRunId": self.parent, "ablab.role": "trial",
                 "ablab.trial_key": key, "ablab.trial": point["trial"], "ablab.seed": str(point["seed"]),
                 "ablab.rows": json.dumps(self._rows_of(point)),
                 "ablab.columns": json.dumps(self.study.table_layout.columns if self.study.table_layout else []),
                 "ablab.variants": json.dumps([v["name"] for v in self.configs[key]["inference"]["variants"]])}
-        run = self.client.create_run(self.experiment_id, run_name=key, tags=tags)
-        params = [Param(k, v[:6000]) for k, v in flatten(self.configs[key]).items()]
-        params += [Param(f"grid.{k}", json.dumps(v)) for k, v in point.items() if k not in ("trial", "seed")]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
-        registry.data["trials"][key] = run.info.run_id
-        registry.save()
-        self._reopened.add(run.info.run_id)
-        return run.info.run_id
 
-    def _reopen(self, run_id: str) -> None:
-        """A trial's run continues (resume) or runs again (--retry-failed): one run per trial either way. An
-        earlier failure stays on it as ``ablab.previous_errors`` (a JSON list) and ``ablab.attempts`` counts."""
-        tags = self.client.get_run(run_id).data.tags
-        if "ablab.interrupted" in tags:
-            self.client.delete_tag(run_id, "ablab.interrupted")
-        if "ablab.error" in tags:
-            previous = json.loads(tags.get("ablab.previous_errors", "[]")) + [tags["ablab.error"][:2000]]
-            self.client.set_tag(run_id, "ablab.previous_errors", json.dumps(previous)[:5000])
-            self.client.set_tag(run_id, "ablab.attempts", str(len(previous) + 1))
-            self.client.delete_tag(run_id, "ablab.error")
-        self.client.update_run(run_id, status="RUNNING")
+    def trial_params(self, key: str, point: dict[str, Any]) -> list[list[str]]:
+        params = [[k, v[:6000]] for k, v in flatten(self.configs[key]).items()]
+        return params + [[f"grid.{k}", json.dumps(v)] for k, v in point.items() if k not in ("trial", "seed")]
+
+    def start_trial(self, key: str, point: dict[str, Any]) -> None:
+        """Once per trial and process: its run is made, or (resume, --retry-failed) reopened: one run per trial
+        either way."""
+        if key in self._started:
+            return
+        self._started.add(key)
+        if key in self.registry.data["trials"]:
+            self.journal.write("reopen", run=key)
+        else:
+            self.journal.write("create", run=key, experiment=self.experiment_id, name=key,
+                               tags=self.trial_tags(key, point), params=self.trial_params(key, point))
+
+    def _tag_once(self, key: str, tags: dict[str, str]) -> None:
+        """Tags of a trial's run that its results carry, written when their value changes."""
+        changed = [[k, v] for k, v in tags.items() if self._tagged.get((key, k)) != v]
+        if changed:
+            self.journal.write("log_batch", run=key, tags=changed)
+            self._tagged.update({(key, k): v for k, v in changed})
 
     # ---- Tune callback hooks ----
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_for(point_key(point_of(trial.config)), point_of(trial.config))
+        self.start_trial(point_key(point_of(trial.config)), point_of(trial.config))
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self.run_for(point_key(point_of(trial.config)), point_of(trial.config))
+        self.start_trial(point_key(point_of(trial.config)), point_of(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = point_key(point_of(trial.config))
-        run_id = self.run_for(key, point_of(trial.config))
-        self._tag_precision(run_id, result)
-        if "resumed_at" in result and self._resumed_at.get(run_id) != result["resumed_at"]:
-            # a restarted worker or a resumed study continued from this epoch's checkpoint
-            self.client.set_tag(run_id, "ablab.resumed_at_epoch", str(int(result["resumed_at"])))
-            self._resumed_at[run_id] = result["resumed_at"]
+        self.start_trial(key, point_of(trial.config))
+        if result.get("precision"):
+            # The precision the trial's workers resolved (auto -> bf16 / fp16 / fp32) and the hardware it was
+            # resolved on: two results trained differently can be told apart.
+            self._tag_once(key, {"ablab.precision": str(result["precision"]),
+                                 "ablab.hardware": str(result.get("hardware", ""))})
+        if "resumed_at" in result:  # a restarted worker or a resumed study continued from this epoch's checkpoint
+            self._tag_once(key, {"ablab.resumed_at_epoch": str(int(result["resumed_at"]))})
         epoch, done = int(result.get("epoch", 0)), bool(result.get("done"))
-        logged = self._epochs_logged(key, run_id)
+        logged = self._epochs_logged(key)
         # Epochs reported but never logged (the driver was killed in between) are in the trial's history: every
         # checkpoint carries it, and so does the trial folder once the trial is done.
         folder = Path(result["checkpoint_path"]) if result.get("checkpoint_path") else (
@@ -188,29 +197,31 @@ class MlflowStudyLogger(Callback):
         if epoch > 0 and folder is not None and (folder / HISTORY_FILE).is_file():
             for past in json.loads((folder / HISTORY_FILE).read_text()):
                 if (int(past["epoch"]) < epoch or done) and int(past["epoch"]) not in logged:
-                    self._log_epoch(run_id, past, int(result.get("timestamp", 0) * 1000))
+                    self._log_epoch(key, past, int(result.get("timestamp", 0) * 1000))
                     logged.add(int(past["epoch"]))
         if epoch > 0 and epoch in logged and not done:
             return  # already in MLflow (a restarted worker or restored trial reporting again)
-        self._log_epoch(run_id, result, int(result.get("timestamp", 0) * 1000))
+        self._log_epoch(key, result, int(result.get("timestamp", 0) * 1000))
         if epoch > 0:
             logged.add(epoch)
 
-    def _tag_precision(self, run_id: str, result: dict[str, Any]) -> None:
-        """The precision the trial's workers resolved (``auto`` -> bf16 / fp16 / fp32) and the hardware it was
-        resolved on: two results trained differently can be told apart."""
-        if run_id in self._precision_tagged or not result.get("precision"):
-            return
-        self.client.log_batch(run_id, tags=[RunTag("ablab.precision", str(result["precision"])),
-                                            RunTag("ablab.hardware", str(result.get("hardware", "")))])
-        self._precision_tagged.add(run_id)
-
-    def _epochs_logged(self, key: str, run_id: str) -> set[int]:
+    def _epochs_logged(self, key: str) -> set[int]:
+        """The epochs of a trial already in MLflow or waiting in the journal (read once per trial and process)."""
         if key not in self._logged_epochs:
-            self._logged_epochs[key] = {m.step for m in self.client.get_metric_history(run_id, "train/loss")}
+            steps: set[int] = {e["epoch"] for e in self.journal.entries_for(key) if "epoch" in e}
+            run_id = self.registry.data["trials"].get(key)
+            if run_id:
+                try:
+                    steps |= {m.step for m in self.client.get_metric_history(run_id, "train/loss")}
+                except Exception as err:  # noqa: BLE001
+                    if not unavailable(err):
+                        raise
+                    log.warning(f"tracking: cannot read {key}'s logged epochs now ({type(err).__name__}); an epoch "
+                                f"may be logged twice")
+            self._logged_epochs[key] = steps
         return self._logged_epochs[key]
 
-    def _log_epoch(self, run_id: str, result: dict[str, Any], ts: int) -> None:
+    def _log_epoch(self, key: str, result: dict[str, Any], ts: int) -> None:
         epoch = int(result.get("epoch", 0))
         metrics = []
         for k, v in result.items():
@@ -218,14 +229,15 @@ class MlflowStudyLogger(Callback):
                 continue
             if k.startswith("loss") or k in ("num_pos", "train_seconds"):
                 if not result.get("done"):
-                    metrics.append(Metric(f"train/{k}", float(v), ts, epoch))
+                    metrics.append([f"train/{k}", float(v), ts, epoch])
             elif k == "eval_seconds":
-                metrics.append(Metric(k, float(v), ts, epoch))
+                metrics.append([k, float(v), ts, epoch])
             elif "/" in k:
                 variant, _, metric = k.rpartition("/")
-                metrics.append(Metric(metric_key(variant, metric), float(v), ts, epoch))
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+                metrics.append([metric_key(variant, metric), float(v), ts, epoch])
+        if metrics:
+            self.journal.write("log_batch", run=key, metrics=metrics,
+                               **({"epoch": epoch} if epoch > 0 and not result.get("done") else {}))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, failed=False)
@@ -235,7 +247,7 @@ class MlflowStudyLogger(Callback):
 
     def _finish(self, trial, failed: bool) -> None:
         key = point_key(point_of(trial.config))
-        run_id = self.run_for(key, point_of(trial.config))
+        self.start_trial(key, point_of(trial.config))
         trial_dir = self.artifacts_root / key
         error_file = trial_dir / ERROR_FILE
         reason: Optional[str] = None
@@ -247,12 +259,12 @@ class MlflowStudyLogger(Callback):
         (trial_dir / CONFIG_FILE).write_text(json.dumps(self.configs[key], indent=1))
         for name in TRIAL_FILES:
             if (trial_dir / name).is_file():
-                self.client.log_artifact(run_id, str(trial_dir / name))
+                self.journal.write("artifact", run=key, path=str(trial_dir / name))
         if (trial_dir / DETECTIONS_DIR).is_dir():
-            self.client.log_artifacts(run_id, str(trial_dir / DETECTIONS_DIR), DETECTIONS_DIR)
+            self.journal.write("artifacts", run=key, path=str(trial_dir / DETECTIONS_DIR), artifact_path=DETECTIONS_DIR)
         if reason:
-            self.client.set_tag(run_id, "ablab.error", reason[:5000])
-        self.client.set_terminated(run_id, status="FAILED" if reason else "FINISHED")
+            self.journal.write("log_batch", run=key, tags=[["ablab.error", reason[:5000]]])
+        self.journal.write("end", run=key, status="FAILED" if reason else "FINISHED")
 
     def on_experiment_end(self, trials, **info):
         failed = sum(1 for t in trials if t.status == "ERROR")
@@ -260,13 +272,16 @@ class MlflowStudyLogger(Callback):
         # `ablab resume` reopens; the launch run says the study was interrupted.
         # (Tune marks a trial it stops at the end as TERMINATED too: a stopped one never reported `done`.)
         stopped = [t for t in trials if t.status != "ERROR" and not (t.last_result or {}).get("done")]
-        registry = self.registry.data["trials"]
         for t in stopped:
-            run_id = registry.get(point_key(point_of(t.config)))
-            if run_id:
-                self.client.set_tag(run_id, "ablab.interrupted", "true")
-                self.client.set_terminated(run_id, status="KILLED")
-        self.client.set_tag(self.parent, "ablab.trials", str(len(trials)))
-        self.client.set_tag(self.parent, "ablab.failed_trials", str(failed))
-        self.client.set_tag(self.parent, "ablab.interrupted_trials", str(len(stopped)))
-        self.client.set_terminated(self.parent, status="KILLED" if stopped else "FINISHED")
+            key = point_key(point_of(t.config))
+            if key in self._started or key in self.registry.data["trials"]:
+                self.journal.write("log_batch", run=key, tags=[["ablab.interrupted", "true"]])
+                self.journal.write("end", run=key, status="KILLED")
+        self.journal.write("log_batch", run=LAUNCH, tags=[["ablab.trials", str(len(trials))],
+                                                         ["ablab.failed_trials", str(failed)],
+                                                         ["ablab.interrupted_trials", str(len(stopped))]])
+        self.journal.write("end", run=LAUNCH, status="KILLED" if stopped else "FINISHED")
+        left = self.journal.drain(FLUSH_WAIT_S)
+        if left:
+            log.warning(f"tracking: {left} MLflow writes could not be made ({self.tracking_uri} does not answer); "
+                        f"they wait in {self.journal.path}")

@@ -22,6 +22,15 @@ def _rank() -> int:
     return ray.train.get_context().get_world_rank()
 
 
+def _run_facts(state) -> dict[str, Any]:
+    """What every report carries for the trial's run tags: the resolved precision, the hardware it was resolved
+    on, and the epoch this worker resumed from (when it started from a checkpoint)."""
+    facts: dict[str, Any] = {"precision": state.precision.name, "hardware": state.hardware}
+    if state.resumed_at is not None:
+        facts["resumed_at"] = state.resumed_at
+    return facts
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train, checkpointing and reporting every epoch; then evaluate every variant (rank 0) and report the
     final metrics. A non-finite loss is reported as the trial's failure reason instead of being retried."""
@@ -44,9 +53,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def report(state, epoch_metrics: dict[str, float]) -> None:
         metrics: dict[str, Any] = {k: float(v) for k, v in epoch_metrics.items()}
-        metrics.update(precision=state.precision.name, hardware=state.hardware)  # tags of the trial's run
-        if state.resumed_at is not None:
-            metrics["resumed_at"] = state.resumed_at
+        metrics.update(_run_facts(state))
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -65,8 +72,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({"failed": 1.0, "epoch": -1.0})
         return
 
-    final: dict[str, Any] = {"done": 1.0, "epoch": float(state.epoch), "precision": state.precision.name,
-                             "hardware": state.hardware}
+    final: dict[str, Any] = {"done": 1.0, "epoch": float(state.epoch), **_run_facts(state)}
     if rank == 0:
         t0 = time.perf_counter()
         result = evaluate(state.model, cfg, precision=state.precision)

@@ -1,0 +1,237 @@
+"""The study driver's MLflow writes, through an on-disk journal that a background thread writes out.
+
+Every write is appended to ``mlflow_journal.jsonl`` in the study profile's folder and applied in order by one
+thread, so a Tune callback never waits on MLflow. When the store cannot take a write (the server is down, the
+disk is full: an MLflow error with an HTTP status >= 500, or an OS error), the thread keeps it and tries again
+every ``RETRY_S`` seconds; everything after it waits behind it. Nothing is lost if the driver dies: the journal
+holds what was not yet written, ``ablab resume`` writes it out first, and ``ablab sync`` writes it out alone.
+
+Entries name runs by ``launch`` or by trial key, never by run id, so a run can be created by an entry that
+waits behind an outage; :class:`MlflowWriter` applies an entry, finding run ids in the study's
+:class:`RunRegistry`. ``mlflow_journal.applied`` counts the entries already written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .logs import log
+
+JOURNAL_FILE, APPLIED_FILE = "mlflow_journal.jsonl", "mlflow_journal.applied"
+RETRY_S = 5.0
+"""While the store does not answer, the journal's writer tries again this often."""
+FLUSH_WAIT_S = float(os.environ.get("ABLAB_TRACKING_FLUSH_S", "120"))
+"""How long the end of a study (or ``ablab sync``) waits for MLflow to take the journal's last writes."""
+
+
+def unavailable(err: BaseException) -> bool:
+    """True for an error that says the store cannot take writes now (worth trying again later), False for one
+    that says the write itself is wrong (a bug: it is raised)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.get_http_status_code() >= 500
+    return isinstance(err, OSError)
+
+
+class Journal:
+    """Append with :meth:`write`; ``apply(entry)`` writes one entry to MLflow (the tracking logger's).
+
+    ``folder``: where the journal lives. A journal left by an earlier launch is applied first."""
+
+    def __init__(self, folder: Path, apply: Callable[[dict[str, Any]], None]):
+        self.path, self.applied_path = folder / JOURNAL_FILE, folder / APPLIED_FILE
+        self._apply = apply
+        self._entries = pending_entries(folder)
+        self._cond = threading.Condition()
+        self._disk_ok = True
+        self.outage_since: Optional[float] = None
+        self._thread = threading.Thread(target=self._run, name="ablab-mlflow-journal", daemon=True)
+        self._thread.start()
+
+    def write(self, op: str, **args: Any) -> None:
+        entry = {"op": op, **args}
+        with self._cond:
+            self._persist(entry)
+            self._entries.append(entry)
+            self._cond.notify()
+
+    def entries_for(self, run: str) -> list[dict[str, Any]]:
+        """The entries of one run still waiting."""
+        with self._cond:
+            return [e for e in self._entries if e.get("run") == run]
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._entries)
+
+    def drain(self, wait_s: float) -> int:
+        """Wait up to ``wait_s`` for the journal to be written out; returns the entries still pending (kept on
+        disk for ``ablab resume`` / ``ablab sync``)."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            self._cond.notify_all()  # an outage's wait ends: one more try now
+            while self._entries and time.monotonic() < deadline:
+                self._cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            return len(self._entries)
+
+    # ---- the writer thread ----
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._entries:
+                    self._cond.wait()
+                entry = self._entries[0]
+            try:
+                self._apply(entry)
+            except Exception as err:  # noqa: BLE001 - classified below; a bug is re-raised in the driver's log
+                if not unavailable(err):
+                    log.error(f"tracking: an MLflow write failed and is dropped ({entry['op']}): "
+                              f"{type(err).__name__}: {str(err)[:300]}")
+                    self._done_one()
+                    continue
+                if self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                    log.warning(f"tracking: MLflow cannot take writes ({type(err).__name__}: {str(err)[:200]}); "
+                                f"training goes on and the writes wait in {self.path}")
+                with self._cond:
+                    self._cond.wait(RETRY_S)
+                continue
+            if self.outage_since is not None:
+                log.info(f"tracking: MLflow is back after {time.monotonic() - self.outage_since:.0f}s; "
+                         f"writing out {self.pending} waiting entries")
+                self.outage_since = None
+            self._done_one()
+
+    def _done_one(self) -> None:
+        with self._cond:
+            self._entries.pop(0)
+            applied = _read_applied(self.applied_path) + 1
+            if not self._entries and self._disk_ok:
+                # All written out: start the next entries on an empty journal.
+                self.path.unlink(missing_ok=True)
+                self.applied_path.unlink(missing_ok=True)
+            elif self._disk_ok:
+                _write_atomic(self.applied_path, str(applied))
+            self._cond.notify_all()
+
+    def _persist(self, entry: dict[str, Any]) -> None:
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as err:
+            if self._disk_ok:
+                log.warning(f"tracking: cannot write {self.path} ({err}); MLflow writes wait in memory only")
+            self._disk_ok = False
+
+
+def pending_entries(folder: Path) -> list[dict[str, Any]]:
+    """The journal's entries not yet written out (a torn last line, from a driver killed mid-write, is skipped)."""
+    path = folder / JOURNAL_FILE
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines()[_read_applied(folder / APPLIED_FILE):]:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def _read_applied(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunRegistry:
+    """{parent_run_id, trials: {key: run_id}} persisted as JSON, written atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+LAUNCH = "launch"
+"""The journal's name for the launch (parent) run; trial runs are named by their trial key."""
+
+
+class MlflowWriter:
+    """Applies journal entries to MLflow; resolves run names (``launch``, trial keys) through the registry."""
+
+    def __init__(self, tracking_uri: str, registry_path: Path):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)  # its own client: it runs in the journal's thread
+        self.registry_path = registry_path
+
+    def run_id(self, name: str) -> str:
+        data = RunRegistry(self.registry_path).data
+        return data["parent"] if name == LAUNCH else data["trials"][name]
+
+    def apply(self, e: dict[str, Any]) -> None:
+        op = e["op"]
+        if op == "create":
+            registry = RunRegistry(self.registry_path)
+            if e["run"] in registry.data["trials"]:
+                return  # made already (this entry was applied before the driver died)
+            run = self.client.create_run(e["experiment"], run_name=e["name"], tags=e["tags"])
+            from mlflow.entities import Param
+
+            params = [Param(k, v) for k, v in e["params"]]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+            registry.data["trials"][e["run"]] = run.info.run_id
+            registry.save()
+            return
+        run_id = self.run_id(e["run"])
+        if op == "reopen":
+            self._reopen(run_id)
+        elif op == "log_batch":
+            from mlflow.entities import Metric, RunTag
+
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in e.get("metrics", [])]
+            for i in range(0, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            if e.get("tags"):
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["tags"]])
+        elif op == "artifact":
+            self.client.log_artifact(run_id, e["path"])
+        elif op == "artifacts":
+            self.client.log_artifacts(run_id, e["path"], e["artifact_path"])
+        elif op == "end":
+            self.client.set_terminated(run_id, status=e["status"])
+        else:
+            raise ValueError(f"unknown journal entry {op!r}")
+
+    def _reopen(self, run_id: str) -> None:
+        """A trial's run continues (resume) or runs again (--retry-failed). An earlier failure stays on it as
+        ``ablab.previous_errors`` (a JSON list) and ``ablab.attempts`` counts."""
+        tags = self.client.get_run(run_id).data.tags
+        if "ablab.interrupted" in tags:
+            self.client.delete_tag(run_id, "ablab.interrupted")
+        if "ablab.error" in tags:
+            previous = json.loads(tags.get("ablab.previous_errors", "[]")) + [tags["ablab.error"][:2000]]
+            self.client.set_tag(run_id, "ablab.previous_errors", json.dumps(previous)[:5000])
+            self.client.set_tag(run_id, "ablab.attempts", str(len(previous) + 1))
+            self.client.delete_tag(run_id, "ablab.error")
+        self.client.update_run(run_id, status="RUNNING")
