@@ -108,3 +108,55 @@ def test_ablab_submit_fills_in_the_runtime_env_and_keeps_secrets_out_of_it(servi
     leaked = [where for where, text in seen.items() if secret in text]
     assert not leaked, f"the password appears in {leaked}"
     assert any("job_submit" in where and where.endswith("launch.json") for where in seen)  # outputs were checked
+
+
+def test_ray_job_stop_stops_a_study_that_a_resume_job_finishes(services, synthetic_root):
+    """`ray job stop` sends the study's driver SIGTERM (then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S, 45 s in
+    `ablab submit`'s runtime env): the trials stop at their last checkpoint and their runs end KILLED with
+    `ablab.interrupted`; an `ablab resume` job then finishes the study in the same runs."""
+    import re
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    wd = services["tmp"] / "wd_job_stop"
+    (wd / "studies").mkdir(parents=True)
+    write_study(wd / "studies" / "job_stop.yaml", synthetic_root, epochs=6, max_images=24, layout=None,
+                trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}])
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "submit", "studies/job_stop.yaml", "--address", services["ray"]],
+                       cwd=wd, capture_output=True, text=True, env=services["env"], timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    job_id = re.search(r"submitted (\S+) to", r.stdout).group(1)
+    client = JobSubmissionClient(services["ray"])
+    mlflow = MlflowClient(services["mlflow"])
+
+    def epochs() -> int:
+        exp = mlflow.get_experiment_by_name("ablab/job_stop")
+        runs = mlflow.search_runs([exp.experiment_id], "tags.`ablab.role` = 'trial'") if exp else []
+        return len(mlflow.get_metric_history(runs[0].info.run_id, "train/loss")) if runs else 0
+
+    deadline = time.time() + 600
+    while epochs() < 1 and time.time() < deadline:
+        assert client.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job_id)[-3000:]
+        time.sleep(1)
+    t0 = time.time()
+    stop = subprocess.run(["ray", "job", "stop", "--address", services["ray"], job_id], capture_output=True, text=True,
+                          env=services["env"], timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    while client.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        time.sleep(0.5)
+    assert client.get_job_status(job_id) == JobStatus.STOPPED and time.time() - t0 < 45
+    logs = client.get_job_logs(job_id)
+    assert "SIGTERM: stopping the trials" in logs, logs[-3000:]
+    (trial,) = [x for x in _job_runs(services, "job_stop") if x.data.tags.get("ablab.role") == "trial"]
+    assert trial.info.status == "KILLED" and trial.data.tags["ablab.interrupted"] == "true", logs[-3000:]
+
+    r = subprocess.run(["ray", "job", "submit", "--address", services["ray"], "--working-dir", ".", "--",
+                        "ablab", "resume", "studies/job_stop.yaml"],
+                       cwd=wd, capture_output=True, text=True, env=services["env"], timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    runs = _job_runs(services, "job_stop")
+    trials = [x for x in runs if x.data.tags.get("ablab.role") == "trial"]
+    assert len(trials) == 1 and trials[0].info.status == "FINISHED" and "alpha_0.5/AP" in trials[0].data.metrics
+    steps = [m.step for m in mlflow.get_metric_history(trials[0].info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 7))  # every epoch once, across the two jobs
