@@ -22,7 +22,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from platform_helpers import free_port, wait_until  # noqa: E402
+from platform_helpers import free_port  # noqa: E402
 
 
 def study_yaml(path: Path, data_root: Path, trials: int) -> Path:
@@ -51,15 +51,19 @@ def sample_rss(pid: int, samples: list[tuple[float, int]], stop: threading.Event
         time.sleep(0.5)
 
 
-def leftovers(address: str) -> dict[str, int]:
+def leftovers(address: str) -> dict[str, list[str]]:
+    """What the cluster still holds: alive actors (by class), placement groups not removed, live worker
+    processes (those that are not an alive actor's)."""
     from ray.util.state import list_actors, list_placement_groups, list_workers
 
-    alive_actors = [a for a in list_actors(address=address, limit=10_000) if a.state != "DEAD"]
+    actors = [a for a in list_actors(address=address, limit=10_000) if a.state != "DEAD"]
     pgs = [p for p in list_placement_groups(address=address, limit=10_000) if p.state != "REMOVED"]
+    actor_pids = {a.pid for a in actors}
     workers = [w for w in list_workers(address=address, limit=10_000)
-               if w.is_alive and w.worker_type == "WORKER"]
-    return {"alive actors": len(alive_actors), "placement groups not removed": len(pgs),
-            "live worker processes": len(workers)}
+               if w.is_alive and w.worker_type == "WORKER" and w.pid not in actor_pids]
+    return {"alive actors": sorted(f"{a.class_name} ({a.state})" for a in actors),
+            "placement groups not removed": sorted(f"{p.name or p.placement_group_id} ({p.state})" for p in pgs),
+            "idle worker processes": [str(w.pid) for w in workers]}
 
 
 def main() -> None:
@@ -95,7 +99,7 @@ def main() -> None:
         log = (tmp / "run.log").read_text()
         if rc != 0:
             sys.exit(f"ablab run exited {rc}: {log[-3000:]}")
-        wait_until(lambda: leftovers(address)["alive actors"] == 0, 60, "the trials' actors to exit")
+        time.sleep(10)  # actors and worker processes exit asynchronously after the driver
         left = leftovers(address)
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
@@ -111,11 +115,13 @@ def main() -> None:
     print(f"driver memory: {warm / 2**20:.0f} MiB after 10% of the wall, {samples[-1][1] / 2**20:.0f} MiB at the end, "
           f"peak {max(r for _, r in samples) / 2**20:.0f} MiB: growth {(samples[-1][1] - warm) / 2**20:+.0f} MiB "
           f"({(samples[-1][1] - warm) / 2**10 / args.trials:+.0f} KiB per trial)")
-    print("left on the cluster after the study: " + ", ".join(f"{k} {v}" for k, v in left.items()))
+    print("left on the cluster 10 s after the study: " + "; ".join(f"{k}: {len(v)} {v[:6]}" for k, v in left.items()))
     print(f"MLflow: {len(trials)} trial runs for {len(keys)} trials; statuses "
           f"{sorted({r.info.status for r in runs})}; launch runs {len(runs) - len(trials)}")
+    # Train's state actor is detached by design (it serves the dashboard for the cluster's life): not a leak.
+    leaked = [a for a in left["alive actors"] if not a.startswith("TrainStateActor")]
     ok = (len(trials) == len(keys) == args.trials and {r.info.status for r in runs} == {"FINISHED"}
-          and not any(left.values()))
+          and not leaked and not left["placement groups not removed"])
     print("consistent" if ok else "NOT consistent")
     sys.exit(0 if ok else 1)
 

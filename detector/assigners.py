@@ -1,8 +1,9 @@
 """Label assignment for a whole batch at once.
 
 Ground truth is padded per batch: ``gt_boxes`` (B, G, 4), ``gt_labels`` (B, G) with -1 for padding,
-``gt_ignore`` (B, G) for crowd / VOC-difficult boxes, which are never positives and whose
-overlapping priors are neither positive nor negative.
+``gt_ignore`` (B, G) for crowd / VOC-difficult boxes, which are never positives. Priors near them are
+negatives, as in the papers' code (mmdetection's ``ignore_iof_thr=-1``); ``ignore_near_crowd=True`` makes
+them neither positive nor negative instead (detectron2's choice).
 
 Every assigner returns an :class:`~detector.structures.Assignment` over the N priors of each image. The
 anchor-free rules that decide which candidate points stay positive are declared in ``options.POINT_RULES``
@@ -37,7 +38,7 @@ def _ignore_overlapping(state: Tensor, iou: Tensor, gt_labels: Tensor, gt_ignore
 
 
 def assign_max_iou(anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_ignore: Tensor,
-                   pos_iou: float = 0.5, neg_iou: float = 0.4) -> Assignment:
+                   pos_iou: float = 0.5, neg_iou: float = 0.4, ignore_near_crowd: bool = False) -> Assignment:
     """RetinaNet MaxIoU: positive at IoU >= pos_iou, negative below neg_iou, ignored between;
     every GT also keeps the anchors of its highest IoU (min_pos_iou 0, all ties), as mmdetection.
 
@@ -64,7 +65,8 @@ def assign_max_iou(anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_igno
     gt_index = torch.where(low_quality & (state != POSITIVE), best_for, gt_index)
     state[low_quality] = POSITIVE
 
-    state = _ignore_overlapping(state, iou, gt_labels, gt_ignore, neg_iou)
+    if ignore_near_crowd:
+        state = _ignore_overlapping(state, iou, gt_labels, gt_ignore, neg_iou)
     return Assignment(state, gt_index)
 
 
@@ -117,7 +119,7 @@ def point_rule(name: str, **fields: float) -> Callable[[Tensor], Tensor]:
 
 
 def assign_points(points: Tensor, regress_lo: Tensor, regress_hi: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
-                  gt_ignore: Tensor, keep: Callable[[Tensor], Tensor]) -> Assignment:
+                  gt_ignore: Tensor, keep: Callable[[Tensor], Tensor], ignore_near_crowd: bool = False) -> Assignment:
     """Anchor-free assignment. Candidates as FCOS: the point lies strictly inside a GT and the GT's largest
     l/t/r/b distance falls in the point's level range (regress_lo, regress_hi]; of several, the smallest GT.
     Then ``keep`` (a bound POINT_RULES entry) keeps or rejects that candidate; a rejected point is a negative.
@@ -143,9 +145,9 @@ def assign_points(points: Tensor, regress_lo: Tensor, regress_hi: Tensor, gt_box
 
     chosen = ltrb.gather(2, gt_index[:, :, None, None].expand(b, n, 1, 4)).squeeze(2)  # (B, N, 4)
     state = torch.where(has_gt & keep(chosen), POSITIVE, NEGATIVE).to(torch.int8)
-    # Points inside an ignore region (crowd / difficult) are not negatives.
+    # ignore_near_crowd: points inside a crowd / difficult box are not negatives either.
     ignore_cols = (gt_labels >= 0) & gt_ignore
-    if bool(ignore_cols.any()):
+    if ignore_near_crowd and bool(ignore_cols.any()):
         in_ignore = (inside & ignore_cols[:, None, :]).any(-1)
         state = torch.where((state == NEGATIVE) & in_ignore, torch.full_like(state, IGNORE), state)
     return Assignment(state, gt_index)

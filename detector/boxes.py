@@ -25,6 +25,13 @@ def paired_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     return inter / (union + eps)
 
 
+def clip_to_images(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """Boxes (B, N, 4) xyxy clipped to each image's (height, width) (B, 2) (torchvision's clip_boxes_to_image,
+    for a batch of images of different sizes)."""
+    h, w = image_sizes.to(boxes).unbind(-1)
+    return torch.minimum(boxes.clamp(min=0), torch.stack((w, h, w, h), dim=-1)[:, None, :])
+
+
 def batched_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """All-pairs IoU per image. a: (B, N, 4), b: (B, M, 4) -> (B, N, M)."""
     area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)

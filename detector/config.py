@@ -57,6 +57,9 @@ class QualityConfig(Strict):
     """``iou``: on the regression tower (paper 000); ``conf``: on the classification tower (paper 004)."""
     loss: Literal[QUALITY_LOSSES.names] = "bce"
     """A name of ``options.QUALITY_LOSSES``."""
+    beta: float = Field(1.0, gt=0.0)
+    """The smooth-L1 beta of ``loss: smooth_l1`` (paper 004 gives none: mmdetection's SmoothL1Loss default; the
+    box loss has its own, ``model.smooth_l1_beta``)."""
     neg_weight: float = Field(1e-4, ge=0.0, le=1.0)
     """Weight of the negatives' BCE term for ``bce_neg`` (CELoss^w of paper 004)."""
     detach: bool = True
@@ -73,6 +76,10 @@ class AssignerConfig(Strict):
     """T of ``pseudo_iou`` and c of ``centerness``."""
     scale: float = Field(0.5, gt=0.0, le=1.0)
     """s of ``scaled_box``."""
+    near_crowd: Literal["negative", "ignore"] = "negative"
+    """Priors near a crowd (COCO) / difficult (VOC) box, which is never a positive: ``negative`` as in the
+    papers' code (mmdetection, ``ignore_iof_thr=-1``); ``ignore``: neither positive nor negative (anchors at
+    IoU >= neg_iou with it, points inside it), as detectron2."""
 
     @model_validator(mode="after")
     def _neg_below_pos(self) -> "AssignerConfig":

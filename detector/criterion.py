@@ -99,8 +99,8 @@ def _l1(logit: Tensor, target: Tensor, negatives: Tensor) -> Tensor:
 
 
 @QUALITY_LOSSES.implements("smooth_l1")
-def _smooth_l1(logit: Tensor, target: Tensor, negatives: Tensor, *, smooth_l1_beta: float) -> Tensor:
-    return F.smooth_l1_loss(logit.sigmoid(), target, beta=smooth_l1_beta, reduction="sum")
+def _smooth_l1(logit: Tensor, target: Tensor, negatives: Tensor, *, beta: float) -> Tensor:
+    return F.smooth_l1_loss(logit.sigmoid(), target, beta=beta, reduction="sum")
 
 
 @QUALITY_LOSSES.implements("gfocal")
@@ -128,14 +128,15 @@ class Criterion:
 
     def __init__(self, family: DetectorFamily, *, box_loss: str = "smooth_l1", box_loss_weight: float = 1.0,
                  smooth_l1_beta: float = 0.11, quality_loss: Optional[str] = None, quality_weight: float = 1.0,
-                 detach_quality: bool = True, quality_neg_weight: float = 1e-4, centerness: bool = False,
+                 detach_quality: bool = True, quality_neg_weight: float = 1e-4, quality_beta: float = 1.0,
+                 centerness: bool = False,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         self.family = family
         self.box_loss = BOX_LOSSES.bind(box_loss, smooth_l1_beta=smooth_l1_beta)
         self.box_loss_weight = box_loss_weight
         self.box_on_deltas = BOX_LOSSES[box_loss].on == "deltas"
         self.quality_loss = QUALITY_LOSSES.bind(quality_loss, neg_weight=quality_neg_weight, gamma=focal_gamma,
-                                                smooth_l1_beta=smooth_l1_beta) if quality_loss else None
+                                                beta=quality_beta) if quality_loss else None
         self.quality_weight, self.detach_quality = quality_weight, detach_quality
         self.centerness = centerness
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma

@@ -256,7 +256,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         batch = batch.to(device)
         with precision.autocast():
             out, priors = model(batch.images)
-        raw = raw_predictions(out, priors, model.family, batch.targets)
+        raw = raw_predictions(out, priors, model.family, batch.targets, batch.image_sizes)
         for name, per_image in detect(raw, variants, cfg.inference).items():
             for img_id, scale, d in zip(batch.image_ids, batch.scales, per_image):
                 boxes = (d.boxes.float() / scale).cpu()

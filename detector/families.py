@@ -25,8 +25,10 @@ class AnchorFamily:
     priors_per_location = NUM_ANCHORS
     learns_level_scales = False
 
-    def __init__(self, anchor_scale: float = 4.0, pos_iou: float = 0.5, neg_iou: float = 0.4):
+    def __init__(self, anchor_scale: float = 4.0, pos_iou: float = 0.5, neg_iou: float = 0.4,
+                 ignore_near_crowd: bool = False):
         self.anchor_scale, self.pos_iou, self.neg_iou = anchor_scale, pos_iou, neg_iou
+        self.ignore_near_crowd = ignore_near_crowd
 
     def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> Priors:
         return make_priors(feature_sizes, NUM_ANCHORS, device, self.anchor_scale)
@@ -41,7 +43,8 @@ class AnchorFamily:
         return DeltaCoder.encode(priors.boxes[index], boxes)
 
     def assign(self, priors: Priors, targets: Targets) -> Assignment:
-        return assign_max_iou(priors.boxes, targets.boxes, targets.labels, targets.ignore, self.pos_iou, self.neg_iou)
+        return assign_max_iou(priors.boxes, targets.boxes, targets.labels, targets.ignore, self.pos_iou, self.neg_iou,
+                              self.ignore_near_crowd)
 
 
 class PointFamily:
@@ -51,8 +54,8 @@ class PointFamily:
     learns_level_scales = True
     """A learnable scale per level multiplies the distance output (FCOS)."""
 
-    def __init__(self, keep: Callable[[Tensor], Tensor]):
-        self.keep = keep
+    def __init__(self, keep: Callable[[Tensor], Tensor], ignore_near_crowd: bool = False):
+        self.keep, self.ignore_near_crowd = keep, ignore_near_crowd
 
     def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> Priors:
         return make_priors(feature_sizes, 1, device)
@@ -66,7 +69,7 @@ class PointFamily:
     def assign(self, priors: Priors, targets: Targets) -> Assignment:
         ranges = torch.tensor(REGRESS_RANGES, device=priors.points.device)[priors.level]
         return assign_points(priors.points, ranges[:, 0], ranges[:, 1], targets.boxes, targets.labels,
-                             targets.ignore, self.keep)
+                             targets.ignore, self.keep, self.ignore_near_crowd)
 
     def centerness_target(self, priors: Priors, index: Tensor, boxes: Tensor) -> Tensor:
         """FCOS centerness (P,) of the priors ``index`` (P,) in their boxes (P, 4) (the centerness branch,

@@ -46,10 +46,11 @@ class Detector(nn.Module):
 
 
 def build_family(cfg: ModelConfig) -> DetectorFamily:
-    if cfg.arch == "retinanet":
-        return AnchorFamily(cfg.anchor_scale, cfg.assigner.pos_iou, cfg.assigner.neg_iou)
     a = cfg.assigner
-    return PointFamily(point_rule(a.name, threshold=a.threshold, scale=a.scale))
+    ignore_near_crowd = a.near_crowd == "ignore"
+    if cfg.arch == "retinanet":
+        return AnchorFamily(cfg.anchor_scale, a.pos_iou, a.neg_iou, ignore_near_crowd)
+    return PointFamily(point_rule(a.name, threshold=a.threshold, scale=a.scale), ignore_near_crowd)
 
 
 def build_detector(cfg: ModelConfig, num_classes: int) -> Detector:
@@ -65,5 +66,6 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> Detector:
     criterion = Criterion(family, box_loss=cfg.box_loss, box_loss_weight=cfg.box_loss_weight,
                           smooth_l1_beta=cfg.smooth_l1_beta, quality_loss=q.loss if quality_on else None,
                           quality_weight=q.weight, detach_quality=q.detach, quality_neg_weight=q.neg_weight,
-                          centerness=cfg.centerness, focal_alpha=cfg.focal.alpha, focal_gamma=cfg.focal.gamma)
+                          quality_beta=q.beta, centerness=cfg.centerness, focal_alpha=cfg.focal.alpha,
+                          focal_gamma=cfg.focal.gamma)
     return Detector(backbone, head, family, criterion)

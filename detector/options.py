@@ -108,7 +108,7 @@ QUALITY_LOSSES = Registry("model.quality.loss", "detector.criterion", {
                       ("quality.neg_weight",)),
     "l2": Option("squared error of sigmoid(q) against the IoU target"),
     "l1": Option("absolute error of sigmoid(q) against the IoU target"),
-    "smooth_l1": Option("smooth L1 of sigmoid(q) against the IoU target", ("smooth_l1_beta",)),
+    "smooth_l1": Option("smooth L1 of sigmoid(q) against the IoU target", ("quality.beta",)),
     "gfocal": Option("|y - p|^gamma x BCE (paper 004, eq. 13)", ("focal.gamma",)),
 })
 """Quality losses, summed: ``loss(positives' logits (P,), IoU target (P,), negatives' logits (M,), *, fields)

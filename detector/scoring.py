@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from .boxes import batched_box_iou
+from .boxes import batched_box_iou, clip_to_images
 from .config import InferenceConfig, VariantConfig
 from .families import DetectorFamily
 from .structures import HeadOutput, Priors, Targets
@@ -43,9 +43,15 @@ class Detections:
 
 
 def raw_predictions(out: HeadOutput, priors: Priors, family: DetectorFamily,
-                    targets: Optional[Targets] = None) -> RawPredictions:
-    """Decoded boxes, p, q (and IoU_truth when ``targets`` are given) for every prior of the batch."""
+                    targets: Optional[Targets] = None, image_sizes: Optional[Tensor] = None) -> RawPredictions:
+    """Decoded boxes, p, q (and IoU_truth when ``targets`` are given) for every prior of the batch.
+
+    image_sizes (B, 2): each image's (height, width); the boxes are clipped to it before anything scores them,
+    as the authors' code, torchvision and mmdetection do (a box reaching past the border would otherwise
+    lose IoU against a GT that ends at the border)."""
     boxes = family.decode(priors, out.box_reg.float())
+    if image_sizes is not None:
+        boxes = clip_to_images(boxes, image_sizes)
     p = out.cls_logits.float().sigmoid()
     if out.centerness_logits is not None:
         p = p * out.centerness_logits.float().sigmoid()[..., None]
@@ -56,7 +62,9 @@ def raw_predictions(out: HeadOutput, priors: Priors, family: DetectorFamily,
             iou_truth = boxes.new_zeros(boxes.shape[:2])
         else:
             iou = batched_box_iou(boxes, targets.boxes.float())
-            iou_truth = iou.masked_fill((targets.labels < 0)[:, None, :], 0.0).amax(-1)
+            # over the GT a box can be scored against: crowd / difficult boxes are not (the authors' code)
+            not_scored = (targets.labels < 0) | targets.ignore
+            iou_truth = iou.masked_fill(not_scored[:, None, :], 0.0).amax(-1)
     return RawPredictions(boxes, p, q, iou_truth, list(priors.level_sizes))
 
 

@@ -41,7 +41,11 @@ def test_max_iou_is_batched_and_ignores_padding_and_crowd():
     ignore = torch.tensor([[False, False], [False, True]])
     a = assign_max_iou(anchors, boxes, labels, ignore)
     assert a.state[0].tolist() == [POSITIVE, NEGATIVE, NEGATIVE]
-    # image 1: anchor 1 matches GT 0; anchor 2 lies on a crowd box -> ignored, not negative
+    # image 1: anchor 1 matches GT 0; anchor 2 lies on a crowd box: never a positive, and a plain negative as in
+    # the papers' code (mmdetection's ignore_iof_thr=-1) ...
+    assert a.state[1].tolist() == [NEGATIVE, POSITIVE, NEGATIVE]
+    # ... or ignored, as detectron2 does (model.assigner.near_crowd: ignore)
+    a = assign_max_iou(anchors, boxes, labels, ignore, ignore_near_crowd=True)
     assert a.state[1].tolist() == [NEGATIVE, POSITIVE, IGNORE]
 
 

@@ -48,7 +48,7 @@ def test_quality_losses_hand_values():
     assert _quality_loss("bce", 0.0, 0.5) == pytest.approx(ln2, rel=1e-5)           # -0.5 ln .5 - 0.5 ln .5
     assert _quality_loss("l2", 0.0, 0.8) == pytest.approx(0.09, rel=1e-5)            # (0.5 - 0.8)^2
     assert _quality_loss("l1", 0.0, 0.8) == pytest.approx(0.3, rel=1e-5)
-    assert _quality_loss("smooth_l1", 0.0, 0.8) == pytest.approx(0.3 - 0.11 / 2, rel=1e-5)  # |d| > beta
+    assert _quality_loss("smooth_l1", 0.0, 0.8) == pytest.approx(0.5 * 0.09 / 1.0, rel=1e-5)  # |d| < quality.beta 1
     assert _quality_loss("gfocal", 0.0, 0.8) == pytest.approx(0.09 * ln2, rel=1e-5)  # |y-p|^2 * BCE(0.5, 0.8) = 0.09 ln 2
     # bce_neg adds w * BCE(negative, 0) = w * ln 2 for the one negative with logit 0
     assert _quality_loss("bce_neg", 0.0, 0.5, quality_neg_weight=0.5) == pytest.approx(ln2 + 0.5 * ln2, rel=1e-5)
@@ -68,3 +68,15 @@ def test_quality_loss_gradient_reaches_the_target_only_without_detach():
         else:
             # d target / d y2 = 1/10 for this geometry, so d loss / d y2 = log(0.3/0.7) / 10
             assert pred.grad[0, 3].item() == pytest.approx(math.log(0.3 / 0.7) / 10, rel=1e-4)
+
+
+def test_the_quality_smooth_l1_has_its_own_beta_defaulting_to_mmdetections_1():
+    """sigmoid(0) = 0.5 against an IoU target of 1: |d| = 0.5 < beta = 1 -> 0.5 d^2 / beta = 0.125; with the box
+    loss's beta 0.11 it would be |d| - beta / 2 = 0.445."""
+    from detector.config import ModelConfig
+    from detector.options import QUALITY_LOSSES
+
+    logit, target, negatives = torch.zeros(1), torch.ones(1), torch.zeros(0)
+    assert ModelConfig().quality.beta == 1.0 and ModelConfig().smooth_l1_beta == 0.11
+    assert QUALITY_LOSSES.bind("smooth_l1", beta=1.0)(logit, target, negatives).item() == pytest.approx(0.125)
+    assert QUALITY_LOSSES.bind("smooth_l1", beta=0.11)(logit, target, negatives).item() == pytest.approx(0.445)

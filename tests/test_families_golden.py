@@ -34,7 +34,9 @@ FAMILIES = {
     "anchor_free_centerness_rule_and_branch": {"arch": "anchor_free", "assigner": {"name": "centerness", "threshold": 0.3},
                                                "box_loss": "iou", "centerness": True},
     "anchor_free_scaled_box_conf": {"arch": "anchor_free", "assigner": {"name": "scaled_box", "scale": 0.5},
-                                    "box_loss": "giou", "quality": {"branch": "conf", "loss": "smooth_l1"}},
+                                    "box_loss": "giou",
+                                    # recorded when the quality smooth-L1 shared the box loss's beta, 0.11
+                                    "quality": {"branch": "conf", "loss": "smooth_l1", "beta": 0.11}},
 }
 
 

@@ -66,3 +66,35 @@ def test_nms_suppresses_overlapping_boxes_of_the_same_class():
     raw = _raw([0.9, 0.8, 0.7], [1.0, 1.0, 1.0], boxes=boxes)
     d = select(raw, confidence(raw, VariantConfig(name="c", combine="cls")), InferenceConfig())[0]
     assert d.scores.tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_boxes_are_clipped_to_their_image_before_scoring():
+    """A prediction [-20, -20, 50, 50] of the GT [0, 0, 50, 50] at the image's corner: IoU 2500 / 4900 = 0.51
+    unclipped, 1.0 clipped, as the authors' code, torchvision and mmdetection score it."""
+    from detector.boxes import batched_box_iou, clip_to_images
+
+    pred = torch.tensor([[[-20.0, -20, 50, 50], [90, 40, 130, 70]], [[-20.0, -20, 50, 50], [90, 40, 130, 70]]])
+    gt = torch.tensor([[[0.0, 0, 50, 50]]])
+    assert batched_box_iou(pred[:1, :1], gt).item() == pytest.approx(2500 / 4900, abs=1e-6)
+    clipped = clip_to_images(pred, torch.tensor([[100.0, 100], [60, 120]]))  # (height, width) per image
+    assert clipped[0].tolist() == [[0, 0, 50, 50], [90, 40, 100, 70]]
+    assert clipped[1].tolist() == [[0, 0, 50, 50], [90, 40, 120, 60]]
+    assert batched_box_iou(clipped[:1, :1], gt).item() == pytest.approx(1.0)
+
+
+def test_iou_truth_is_taken_over_the_boxes_that_are_scored_not_crowd():
+    """IoU_truth (the Table 6 upper bound) of a prediction lying exactly on a crowd box is 0, as in the authors'
+    code, which takes it over non-crowd GT; on the same box not crowd it is 1."""
+    from detector.families import AnchorFamily
+    from detector.scoring import raw_predictions
+    from detector.structures import HeadOutput, Targets
+
+    family = AnchorFamily(anchor_scale=4.0)
+    priors = family.priors([(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], torch.device("cpu"))
+    n = priors.boxes.shape[0]
+    out = HeadOutput(torch.zeros(1, n, 1), torch.zeros(1, n, 4), None, None)  # zero deltas: boxes = anchors
+    anchor = priors.boxes[100]
+    for crowd, expected in ((False, 1.0), (True, 0.0)):
+        targets = Targets(anchor.view(1, 1, 4), torch.tensor([[0]]), torch.tensor([[crowd]]))
+        raw = raw_predictions(out, priors, family, targets)
+        assert raw.iou_truth[0, 100].item() == pytest.approx(expected)

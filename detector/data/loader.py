@@ -55,15 +55,18 @@ class TrainingImages(Dataset):
 
 @dataclass
 class Batch:
-    """images: (B, 3, H, W) float in [0, 1], zero-padded to multiples of 128; targets padded to G boxes."""
+    """images: (B, 3, H, W) float in [0, 1], zero-padded to multiples of 128; targets padded to G boxes;
+    image_sizes: (B, 2) each image's (height, width) in pixels before the padding (boxes are clipped to it)."""
 
     images: Tensor
     targets: Targets
     image_ids: list[int]
     scales: list[float]
+    image_sizes: Tensor
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.images.to(device, non_blocking=True), self.targets.to(device), self.image_ids, self.scales)
+        return Batch(self.images.to(device, non_blocking=True), self.targets.to(device), self.image_ids, self.scales,
+                     self.image_sizes.to(device))
 
 
 def collate(items) -> Batch:
@@ -80,7 +83,9 @@ def collate(items) -> Batch:
         images[i, :, : px.shape[1], : px.shape[2]] = px
         n = bx.shape[0]
         boxes[i, :n], labels[i, :n], ignore[i, :n] = bx, lb, ig
-    return Batch(images.float().div_(255), Targets(boxes, labels, ignore), [it[4] for it in items], [it[5] for it in items])
+    sizes = torch.tensor([tuple(it[0].shape[1:]) for it in items], dtype=torch.float32)
+    return Batch(images.float().div_(255), Targets(boxes, labels, ignore), [it[4] for it in items],
+                 [it[5] for it in items], sizes)
 
 
 def make_loader(ds: DetectionSet, cfg: DataConfig, batch_size: int, train: bool, workers: int = 0,

@@ -26,7 +26,7 @@ from .study import Study, load_study, resolve_configs
 from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, pending_entries
 from .logs import log, setup_logging
 from .naming import LAUNCH_FILE, POINT, point_key, point_of
-from .trial import set_health_check_interval
+from .trial import set_train_env
 
 @dataclass
 class Plan:
@@ -94,16 +94,14 @@ def _check_weights(study_path: str, configs: dict[str, Config]) -> None:
 def start_ray(address: Optional[str]) -> str:
     """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one) on 127.0.0.1
     with token authentication. Call it before anything in the process imports Ray: Ray's core reads its
-    settings (auth mode, Train's health-check interval) from the environment once."""
+    settings (auth mode, trial.TRAIN_ENV) from the environment once."""
     # MLflow is a study's logger: Tune adds none of its own (run_study keeps its CSV/JSON files); its
     # TensorBoard logger alone would import tensorboardX and torch into the driver, ~2.5 s.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Inside a Ray job the variable may already come from the job's runtime env, and Ray refuses a driver
-    # runtime env that sets it again; the embedded cluster inherits this process's environment.
-    inherited = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" in os.environ
-    set_health_check_interval()
-    runtime_env = None if inherited else {
-        "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
+    # Inside a Ray job the variables may already come from the job's runtime env, and Ray refuses a driver
+    # runtime env that sets them again; the embedded cluster inherits this process's environment.
+    set_now = set_train_env()
+    runtime_env = {"env_vars": set_now} if set_now else None
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS")

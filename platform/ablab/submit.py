@@ -12,6 +12,7 @@ from detector.config import ConfigError
 from .paths import adopt_credentials
 from .preflight import check_job_server, check_tracking_uri
 from .runner import plan_study
+from .trial import TRAIN_ENV
 
 # Environment that a study's job needs from the submitting machine when set there. Never credentials: a job's
 # runtime env is shown by `ray job list` and the dashboard's job API. The job takes MLFLOW_TRACKING_USERNAME /
@@ -26,7 +27,8 @@ def runtime_env(working_dir: str, tracking_uri: Optional[str], pip: list[str]) -
         env_vars["MLFLOW_TRACKING_URI"] = adopt_credentials(tracking_uri or env_vars["MLFLOW_TRACKING_URI"])
     # The job's working dir is a copy of this checkout: import its detector/ and platform/ablab/ first.
     env_vars["PYTHONPATH"] = os.pathsep.join(["platform", "."] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-    env_vars.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    for k, v in TRAIN_ENV.items():
+        env_vars.setdefault(k, v)
     # `ray job stop` sends SIGTERM, on which the study stops at its trials' checkpoints (ablab.runner), then
     # SIGKILL after this many seconds (Ray's default, 3, is too short for that).
     env_vars.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "45")

@@ -256,7 +256,10 @@ class MlflowStudyLogger(Callback):
         elif failed:
             err = trial.get_error() if hasattr(trial, "get_error") else None
             reason = str(err) if err else "trial failed (see Ray Tune logs)"
-        (trial_dir / CONFIG_FILE).write_text(json.dumps(self.configs[key], indent=1))
+        try:
+            (trial_dir / CONFIG_FILE).write_text(json.dumps(self.configs[key], indent=1))
+        except OSError as err:  # a full disk must not stop the driver: the config is in the run's params too
+            log.warning(f"cannot write {trial_dir / CONFIG_FILE} ({err.strerror})")
         for name in TRIAL_FILES:
             if (trial_dir / name).is_file():
                 self.journal.write("artifact", run=key, path=str(trial_dir / name))

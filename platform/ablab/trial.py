@@ -22,6 +22,15 @@ def _rank() -> int:
     return ray.train.get_context().get_world_rank()
 
 
+def _write_reason(path: Path, text: str) -> None:
+    """Record why a trial failed in its folder; on a full disk the reason still reaches MLflow, through the
+    exception Tune records."""
+    try:
+        path.write_text(text)
+    except OSError as err:
+        print(f"[trial] cannot write {path} ({err.strerror}); the failure is reported without it", flush=True)
+
+
 def _run_facts(state) -> dict[str, Any]:
     """What every report carries for the trial's run tags: the resolved precision, the hardware it was resolved
     on, and the epoch this worker resumed from (when it started from a checkpoint)."""
@@ -68,7 +77,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     except NonFiniteLoss as err:
         # Deterministic: restarting the worker would only hit it again. Record it and stop this trial.
         if rank == 0:
-            (trial_dir / ERROR_FILE).write_text(f"NonFiniteLoss: {err}\n")
+            _write_reason(trial_dir / ERROR_FILE, f"NonFiniteLoss: {err}\n")
         ray.train.report({"failed": 1.0, "epoch": -1.0})
         return
 
@@ -121,13 +130,25 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
     try:
         trainer.fit()
     except Exception:
-        (trial_dir / ERROR_FILE).write_text(traceback.format_exc()[-4000:])
+        _write_reason(trial_dir / ERROR_FILE, traceback.format_exc()[-4000:])
         raise
     error = trial_dir / ERROR_FILE
     if error.is_file():
         raise RuntimeError(f"trial {trial_id} ({key}) failed: {error.read_text().strip()}")
 
 
-def set_health_check_interval() -> None:
-    """Train V2 polls workers every 2 s by default, which costs ~2 s per report; 0.2 s here."""
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+TRAIN_ENV = {
+    # Train V2 polls workers every 2 s by default, which costs ~2 s per report; 0.2 s here.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Train V2 sends a worker's print() to the console and again through the root logger: every line twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+"""Ray Train settings of every trial: in this process's environment (the embedded cluster inherits it) and in
+the runtime env of a cluster that is joined or a job that is submitted."""
+
+
+def set_train_env() -> dict[str, str]:
+    """Set TRAIN_ENV where the environment does not already; returns those it set."""
+    missing = {k: v for k, v in TRAIN_ENV.items() if k not in os.environ}
+    os.environ.update(missing)
+    return missing
