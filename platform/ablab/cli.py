@@ -77,6 +77,12 @@ def cmd_run(args) -> int:
     return 1 if outcome.failed else 0
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import doctor
+
+    return doctor()
+
+
 def cmd_sync(args) -> int:
     from .runner import sync_study
 
@@ -145,6 +151,9 @@ def _single_process_commands(sub) -> None:
     syn.add_argument("--val", type=int, default=100)
     syn.add_argument("--size", type=int, default=256)
     syn.add_argument("--seed", type=int, default=0)
+
+    _command(sub, "doctor", cmd_doctor, "this machine's fitness for studies: CPU and the precision auto picks, torch "
+                                        "and CUDA, Ray, MLflow, the report browser, data roots, disk")
 
     tr = _command(sub, "train", cmd_train, "train and evaluate one config in this process (no Ray, no MLflow)")
     tr.add_argument("config")

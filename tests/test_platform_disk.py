@@ -1,0 +1,84 @@
+"""A disk that fills up mid-study: the output folder is a small tmpfs (mounted for the test; skipped where
+mounting is not allowed), the MLflow store lives elsewhere, as a team's server would. When the folder fills up
+the trial fails with the reason in MLflow, what was logged stays, and once space is back `ablab resume
+--retry-failed` finishes the trial from its last checkpoint in the same run."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform_helpers import ablab_env, wait_until, write_study
+
+pytestmark = pytest.mark.slow
+EPOCHS = 6
+
+
+def _trial(uri):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ablab/full_disk")
+    runs = client.search_runs([exp.experiment_id], "tags.`ablab.role` = 'trial'") if exp else []
+    return client, (runs[0] if runs else None)
+
+
+def _steps(uri) -> list[int]:
+    try:
+        client, run = _trial(uri)
+        return sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) if run else []
+    except Exception:  # the driver is creating the store
+        return []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): needs root or CAP_SYS_ADMIN")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_fails_the_trial_with_its_reason_and_the_study_resumes_once_space_is_back(
+        synthetic_root, tmp_path, small_disk):
+    study = write_study(tmp_path / "full_disk.yaml", synthetic_root, epochs=EPOCHS, max_images=24, layout=None,
+                        trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
+                        resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 1})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = ablab_env(small_disk / "out")
+    cmd = [sys.executable, "-m", "ablab.cli", "run", str(study), "--tracking-uri", uri]
+    log = tmp_path / "run.log"
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        wait_until(lambda: _steps(uri) or driver.poll() is not None, 600, "a first epoch")
+        filler = small_disk / "filler"
+        with open(filler, "wb") as f:  # the disk fills up: no room for the next checkpoint
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+        assert driver.wait(600) == 1, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    client, run = _trial(uri)
+    assert run.info.status == "FAILED", log.read_text()[-3000:]
+    assert "No space left on device" in run.data.tags["ablab.error"]
+    logged = _steps(uri)
+    assert logged and logged == sorted(set(logged))  # what was logged before stays, once each
+
+    filler.unlink()  # space is back
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "resume", str(study), "--retry-failed", "--tracking-uri", uri],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client, run = _trial(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["ablab.attempts"] == "2"
+    assert "No space left on device" in run.data.tags["ablab.previous_errors"]
+    assert _steps(uri) == list(range(1, EPOCHS + 1))  # every epoch once
+    assert int(run.data.tags["ablab.resumed_at_epoch"]) >= 1  # from the last checkpoint, not from scratch
+    assert shutil.disk_usage(small_disk).free > 0
