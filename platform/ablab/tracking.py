@@ -284,7 +284,8 @@ class MlflowStudyLogger(Callback):
                                                          ["ablab.failed_trials", str(failed)],
                                                          ["ablab.interrupted_trials", str(len(stopped))]])
         self.journal.write("end", run=LAUNCH, status="KILLED" if stopped else "FINISHED")
-        left = self.journal.drain(FLUSH_WAIT_S)
+        # A stopped study (SIGTERM, `ray job stop`) must end within its grace period: what is left stays on disk.
+        left = self.journal.drain(min(FLUSH_WAIT_S, 10.0) if stopped else FLUSH_WAIT_S)
         if left:
             log.warning(f"tracking: {left} MLflow writes could not be made ({self.tracking_uri} does not answer); "
                         f"they wait in {self.journal.path}")
