@@ -6,7 +6,8 @@ import sys
 
 
 def _doctor(**env):
-    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "ABLAB_COCO_ROOT", "ABLAB_VOC_ROOT")}
     return subprocess.run([sys.executable, "-m", "ablab.cli", "doctor"], capture_output=True, text=True,
                           env={**base, **env}, timeout=120)
 

@@ -2,7 +2,9 @@
 mounting is not allowed), the MLflow store lives elsewhere, as a team's server would. When the folder fills up
 the trial fails with the reason in MLflow, what was logged stays, and once space is back `ablab resume
 --retry-failed` finishes the trial from its last checkpoint in the same run."""
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -22,7 +24,11 @@ def _trial(uri):
     return client, (runs[0] if runs else None)
 
 
-def _steps(uri) -> list[int]:
+def _steps(uri, out=None) -> list[int]:
+    # Read only once the driver has made the store and the trial's run (it writes the registry after them).
+    registry = out / "full_disk" / "smoke" / "mlflow_runs.json" if out else None
+    if registry is not None and (not registry.is_file() or '"iou_' not in registry.read_text()):
+        return []
     try:
         client, run = _trial(uri)
         return sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) if run else []
@@ -52,9 +58,9 @@ def test_a_full_disk_fails_the_trial_with_its_reason_and_the_study_resumes_once_
     env = ablab_env(small_disk / "out")
     cmd = [sys.executable, "-m", "ablab.cli", "run", str(study), "--tracking-uri", uri]
     log = tmp_path / "run.log"
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
     try:
-        wait_until(lambda: _steps(uri) or driver.poll() is not None, 600, "a first epoch")
+        wait_until(lambda: _steps(uri, small_disk / "out") or driver.poll() is not None, 600, "a first epoch")
         filler = small_disk / "filler"
         with open(filler, "wb") as f:  # the disk fills up: no room for the next checkpoint
             try:
@@ -65,7 +71,7 @@ def test_a_full_disk_fails_the_trial_with_its_reason_and_the_study_resumes_once_
         assert driver.wait(600) == 1, log.read_text()[-3000:]
     finally:
         if driver.poll() is None:
-            driver.kill()
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded cluster it started
     client, run = _trial(uri)
     assert run.info.status == "FAILED", log.read_text()[-3000:]
     assert "No space left on device" in run.data.tags["ablab.error"]
@@ -80,5 +86,6 @@ def test_a_full_disk_fails_the_trial_with_its_reason_and_the_study_resumes_once_
     assert run.info.status == "FINISHED" and run.data.tags["ablab.attempts"] == "2"
     assert "No space left on device" in run.data.tags["ablab.previous_errors"]
     assert _steps(uri) == list(range(1, EPOCHS + 1))  # every epoch once
+    assert not (small_disk / "out" / "full_disk" / "smoke" / "mlflow_journal.jsonl").exists()  # all written
     assert int(run.data.tags["ablab.resumed_at_epoch"]) >= 1  # from the last checkpoint, not from scratch
     assert shutil.disk_usage(small_disk).free > 0

@@ -144,6 +144,7 @@ def test_ray_job_stop_stops_a_study_that_a_resume_job_finishes(services, synthet
                           env=services["env"], timeout=120)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     while client.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        assert time.time() - t0 < 120, "the stopped job never ended"
         time.sleep(0.5)
     assert client.get_job_status(job_id) == JobStatus.STOPPED and time.time() - t0 < 45
     logs = client.get_job_logs(job_id)

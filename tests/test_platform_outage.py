@@ -4,6 +4,7 @@ saying so, and `ablab sync` writes the rest later. Nothing is lost: every metric
 MLflow is checked against the trials' own files."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,7 +65,7 @@ def test_an_mlflow_outage_mid_study_loses_nothing(synthetic_root, tmp_path):
     env = ablab_env(out, MLFLOW_TRACKING_URI=server.uri, ABLAB_TRACKING_FLUSH_S="5")
     log = tmp_path / "run.log"
     driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+                              stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
     try:
         wait_until(lambda: _epochs(server.uri, "outage") >= 1 or driver.poll() is not None, 600, "a first epoch")
         # Outage 1: the server is away for a while and comes back; the trials train on meanwhile.
@@ -81,7 +82,9 @@ def test_an_mlflow_outage_mid_study_loses_nothing(synthetic_root, tmp_path):
         assert driver.wait(600) == 1, log.read_text()[-3000:]
     finally:
         if driver.poll() is None:
-            driver.kill()
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded cluster it started
+        if server.proc.poll() is None:  # the test failed with the server up
+            server.stop()
     text = log.read_text()
     assert "MLflow cannot take writes" in text and "MLflow is back after" in text
     assert "`ablab sync" in text

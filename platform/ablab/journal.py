@@ -28,37 +28,59 @@ FLUSH_WAIT_S = float(os.environ.get("ABLAB_TRACKING_FLUSH_S", "120"))
 """How long the end of a study (or ``ablab sync``) waits for MLflow to take the journal's last writes."""
 
 
+RETRIED_HTTP = (401, 403, 429)
+"""Client errors worth waiting out: credentials being renewed, a proxy's rate limit."""
+
+
 def unavailable(err: BaseException) -> bool:
     """True for an error that says the store cannot take writes now (worth trying again later), False for one
-    that says the write itself is wrong (a bug: it is raised)."""
+    that says the write itself is wrong (it is dropped, with a message)."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(err, MlflowException):
-        return err.get_http_status_code() >= 500
+        status = err.get_http_status_code()
+        return status >= 500 or status in RETRIED_HTTP
+    response = getattr(err, "response", None)  # requests' HTTPError from an HTTP artifact store
+    if response is not None and getattr(response, "status_code", None):
+        return response.status_code >= 500 or response.status_code in RETRIED_HTTP
+    if isinstance(err, FileNotFoundError):
+        return False  # an artifact that is gone (a retried trial's old error.txt) never comes back
     return isinstance(err, OSError)
 
 
 class Journal:
-    """Append with :meth:`write`; ``apply(entry)`` writes one entry to MLflow (the tracking logger's).
+    """Append with :meth:`write`; ``apply(entry)`` writes one entry to MLflow (:class:`MlflowWriter`'s).
 
-    ``folder``: where the journal lives. A journal left by an earlier launch is applied first."""
+    ``folder``: where the journal lives. A journal left by an earlier launch is applied first. The file holds
+    ``applied`` lines already written and then the queue; while the disk refuses writes the queue lives in
+    memory only, and the file is rewritten from it once the disk takes writes again."""
 
     def __init__(self, folder: Path, apply: Callable[[dict[str, Any]], None]):
         self.path, self.applied_path = folder / JOURNAL_FILE, folder / APPLIED_FILE
         self._apply = apply
         self._entries = pending_entries(folder)
         self._cond = threading.Condition()
-        self._disk_ok = True
+        self._retry_now = False
         self.outage_since: Optional[float] = None
+        self._disk_ok = self._rewrite()  # a fresh file: no torn line from a killed driver, applied 0
         self._thread = threading.Thread(target=self._run, name="ablab-mlflow-journal", daemon=True)
         self._thread.start()
 
     def write(self, op: str, **args: Any) -> None:
         entry = {"op": op, **args}
         with self._cond:
-            self._persist(entry)
             self._entries.append(entry)
-            self._cond.notify()
+            if self._disk_ok:
+                try:
+                    with open(self.path, "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                except OSError as err:
+                    log.warning(f"tracking: cannot write {self.path} ({err.strerror}); MLflow writes wait in memory "
+                                f"until the disk takes writes again")
+                    self._disk_ok = False
+            else:
+                self._disk_ok = self._rewrite()
+            self._cond.notify_all()
 
     def entries_for(self, run: str) -> list[dict[str, Any]]:
         """The entries of one run still waiting."""
@@ -75,8 +97,9 @@ class Journal:
         disk for ``ablab resume`` / ``ablab sync``)."""
         deadline = time.monotonic() + wait_s
         with self._cond:
-            self._cond.notify_all()  # an outage's wait ends: one more try now
-            while self._entries and time.monotonic() < deadline:
+            self._retry_now = True  # an outage's wait ends: one more try now
+            self._cond.notify_all()
+            while self._entries and self._thread.is_alive() and time.monotonic() < deadline:
                 self._cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             return len(self._entries)
 
@@ -90,54 +113,64 @@ class Journal:
                 entry = self._entries[0]
             try:
                 self._apply(entry)
-            except Exception as err:  # noqa: BLE001 - classified below; a bug is re-raised in the driver's log
-                if not unavailable(err):
-                    log.error(f"tracking: an MLflow write failed and is dropped ({entry['op']}): "
-                              f"{type(err).__name__}: {str(err)[:300]}")
-                    self._done_one()
+            except Exception as err:  # noqa: BLE001 - classified: retried, or dropped with a message
+                if unavailable(err):
+                    self._wait_out(err)
                     continue
-                if self.outage_since is None:
-                    self.outage_since = time.monotonic()
-                    log.warning(f"tracking: MLflow cannot take writes ({type(err).__name__}: {str(err)[:200]}); "
-                                f"training goes on and the writes wait in {self.path}")
-                with self._cond:
-                    self._cond.wait(RETRY_S)
-                continue
-            if self.outage_since is not None:
-                log.info(f"tracking: MLflow is back after {time.monotonic() - self.outage_since:.0f}s; "
-                         f"writing out {self.pending} waiting entries")
-                self.outage_since = None
+                log.error(f"tracking: an MLflow write failed and is dropped ({entry['op']} of {entry.get('run')}): "
+                          f"{type(err).__name__}: {str(err)[:300]}")
+            else:
+                if self.outage_since is not None:
+                    log.info(f"tracking: MLflow is back after {time.monotonic() - self.outage_since:.0f}s; "
+                             f"writing out {self.pending} waiting entries")
+                    self.outage_since = None
             self._done_one()
+
+    def _wait_out(self, err: BaseException) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+            log.warning(f"tracking: MLflow cannot take writes ({type(err).__name__}: {str(err)[:200]}); "
+                        f"training goes on and the writes wait in {self.path}")
+        retry_at = time.monotonic() + RETRY_S
+        with self._cond:
+            while not self._retry_now and time.monotonic() < retry_at:
+                self._cond.wait(retry_at - time.monotonic())
+            self._retry_now = False
 
     def _done_one(self) -> None:
         with self._cond:
             self._entries.pop(0)
-            applied = _read_applied(self.applied_path) + 1
-            if not self._entries and self._disk_ok:
-                # All written out: start the next entries on an empty journal.
-                self.path.unlink(missing_ok=True)
-                self.applied_path.unlink(missing_ok=True)
-            elif self._disk_ok:
-                _write_atomic(self.applied_path, str(applied))
+            if not self._entries or not self._disk_ok:
+                self._disk_ok = self._rewrite()  # all written out (or the disk is back): the file is the queue
+            else:
+                try:
+                    _write_atomic(self.applied_path, str(_read_applied(self.applied_path) + 1))
+                except OSError:
+                    self._disk_ok = False
             self._cond.notify_all()
 
-    def _persist(self, entry: dict[str, Any]) -> None:
+    def _rewrite(self) -> bool:
+        """Make the file hold exactly the queue, with nothing applied (no file when the queue is empty). The
+        applied count goes first: a crash in between can only repeat entries, never skip one."""
         try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-        except OSError as err:
-            if self._disk_ok:
-                log.warning(f"tracking: cannot write {self.path} ({err}); MLflow writes wait in memory only")
-            self._disk_ok = False
+            self.applied_path.unlink(missing_ok=True)
+            if self._entries:
+                _write_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self._entries))
+            else:
+                self.path.unlink(missing_ok=True)
+            return True
+        except OSError:
+            return False
 
 
 def pending_entries(folder: Path) -> list[dict[str, Any]]:
     """The journal's entries not yet written out (a torn last line, from a driver killed mid-write, is skipped)."""
-    path = folder / JOURNAL_FILE
-    if not path.is_file():
+    try:
+        lines = (folder / JOURNAL_FILE).read_text().splitlines()
+    except OSError:  # none (all written out), or removed by a writer that just finished
         return []
     entries = []
-    for line in path.read_text().splitlines()[_read_applied(folder / APPLIED_FILE):]:
+    for line in lines[_read_applied(folder / APPLIED_FILE):]:
         try:
             entries.append(json.loads(line))
         except json.JSONDecodeError:
@@ -191,17 +224,7 @@ class MlflowWriter:
     def apply(self, e: dict[str, Any]) -> None:
         op = e["op"]
         if op == "create":
-            registry = RunRegistry(self.registry_path)
-            if e["run"] in registry.data["trials"]:
-                return  # made already (this entry was applied before the driver died)
-            run = self.client.create_run(e["experiment"], run_name=e["name"], tags=e["tags"])
-            from mlflow.entities import Param
-
-            params = [Param(k, v) for k, v in e["params"]]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(run.info.run_id, params=params[i:i + 100])
-            registry.data["trials"][e["run"]] = run.info.run_id
-            registry.save()
+            self._create(e)
             return
         run_id = self.run_id(e["run"])
         if op == "reopen":
@@ -222,6 +245,25 @@ class MlflowWriter:
             self.client.set_terminated(run_id, status=e["status"])
         else:
             raise ValueError(f"unknown journal entry {op!r}")
+
+    def _create(self, e: dict[str, Any]) -> None:
+        """A trial's run, made once: its id is in the registry as soon as it exists, and a create retried after a
+        partial success (a timeout the server did act on) finds the run by its tags instead of making another."""
+        from mlflow.entities import Param
+
+        registry = RunRegistry(self.registry_path)
+        run_id = registry.data["trials"].get(e["run"])
+        if run_id is None:
+            found = self.client.search_runs(
+                [e["experiment"]], f"tags.`ablab.trial_key` = '{e['run']}' and "
+                                   f"tags.`mlflow.parentRunId` = '{e['tags']['mlflow.parentRunId']}'")
+            run_id = found[0].info.run_id if found else self.client.create_run(
+                e["experiment"], run_name=e["name"], tags=e["tags"]).info.run_id
+            registry.data["trials"][e["run"]] = run_id
+            registry.save()
+        params = [Param(k, v) for k, v in e["params"]]
+        for i in range(0, len(params), 100):  # logging a param again with the same value is allowed
+            self.client.log_batch(run_id, params=params[i:i + 100])
 
     def _reopen(self, run_id: str) -> None:
         """A trial's run continues (resume) or runs again (--retry-failed). An earlier failure stays on it as

@@ -115,24 +115,26 @@ class MlflowStudyLogger(Callback):
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             name, artifact_location=artifact_location(self.tracking_uri),
             tags={"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table})
-        self.parent = self._parent_run()
+        self.parent, existed = self._parent_run()
         self._journal = Journal(self.registry_path.parent, MlflowWriter(self.tracking_uri, self.registry_path).apply)
+        if existed:  # after what an earlier launch left in the journal (its end of the launch run, say)
+            self.journal.write("reopen", run=LAUNCH)
 
     def _common_tags(self) -> dict[str, str]:
         return {"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table,
                 "ablab.profile": self.profile, "mlflow.source.git.commit": self.commit}
 
-    def _parent_run(self) -> str:
+    def _parent_run(self) -> tuple[str, bool]:
+        """The launch run's id, and whether it existed (a resume reopens it through the journal)."""
         registry = self.registry
         run_id = registry.data.get("parent")
         if run_id:
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
+            return run_id, True
         run = self.client.create_run(self.experiment_id, run_name=f"{self.study.study}:{self.profile}",
                                      tags={**self._common_tags(), "ablab.role": "launch"})
         registry.data["parent"] = run.info.run_id
         registry.save()
-        return run.info.run_id
+        return run.info.run_id, False
 
     def _rows_of(self, point: dict[str, Any]) -> list[str]:
         """The table rows this training point fills (its trial's, and of those the ones its grid values match)."""
@@ -157,7 +159,8 @@ class MlflowStudyLogger(Callback):
         if key in self._started:
             return
         self._started.add(key)
-        if key in self.registry.data["trials"]:
+        queued = any(e["op"] == "create" for e in self.journal.entries_for(key))  # by a launch that died
+        if key in self.registry.data["trials"] or queued:
             self.journal.write("reopen", run=key)
         else:
             self.journal.write("create", run=key, experiment=self.experiment_id, name=key,

@@ -78,7 +78,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Deterministic: restarting the worker would only hit it again. Record it and stop this trial.
         if rank == 0:
             _write_reason(trial_dir / ERROR_FILE, f"NonFiniteLoss: {err}\n")
-        ray.train.report({"failed": 1.0, "epoch": -1.0})
+        ray.train.report({"failed": 1.0, "epoch": -1.0, "error": f"NonFiniteLoss: {err}"})
         return
 
     final: dict[str, Any] = {"done": 1.0, "epoch": float(state.epoch), **_run_facts(state)}
@@ -128,13 +128,14 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
         ),
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception:
         _write_reason(trial_dir / ERROR_FILE, traceback.format_exc()[-4000:])
         raise
     error = trial_dir / ERROR_FILE
-    if error.is_file():
-        raise RuntimeError(f"trial {trial_id} ({key}) failed: {error.read_text().strip()}")
+    if error.is_file() or (result.metrics or {}).get("failed"):
+        reason = error.read_text().strip() if error.is_file() else result.metrics.get("error", "failed")
+        raise RuntimeError(f"trial {trial_id} ({key}) failed: {reason}")
 
 
 TRAIN_ENV = {
