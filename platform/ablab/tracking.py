@@ -257,7 +257,10 @@ class MlflowStudyLogger(Callback):
         if error_file.is_file():
             reason = error_file.read_text().strip()
         elif failed:
-            err = trial.get_error() if hasattr(trial, "get_error") else None
+            try:  # Tune reads the error back from the trial folder, which a full disk may have left truncated
+                err = trial.get_error() if hasattr(trial, "get_error") else None
+            except Exception as read_err:  # noqa: BLE001
+                err = f"(Tune could not read the trial's error back: {type(read_err).__name__}: {read_err})"
             reason = str(err) if err else "trial failed (see Ray Tune logs)"
         try:
             (trial_dir / CONFIG_FILE).write_text(json.dumps(self.configs[key], indent=1))
