@@ -3,9 +3,11 @@ TorchTrainer per trial, mirror it into MLflow from this (driver) process, and su
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -262,7 +264,15 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     tuner = _tuner(plan, tracking_uri, where == "local", max_conc, resume, retry_failed)
     t_fit = time.perf_counter()
     with _sigterm_as_interrupt():
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except Exception:
+            if shutil.disk_usage(plan.out_dir).free < 1 << 20:  # e.g. Tune's error files truncated by a full disk
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the study stopped, its trials' reasons are in "
+                                            f"MLflow; free space, then `ablab resume {study_path} --profile {profile} "
+                                            f"--retry-failed` (trials whose Ray Tune state the full disk damaged cannot "
+                                            f"be continued yet)", str(plan.out_dir)) from None
+            raise
     t_fit = time.perf_counter() - t_fit
     failed, unfinished = summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit)
     if unfinished:

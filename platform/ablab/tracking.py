@@ -73,10 +73,11 @@ class MlflowStudyLogger(Callback):
         self._logged_epochs: dict[str, set[int]] = {}
         self._started: set[str] = set()  # trial keys whose run this process made or reopened (or queued so)
         self._tagged: dict[tuple[str, str], str] = {}  # (key, tag) -> value written by this process
+        self._errors: dict[str, str] = {}  # trial key -> the failure its driver reported
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for k in ("_client", "_journal", "_logged_epochs", "_started", "_tagged"):
+        for k in ("_client", "_journal", "_logged_epochs", "_started", "_tagged", "_errors"):
             state.pop(k)
         return state
 
@@ -184,6 +185,8 @@ class MlflowStudyLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = point_key(point_of(trial.config))
         self.start_trial(key, point_of(trial.config))
+        if result.get("error"):  # the trial's failure, as its driver saw it (kept for _finish)
+            self._errors[key] = str(result["error"])
         if result.get("precision"):
             # The precision the trial's workers resolved (auto -> bf16 / fp16 / fp32) and the hardware it was
             # resolved on: two results trained differently can be told apart.
@@ -255,8 +258,9 @@ class MlflowStudyLogger(Callback):
         error_file = trial_dir / ERROR_FILE
         reason: Optional[str] = None
         if error_file.is_file():
-            reason = error_file.read_text().strip()
-        elif failed:
+            reason = error_file.read_text().strip() or None  # empty: written on a full disk
+        reason = reason or self._errors.get(key)
+        if failed and not reason:
             try:  # Tune reads the error back from the trial folder, which a full disk may have left truncated
                 err = trial.get_error() if hasattr(trial, "get_error") else None
             except Exception as read_err:  # noqa: BLE001
@@ -282,6 +286,8 @@ class MlflowStudyLogger(Callback):
         # (Tune marks a trial it stops at the end as TERMINATED too: a stopped one never reported `done`.)
         stopped = [t for t in trials if t.status != "ERROR" and not (t.last_result or {}).get("done")]
         for t in stopped:
+            if "trial" not in point_of(t.config):
+                continue  # restored from a Tune state that lost its config (written on a full disk)
             key = point_key(point_of(t.config))
             if key in self._started or key in self.registry.data["trials"]:
                 self.journal.write("log_batch", run=key, tags=[["ablab.interrupted", "true"]])

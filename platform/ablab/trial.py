@@ -28,6 +28,7 @@ def _write_reason(path: Path, text: str) -> None:
     try:
         path.write_text(text)
     except OSError as err:
+        path.unlink(missing_ok=True)  # an empty file would say "no reason"
         print(f"[trial] cannot write {path} ({err.strerror}); the failure is reported without it", flush=True)
 
 
@@ -130,7 +131,11 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
     try:
         result = trainer.fit()
     except Exception:
-        _write_reason(trial_dir / ERROR_FILE, traceback.format_exc()[-4000:])
+        reason = traceback.format_exc()[-4000:]
+        _write_reason(trial_dir / ERROR_FILE, reason)
+        # Also through Tune, to the driver's logger: on a full disk neither that file nor Tune's own error file
+        # can be written.
+        ray.tune.report({"failed": 1.0, "epoch": -1.0, "error": reason})
         raise
     error = trial_dir / ERROR_FILE
     if error.is_file() or (result.metrics or {}).get("failed"):
