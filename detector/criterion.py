@@ -188,7 +188,10 @@ class Criterion:
         if self.detach_quality:
             target = target.detach()
         logits = out.quality_logits.float()
-        loss = self.quality_loss(logits[assignment.positive], target, logits[assignment.state == NEGATIVE])
+        # The negatives as (B, N) logits, -inf elsewhere (softplus 0): no boolean indexing, which on CUDA would
+        # wait on the device every step for every loss, though only bce_neg reads them.
+        negatives = logits.masked_fill(assignment.state != NEGATIVE, float("-inf"))
+        loss = self.quality_loss(logits[assignment.positive], target, negatives)
         return loss / num_pos
 
     def loss_centerness(self, out: HeadOutput, pos: Tensor, ctr_target: Optional[Tensor], num_pos: Tensor) -> Tensor:

@@ -111,5 +111,5 @@ QUALITY_LOSSES = Registry("model.quality.loss", "detector.criterion", {
     "smooth_l1": Option("smooth L1 of sigmoid(q) against the IoU target", ("quality.beta",)),
     "gfocal": Option("|y - p|^gamma x BCE (paper 004, eq. 13)", ("focal.gamma",)),
 })
-"""Quality losses, summed: ``loss(positives' logits (P,), IoU target (P,), negatives' logits (M,), *, fields)
--> ()``."""
+"""Quality losses, summed: ``loss(positives' logits (P,), IoU target (P,), negatives' logits (B, N) -> ()``, the
+last with -inf where a prior is not a negative, and the declared fields as keywords."""

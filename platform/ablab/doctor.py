@@ -74,12 +74,20 @@ def _ray(lines: list[tuple[str, str, str]]) -> None:
         except Exception as err:  # noqa: BLE001 - a report, not a failure of the command
             lines.append(("ray cluster", PROBLEM, " ".join(str(err).split())))
         mode = os.environ.get("RAY_AUTH_MODE", "")
-        token = (os.environ.get("RAY_AUTH_TOKEN") and "RAY_AUTH_TOKEN") or (
-            os.environ.get("RAY_AUTH_TOKEN_PATH") if Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "/nonexistent")).is_file()
-            else None) or ("~/.ray/auth_token" if (Path.home() / ".ray" / "auth_token").is_file() else None)
+        token = _token_source()
         state = OK if mode == "token" and token else NOTE
         lines.append(("ray token auth", state, f"RAY_AUTH_MODE={mode or '(unset)'}; token from {token or 'nowhere'}"
                       + ("" if state == OK else ": a cluster with token auth answers 401 without both")))
+
+
+def _token_source() -> Optional[str]:
+    """Where a Ray client would find its token, in Ray's order (never the token itself)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).is_file():
+        return path
+    return "~/.ray/auth_token" if (Path.home() / ".ray" / "auth_token").is_file() else None
 
 
 def _mlflow(lines: list[tuple[str, str, str]]) -> None:

@@ -1,7 +1,7 @@
 """The study driver's MLflow writes, through an on-disk journal that a background thread writes out.
 
 Every write is appended to ``mlflow_journal.jsonl`` in the study profile's folder and applied in order by one
-thread, so a Tune callback never waits on MLflow. When the store cannot take a write (the server is down, the
+thread, so no Tune callback waits on an MLflow write. When the store cannot take a write (the server is down, the
 disk is full: an MLflow error with an HTTP status >= 500, or an OS error), the thread keeps it and tries again
 every ``RETRY_S`` seconds; everything after it waits behind it. Nothing is lost if the driver dies: the journal
 holds what was not yet written, ``ablab resume`` writes it out first, and ``ablab sync`` writes it out alone.
@@ -60,6 +60,7 @@ class Journal:
         self._apply = apply
         self._entries = pending_entries(folder)
         self._cond = threading.Condition()
+        self._applied = 0  # lines of the file already written out (what APPLIED_FILE says)
         self._retry_now = False
         self.outage_since: Optional[float] = None
         self._disk_ok = self._rewrite()  # a fresh file: no torn line from a killed driver, applied 0
@@ -144,7 +145,8 @@ class Journal:
                 self._disk_ok = self._rewrite()  # all written out (or the disk is back): the file is the queue
             else:
                 try:
-                    _write_atomic(self.applied_path, str(_read_applied(self.applied_path) + 1))
+                    _write_atomic(self.applied_path, str(self._applied + 1))
+                    self._applied += 1
                 except OSError:
                     self._disk_ok = False
             self._cond.notify_all()
@@ -154,6 +156,7 @@ class Journal:
         applied count goes first: a crash in between can only repeat entries, never skip one."""
         try:
             self.applied_path.unlink(missing_ok=True)
+            self._applied = 0
             if self._entries:
                 _write_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self._entries))
             else:
@@ -199,9 +202,7 @@ class RunRegistry:
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        _write_atomic(self.path, json.dumps(self.data, indent=1))
 
 
 LAUNCH = "launch"

@@ -43,8 +43,9 @@ class Plan:
 
 
 MAX_TRIALS = 10_000
-HEAD_NODE_RESOURCE = "node:__internal_head__"  # every Ray head node has 1 of it (ray._common.constants)
 """A larger grid is refused unless --allow-large-grid: at that size it is more likely a typo than a plan."""
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+"""Every Ray head node holds 1 of it (ray._common.constants): the trial drivers ask for a sliver."""
 
 
 def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True,

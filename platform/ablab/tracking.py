@@ -53,7 +53,8 @@ class MlflowStudyLogger(Callback):
 
     The experiment and the launch run are made when the study starts (the store was checked just before);
     every later write goes through the study's :class:`~ablab.journal.Journal`, so no trial and no Tune
-    callback ever waits on MLflow, and an outage costs nothing but delay."""
+    callback waits on an MLflow write, and an outage costs nothing but delay (the one read left is a trial's
+    logged epochs, once per trial and process)."""
 
     def __init__(self, tracking_uri: str, study, profile: str, configs: dict[str, dict], artifacts_root: Path,
                  registry_path: Path):
@@ -68,6 +69,7 @@ class MlflowStudyLogger(Callback):
         self.parent: Optional[str] = None
 
     def _reset(self) -> None:
+        """This process's handles and caches: the underscored attributes, never pickled."""
         self._client: Optional[MlflowClient] = None
         self._journal: Optional[Journal] = None
         self._logged_epochs: dict[str, set[int]] = {}
@@ -76,10 +78,7 @@ class MlflowStudyLogger(Callback):
         self._errors: dict[str, str] = {}  # trial key -> the failure its driver reported
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for k in ("_client", "_journal", "_logged_epochs", "_started", "_tagged", "_errors"):
-            state.pop(k)
-        return state
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
