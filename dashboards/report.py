@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablab.paths import output_root, resolve_tracking_uri, study_dir
-from ablab.query import results
+from ablab.query import replicates, results
 from ablab.study import Study, load_study
 from ablab.table import table_text
 from ablab.logs import log
@@ -128,7 +128,8 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
         for p in images:
             client.log_artifact(launch, str(p), "plots")
 
-    table_html = table_text(study, profile, df, "html") if study.table_layout else ""
+    table_html = (table_text(study, profile, df, "html", replicates(df, uri) if not df.empty else {})
+                  if study.table_layout else "")
     browse = (f'Tracking server: <a href="{html.escape(uri)}">{html.escape(uri)}</a>.'
               if uri.startswith(("http://", "https://")) else
               f"Local store: run <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>, then the links below open.")

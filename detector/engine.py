@@ -18,7 +18,9 @@ from torch import nn
 from .config import Config, ConfigError, VariantConfig
 from .data.datasets import DetectionSet, build_split, category_ids, records_to_coco
 from .data.loader import make_loader
-from .evaluation import coco_metrics, correlations, iou_eval_of, voc_metrics
+from .bootstrap import (coco_matches, coco_replicates, image_draws, percentile_interval, voc_matches,
+                        voc_replicates)
+from .evaluation import VOC_THRESHOLDS, coco_metrics, correlations, iou_eval_of, voc_class_matches, voc_metrics
 from .model import Detector, build_detector
 from .precision import Precision, hardware_summary, resolve_precision
 from .scoring import detect, raw_predictions
@@ -228,12 +230,26 @@ def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str],
 
 @dataclass
 class EvalResult:
-    """metrics: ``{variant}/{metric}`` -> value. detections: variant -> COCO result dicts (original pixels).
-    scatter: variant -> (confidence, IoU_eval) samples for the Figure 4 plot."""
+    """metrics: ``{variant}/{metric}`` -> value, with ``{metric}_lo`` / ``_hi``: its 95% bootstrap interval.
+    detections: variant -> COCO result dicts (original pixels). scatter: variant -> (confidence, IoU_eval)
+    samples for the Figure 4 plot."""
 
     metrics: dict[str, float]
     detections: dict[str, list[dict]]
     scatter: dict[str, tuple[np.ndarray, np.ndarray]]
+    bootstrap: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """variant -> metric -> (R,) replicates over val images (detector.bootstrap); the same draws in every
+    evaluation of the same val set, so two results' replicates pair up."""
+
+
+def _evaluated_gt(gt_dataset: dict, val_set: DetectionSet) -> dict:
+    """The COCO ground truth of the images evaluated: ``data.max_images`` keeps the first of a split, and
+    COCOeval would count the GT of the others as missed."""
+    ids = {r.image_id for r in val_set.records}
+    if len(ids) == len(gt_dataset["images"]):
+        return gt_dataset
+    return {**gt_dataset, "images": [i for i in gt_dataset["images"] if i["id"] in ids],
+            "annotations": [a for a in gt_dataset.get("annotations", []) if a["image_id"] in ids]}
 
 
 @torch.no_grad()
@@ -270,18 +286,31 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     if not val_set.labelled:
         log(f"[eval] {val_set.name} has no annotations (e.g. COCO test-dev): detections written, no metrics")
         return EvalResult({f"{v.name}/num_detections": float(len(dets[v.name])) for v in variants}, dets, {})
-    gt_dataset = (val_set.coco_gt or records_to_coco(val_set)).dataset
+    gt_dataset = _evaluated_gt((val_set.coco_gt or records_to_coco(val_set)).dataset, val_set)
     by_id = {r.image_id: r for r in val_set.records}
     metrics: dict[str, float] = {}
-    scatter = {}
+    scatter, replicates = {}, {}
     rng = np.random.default_rng(0)
+    draws = image_draws(len(val_set.records))
+    t_boot = 0.0
     for v in variants:
         d = dets[v.name]
         m: dict[str, float] = {}
+        reps: dict[str, np.ndarray] = {}
         if "coco" in cfg.inference.metrics:
             m.update(coco_metrics(gt_dataset, d))
+            t = time.perf_counter()
+            reps.update(coco_replicates(coco_matches(gt_dataset, d), draws))
+            t_boot += time.perf_counter() - t
         if "voc" in cfg.inference.metrics:
-            m.update(voc_metrics(val_set.records, d, len(val_set.classes)))
+            matches = voc_class_matches(val_set.records, d, len(val_set.classes))
+            m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
+            t = time.perf_counter()
+            reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
+            t_boot += time.perf_counter() - t
+        for k, r in reps.items():
+            m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
+        replicates[v.name] = reps
         conf = np.asarray([x["score"] for x in d])
         iou_eval = iou_eval_of(by_id, d)
         m.update(correlations(conf, iou_eval))
@@ -291,7 +320,8 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         n = min(len(d), cfg.inference.correlation_samples)
         pick = rng.choice(len(d), n, replace=False) if n < len(d) else np.arange(len(d))
         scatter[v.name] = (conf[pick], iou_eval[pick])
-    return EvalResult(metrics, dets, scatter)
+    log(f"[eval] intervals: {len(draws)} bootstrap replicates of {len(val_set.records)} images in {t_boot:.2f}s")
+    return EvalResult(metrics, dets, scatter, replicates)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

@@ -71,9 +71,10 @@ def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple[np.ndarray, np.ndarray]],
-                 thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+                 thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
     """Greedy VOC matching for one class at every IoU threshold at once: (tp, fp), each (T, D) over the
-    detections in score order, and the number of non-difficult GTs. dets: (image_id, score, box);
+    detections in score order, the number of non-difficult GTs, and each ranked detection's image id.
+    dets: (image_id, score, box);
     gts: image_id -> (boxes (G, 4), difficult (G,)).
 
     Each detection's best GT (difficult ones included, as the devkit does) does not depend on the threshold,
@@ -102,13 +103,11 @@ def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple
         _, first = np.unique(best_gt[counted], return_index=True)  # np.unique keeps the first (best-scored) rank
         tp[t, counted[first]] = 1
         fp[t] = ~hit | (hit & ~best_difficult & (tp[t] == 0))
-    return tp, fp, n_pos
+    return tp, fp, n_pos, [dets[i][0] for i in order]
 
 
-def voc_metrics(records, detections: list[dict], num_classes: int) -> dict[str, float]:
-    """VOC07 11-point mAP at each IoU of 0.50:0.05:0.95 (``mAP50``, ``mAP55``, ..., ``mAP95``) and their mean
-    (``mAP``: the "AP" of IoU-aware Table 5). Difficult / ignore boxes count neither way.
-    records: the dataset's Records; detections: dicts with image_id, label (0-based), box (xyxy), score."""
+def voc_class_matches(records, detections: list[dict], num_classes: int):
+    """_match_class of every class: (tp, fp, n_pos, ranked image ids) per class, 0-based labels."""
     per_class_gt: list[dict] = [dict() for _ in range(num_classes)]
     for r in records:
         for c in range(num_classes):
@@ -118,9 +117,16 @@ def voc_metrics(records, detections: list[dict], num_classes: int) -> dict[str, 
     per_class_det: list[list] = [[] for _ in range(num_classes)]
     for d in detections:
         per_class_det[d["label"]].append((d["image_id"], d["score"], np.asarray(d["box"])))
+    return [_match_class(per_class_det[c], per_class_gt[c], VOC_THRESHOLDS) for c in range(num_classes)]
+
+
+def voc_metrics(records, detections: list[dict], num_classes: int, matches=None) -> dict[str, float]:
+    """VOC07 11-point mAP at each IoU of 0.50:0.05:0.95 (``mAP50``, ``mAP55``, ..., ``mAP95``) and their mean
+    (``mAP``: the "AP" of IoU-aware Table 5). Difficult / ignore boxes count neither way.
+    records: the dataset's Records; detections: dicts with image_id, label (0-based), box (xyxy), score.
+    ``matches``: their voc_class_matches, when already made (the bootstrap uses the same)."""
     aps: list[list[float]] = [[] for _ in VOC_THRESHOLDS]
-    for c in range(num_classes):
-        tp, fp, n_pos = _match_class(per_class_det[c], per_class_gt[c], VOC_THRESHOLDS)
+    for tp, fp, n_pos, _ in matches or voc_class_matches(records, detections, num_classes):
         if n_pos == 0:
             continue
         tp_c, fp_c = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)

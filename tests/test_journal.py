@@ -77,3 +77,4 @@ def test_a_wrong_write_is_dropped_and_the_rest_go_on(tmp_path):
         journal.write("log_batch", run="a", n=n)
     assert journal.drain(5) == 0
     assert store.written == [0, 2] and calls == [0, 1, 2]
+

@@ -1,7 +1,9 @@
 """A disk that fills up mid-study: the output folder is a small tmpfs (mounted for the test; skipped where
 mounting is not allowed), the MLflow store lives elsewhere, as a team's server would. When the folder fills up
 the trial fails with the reason in MLflow, what was logged stays, and `ablab run` ends with one line that
-names the folder and what to do."""
+names the folder and what to do; once space is back, `ablab resume --retry-failed` finishes the trial from its
+last checkpoint in the same MLflow run (a Tune state the full disk cut short is kept aside and rebuilt)."""
+import json
 import os
 import signal
 import subprocess
@@ -48,7 +50,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_a_full_disk_fails_the_trial_with_its_reason_and_stops_the_study_with_one_line(
+def test_a_full_disk_fails_the_trial_with_its_reason_stops_the_study_with_one_line_and_resume_finishes_it(
         synthetic_root, tmp_path, small_disk):
     study = write_study(tmp_path / "full_disk.yaml", synthetic_root, epochs=EPOCHS, max_images=24, layout=None,
                         trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
@@ -81,5 +83,29 @@ def test_a_full_disk_fails_the_trial_with_its_reason_and_stops_the_study_with_on
     logged = _steps(uri)
     assert logged and logged == sorted(set(logged))  # what was logged before stays, once each
 
-    # Resuming once space is back is not covered yet: Tune's experiment state saved while the disk was full lost
-    # the trial's config (a restored trial comes back with an empty one), so `ablab resume` cannot continue it.
+
+    # Space comes back: `ablab resume --retry-failed` (the line's advice) finishes the trial from its last
+    # checkpoint, in the same run, every epoch logged once.
+    (small_disk / "filler").unlink()
+    resumed = subprocess.run([sys.executable, "-m", "ablab.cli", "resume", str(study), "--retry-failed",
+                              "--tracking-uri", uri], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, again = _trial(uri)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED", resumed.stderr[-3000:]
+    assert "No space left on device" in again.data.tags["ablab.previous_errors"]
+    assert int(again.data.tags["ablab.resumed_at_epoch"]) >= 1
+    assert _steps(uri) == list(range(1, EPOCHS + 1))
+    assert "AP" in {k.rpartition("/")[2] for k in again.data.metrics}
+
+
+def test_a_tune_state_cut_short_by_a_full_disk_is_told_from_a_sound_one(tmp_path):
+    from ablab.runner import _tune_state_damage
+
+    (tmp_path / "tuner.pkl").write_bytes(b"\x80\x05.")
+    state = tmp_path / "experiment_state-2026-12-01_17-19-47.json"
+    state.write_text(json.dumps({"trial_data": [["{}", "{}"]], "runner_data": {}}))
+    assert _tune_state_damage(tmp_path) is None
+    state.write_text(state.read_text()[:20])  # what a full disk leaves: the first block only
+    assert "experiment_state-2026-12-01_17-19-47.json is cut short" in _tune_state_damage(tmp_path)
+    state.write_text("")
+    assert _tune_state_damage(tmp_path) == "experiment_state-2026-12-01_17-19-47.json is empty"

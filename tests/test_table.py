@@ -40,8 +40,8 @@ def test_renderings_show_missing_cells_as_missing():
     assert "<caption>" in render(study, table, "html", cap)
     assert r"\begin{tabular}" in render(study, table, "latex", cap)
     csv = render(study, table, "csv", cap).splitlines()
-    assert csv[0].startswith("row,cited,not_reproduced,AP_ours,AP_paper,AP_delta")
-    assert csv[2].startswith("baseline,false,,31.0000,34.4,-3.4000")
+    assert csv[0].startswith("row,cited,not_reproduced,AP_ours,AP_ours_lo,AP_ours_hi,AP_paper,AP_delta")
+    assert csv[2].startswith("baseline,false,,31.0000,,,34.4,-3.4000")
 
 
 def test_exports_stay_well_formed_whatever_a_label_holds():

@@ -21,7 +21,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from ..config import DataConfig, shown_value
-from .synthetic import is_complete, write_synthetic
+from .synthetic import is_complete, write_synthetic, written_with
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +252,14 @@ def category_ids(ds: DetectionSet) -> list[int]:
 def ensure_synthetic(cfg: DataConfig) -> Path:
     """The synthetic root, written on first use (or rewritten when an earlier writer stopped half-way)."""
     root = Path(cfg.root)
-    if is_complete(root):
-        return root
     params = cfg.synthetic.model_dump()
+    if is_complete(root):
+        written = written_with(root)
+        if written != params:  # e.g. a set the tests wrote, or one from before the profile grew
+            print(f"[data] {root} holds a synthetic set written with {written}, not {params} as configured: it is "
+                  f"used as it is (delete it, or point data.root elsewhere, for the configured one)",
+                  file=sys.stderr, flush=True)
+        return root
     print(f"[data] writing synthetic dataset to {root} ({params})", file=sys.stderr, flush=True)
     try:
         return write_synthetic(root, **params)

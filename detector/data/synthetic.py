@@ -206,9 +206,14 @@ def is_complete(root: Path) -> bool:
     return (root / MARKER).is_file()
 
 
+def written_with(root: Path) -> dict[str, int]:
+    """The arguments a complete set was written with."""
+    return json.loads((root / MARKER).read_text())
+
+
 def _holds(root: Path, params: dict[str, int]) -> bool:
     """``root`` is a complete set written with exactly these arguments."""
-    return is_complete(root) and json.loads((root / MARKER).read_text()) == params
+    return is_complete(root) and written_with(root) == params
 
 
 def _check_replaceable(root: Path) -> None:

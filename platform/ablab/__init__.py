@@ -2,6 +2,7 @@
 
     import ablab
     df = ablab.results("table5", profile="smoke")   # one row per trial x inference variant
+    ablab.claims("studies/table5.yaml", profile="smoke")   # each claim of the paper: ours, its interval, a verdict
 """
 from __future__ import annotations
 
@@ -15,4 +16,11 @@ def results(study: str, profile: str | None = None, **kwargs: Any):
     return _results(study, profile=profile, **kwargs)
 
 
-__all__ = ["results"]
+def claims(study: str, profile: str | None = None, **kwargs: Any):
+    """A pandas DataFrame of a study file's claims checked against its runs in MLflow (see ablab.query.claims)."""
+    from .query import claims as _claims
+
+    return _claims(study, profile=profile, **kwargs)
+
+
+__all__ = ["claims", "results"]

@@ -51,7 +51,7 @@ def cmd_validate(args) -> int:
     from .paths import resolve_tracking_uri
     from .runner import plan_study, preflight
 
-    plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid)
+    plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid, seeds=args.seeds)
     preflight(plan, args.address, resolve_tracking_uri(plan.study.study, args.tracking_uri, args.out_root),
               explicit_uri=bool(args.tracking_uri), create=False)
     print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
@@ -64,7 +64,7 @@ def cmd_run(args) -> int:
 
     outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
                         resume=args.command == "resume", allow_large_grid=args.allow_large_grid,
-                        retry_failed=getattr(args, "retry_failed", False))
+                        retry_failed=getattr(args, "retry_failed", False), seeds=args.seeds)
     if outcome.interrupted:
         return 130  # as a shell reports Ctrl-C; the report waits for the resumed study
     if outcome.tracking_pending:
@@ -93,7 +93,7 @@ def cmd_submit(args) -> int:
     from .submit import submit
 
     return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait,
-                  args.allow_large_grid)
+                  args.allow_large_grid, args.seeds)
 
 
 def cmd_results(args) -> int:
@@ -113,15 +113,18 @@ def cmd_results(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .query import results
+    from .paths import resolve_tracking_uri
+    from .query import replicates, results
     from .study import load_study
     from .table import table_text
 
+    study = load_study(args.study)
     df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
     if df.empty:
         raise ConfigError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
                           f"`ablab run {args.study} --profile {args.profile}` makes them")
-    print(table_text(load_study(args.study), args.profile, df, args.format), end="")
+    reps = replicates(df, resolve_tracking_uri(study.study, args.tracking_uri, args.out_root))
+    print(table_text(study, args.profile, df, args.format, reps), end="")
     return 0
 
 
@@ -187,6 +190,8 @@ def _study_commands(sub) -> None:
         r.add_argument("--out-root", help="where study outputs go (default $ABLAB_OUTPUT_ROOT or ./outputs)")
         r.add_argument("--allow-large-grid", action="store_true",
                        help="run a grid of more than 10,000 trials (refused otherwise, as a likely typo)")
+        r.add_argument("--seeds", type=int, metavar="N", help="train every trial with seeds 0..N-1 instead of the "
+                                                              "study's `seeds` (resume keeps the launch's)")
         if name == "resume":
             r.add_argument("--retry-failed", action="store_true",
                            help="run the failed trials again (from their last checkpoint), in their MLflow runs")
@@ -207,13 +212,15 @@ def _study_commands(sub) -> None:
     sb.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env")
     sb.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
     sb.add_argument("--allow-large-grid", action="store_true", help="as for `ablab run`")
+    sb.add_argument("--seeds", type=int, metavar="N", help="as for `ablab run`")
 
 
 def _query_commands(sub) -> None:
     rs = _command(sub, "results", cmd_results, "a study's results from MLflow: print, or write Parquet/CSV")
     rs.add_argument("--parquet", help="write the DataFrame to this Parquet file")
     rs.add_argument("--csv", help="write the DataFrame to this CSV file")
-    tb = _command(sub, "table", cmd_table, "the paper's table rebuilt from MLflow, ours beside the paper's")
+    tb = _command(sub, "table", cmd_table, "the paper's table rebuilt from MLflow, ours (with its 95%% interval) beside the "
+                  "paper's; then (md, html) each claim of the paper with its verdict")
     tb.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
     rp = _command(sub, "report", cmd_report, "plots + one HTML page per study (and an index), built from MLflow")
     rp.add_argument("--dashboards", help="folder for the pages (default <out-root>/dashboards)")

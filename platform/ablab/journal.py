@@ -190,7 +190,11 @@ def _read_applied(path: Path) -> int:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves it cut short: never a half file beside the real one
+        raise
     os.replace(tmp, path)
 
 

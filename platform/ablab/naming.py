@@ -16,11 +16,11 @@ LAUNCH_FILE = "launch.json"
 logs to; resume reads it, ``--tracking-uri`` on resume rewrites it."""
 HISTORY_FILE = "history.json"
 """Per-epoch training metrics, in a trial's folder and in each Train checkpoint."""
-CONFIG_FILE, METRICS_FILE, SCATTER_FILE, MODEL_FILE, ERROR_FILE = (
-    "config.json", "metrics.json", "scatter.json", "model.pt", "error.txt")
+CONFIG_FILE, METRICS_FILE, SCATTER_FILE, MODEL_FILE, ERROR_FILE, BOOTSTRAP_FILE = (
+    "config.json", "metrics.json", "scatter.json", "model.pt", "error.txt", "bootstrap.json")
 DETECTIONS_DIR = "detections"
 """One COCO results file per variant: what the COCO test-dev server takes for submission."""
-TRIAL_FILES = (CONFIG_FILE, METRICS_FILE, SCATTER_FILE, MODEL_FILE, ERROR_FILE)
+TRIAL_FILES = (CONFIG_FILE, METRICS_FILE, SCATTER_FILE, BOOTSTRAP_FILE, MODEL_FILE, ERROR_FILE)
 """A trial folder's files that go to its MLflow run as artifacts (with DETECTIONS_DIR)."""
 
 _NOT_IN_MLFLOW_NAMES = re.compile(r"[^/\w.\- :]")
@@ -37,18 +37,22 @@ def metric_key(variant: str, metric: str) -> str:
     return f"{variant_slug(variant)}/{metric}"
 
 
-def write_eval_outputs(out: Path, metrics: dict[str, float], detections: dict[str, list[dict]],
-                       scatter: dict[str, tuple[Any, Any]]) -> None:
-    """An evaluation's files: METRICS_FILE, DETECTIONS_DIR/<variant slug>.json (COCO results) and SCATTER_FILE
-    (the confidence / IoU_eval samples of Figure 4)."""
+def write_eval_outputs(out: Path, result) -> None:
+    """An evaluation's files (``result``: a detector.engine.EvalResult): METRICS_FILE,
+    DETECTIONS_DIR/<variant slug>.json (COCO results), SCATTER_FILE (the confidence / IoU_eval samples of
+    Figure 4) and BOOTSTRAP_FILE (each metric's replicates over val images, for paired intervals)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    (out / METRICS_FILE).write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
     (out / DETECTIONS_DIR).mkdir(exist_ok=True)
-    for name, dets in detections.items():
+    for name, dets in result.detections.items():
         (out / DETECTIONS_DIR / f"{variant_slug(name)}.json").write_text(json.dumps(
             [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]))
     (out / SCATTER_FILE).write_text(json.dumps(
-        {name: {"confidence": list(map(float, c)), "iou_eval": list(map(float, i))} for name, (c, i) in scatter.items()}))
+        {name: {"confidence": list(map(float, c)), "iou_eval": list(map(float, i))}
+         for name, (c, i) in result.scatter.items()}))
+    (out / BOOTSTRAP_FILE).write_text(json.dumps(
+        {name: {metric: [round(float(x), 6) for x in reps] for metric, reps in by_metric.items()}
+         for name, by_metric in result.bootstrap.items()}))
 
 
 POINT = "point"

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -12,7 +14,7 @@ from detector.config import ConfigError
 
 from .paths import check_name, resolve_tracking_uri
 from .preflight import probe_tracking_server
-from .naming import EXPERIMENT_PREFIX, metric_key
+from .naming import BOOTSTRAP_FILE, EXPERIMENT_PREFIX, metric_key
 
 
 def _study_id(study: str) -> str:
@@ -82,3 +84,33 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
             raise KeyError(f"filter {col!r}: no such column (have e.g. {list(df.columns)[:12]})")
         df = df[df[col] == value]
     return df.reset_index(drop=True)
+
+
+def replicates(frame: pd.DataFrame, tracking_uri: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Each finished run's bootstrap replicates (its bootstrap.json artifact): run id -> variant -> metric ->
+    (R,). A run without them (logged before ablab kept them) is left out: its cells get no image interval."""
+    client = MlflowClient(tracking_uri)
+    out = {}
+    runs = frame.loc[frame["status"] == "FINISHED", "run_id"].unique() if "status" in frame else []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in runs:
+            try:
+                path = client.download_artifacts(run_id, BOOTSTRAP_FILE, str(Path(tmp) / run_id))
+            except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+                continue
+            data = json.loads(Path(path).read_text())
+            out[run_id] = {v: {m: np.asarray(r, np.float64) for m, r in by_metric.items()} for v, by_metric in data.items()}
+    return out
+
+
+def claims(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+           out_root: Optional[str] = None) -> pd.DataFrame:
+    """Every claim of a study file against its runs in MLflow: the paper's difference, ours with its 95%
+    interval, and the verdict (ablab.evidence.claims_frame)."""
+    from .evidence import claims_frame
+    from .study import load_study
+
+    spec = load_study(study)
+    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
+    uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
+    return claims_frame(spec, frame, replicates(frame, uri) if not frame.empty else {})

@@ -25,7 +25,7 @@ from .paths import adopt_credentials, resolve_tracking_uri, study_dir
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
 from .study import Study, load_study, resolve_configs
-from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, pending_entries
+from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, pending_entries
 from .logs import log, setup_logging
 from .naming import LAUNCH_FILE, POINT, point_key, point_of
 from .trial import set_train_env
@@ -49,12 +49,20 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True,
-               allow_large_grid: bool = False) -> Plan:
+               allow_large_grid: bool = False, seeds: Optional[int] = None, resume: bool = False) -> Plan:
     """Validate the study and every trial config, find every weights file, and open every data split once
     (which also writes the synthetic set if missing): a bad study, missing weights or data fail here,
-    before Ray starts. ``check_data=False`` (submit) leaves files to the cluster that will read them."""
+    before Ray starts. ``check_data=False`` (submit) leaves files to the cluster that will read them.
+    ``seeds``: run seeds 0..N-1 instead of the study's; a resume keeps the seeds its launch ran."""
     study = load_study(study_path)
     study.profile(profile)
+    launch_file = study_dir(study.study, profile, out_root) / LAUNCH_FILE
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError(f"--seeds: {seeds} must be at least 1")
+        study.seeds = list(range(seeds))
+    elif resume and launch_file.is_file():
+        study.seeds = json.loads(launch_file.read_text()).get("seeds", study.seeds)
     count = study.trial_count(profile)
     if count > MAX_TRIALS and not allow_large_grid:
         raise ConfigError(f"{study_path}: grid: profile {profile} has {count} trials (trials x seeds x grid values), "
@@ -185,10 +193,10 @@ def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool):
     return trainable, logger
 
 
-def _param_space(plan: Plan) -> dict[str, Any]:
+def _param_space(points: list[dict[str, Any]]) -> dict[str, Any]:
     from ray import tune
 
-    return {POINT: tune.grid_search(plan.points)}
+    return {POINT: tune.grid_search(points)}
 
 
 def _open_store(tracking_uri: str) -> None:
@@ -235,12 +243,13 @@ def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_ur
 
 def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
               tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False,
-              allow_large_grid: bool = False, retry_failed: bool = False) -> Outcome:
+              allow_large_grid: bool = False, retry_failed: bool = False, seeds: Optional[int] = None) -> Outcome:
     """Run (or resume) a study. ``retry_failed`` (with resume): run the failed trials again, each from its last
-    checkpoint when it has one, in the same MLflow run. ``tracking_uri`` on resume replaces launch.json's."""
+    checkpoint when it has one, in the same MLflow run. ``tracking_uri`` on resume replaces launch.json's.
+    ``seeds``: seeds 0..N-1 instead of the study's."""
     setup_logging()
     t0 = time.perf_counter()
-    plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid)
+    plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid, seeds=seeds, resume=resume)
     tracking_uri = _launch(plan, address, tracking_uri, out_root, resume)
 
     # Importing MLflow and opening the store (a new SQLite file: schema migrations) take ~2.5 s: done in a
@@ -271,8 +280,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
             if shutil.disk_usage(plan.out_dir).free < 1 << 20:  # e.g. Tune's error files truncated by a full disk
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the study stopped, its trials' reasons are in "
                                             f"MLflow; free space, then `ablab resume {study_path} --profile {profile} "
-                                            f"--retry-failed` (trials whose Ray Tune state the full disk damaged cannot "
-                                            f"be continued yet)", str(plan.out_dir)) from None
+                                            f"--retry-failed`", str(plan.out_dir)) from None
             raise
     t_fit = time.perf_counter() - t_fit
     failed, unfinished = summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit)
@@ -280,11 +288,28 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         log.info(f"interrupted: {unfinished} trial(s) stopped at their last checkpoint; "
                  f"`ablab resume {study_path} --profile {profile}` finishes the study")
     pending = len(pending_entries(plan.out_dir))
+    if plan.study.claims and not pending:
+        _check_claims(plan, tracking_uri)
     if pending:
         log.warning(f"tracking: {pending} MLflow writes are not in {tracking_uri} yet (it did not answer); they are "
                     f"kept in {plan.out_dir / JOURNAL_FILE}, beside the trials' own files: "
                     f"`ablab sync {study_path} --profile {profile}` writes them once it answers")
     return Outcome(failed, tracking_uri, interrupted=bool(unfinished), tracking_pending=pending)
+
+
+def _check_claims(plan: Plan, tracking_uri: str) -> None:
+    """The claims' verdicts, logged and on the launch run; a store that fails here costs the study nothing
+    (`ablab table` computes them again from MLflow)."""
+    from .tracking import log_claims
+
+    try:
+        frame = log_claims(plan.study_path, plan.profile, tracking_uri, plan.out_dir / "mlflow_runs.json")
+    except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost
+        log.warning(f"claims: not checked ({type(err).__name__}: {str(err)[:200]}); `ablab table` checks them")
+        return
+    counts = frame["verdict"].value_counts()
+    log.info(f"claims of the paper: {', '.join(f'{n} {v}' for v, n in counts.items())} "
+             f"(`ablab table {plan.study_path} --profile {plan.profile}` shows each)")
 
 
 def sync_study(study_path: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
@@ -330,7 +355,7 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
             raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
         raise
     launch_file.write_text(json.dumps({"study": plan.study_path, "profile": plan.profile,
-                                       "tracking_uri": tracking_uri}, indent=1))
+                                       "tracking_uri": tracking_uri, "seeds": plan.study.seeds}, indent=1))
     return tracking_uri
 
 
@@ -339,18 +364,63 @@ def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, r
 
     trainable, logger = _tuner_parts(plan, tracking_uri, embedded=embedded)
     tune_dir = str(plan.out_dir / "tune")
+    points = plan.points
     if resume and tune.Tuner.can_restore(tune_dir):
-        # A retried trial's driver starts its TorchTrainer under the same name, so Train restores the trial's
-        # last checkpoint (a trial that failed before its first one starts over).
-        return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=retry_failed, restart_errored=False)
+        damage = _tune_state_damage(Path(tune_dir))
+        if damage is None:
+            # A retried trial's driver starts its TorchTrainer under the same name, so Train restores the trial's
+            # last checkpoint (a trial that failed before its first one starts over).
+            return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True,
+                                      resume_errored=retry_failed, restart_errored=False)
+        points = _rebuild_points(plan, tracking_uri, damage, retry_failed)
     callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
     run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1)
     # reuse_actors: a trial driver process serves the next trial too, saving ~3 s of actor start per trial.
-    return tune.Tuner(trainable, param_space=_param_space(plan),
+    return tune.Tuner(trainable, param_space=_param_space(points),
                       tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
                       run_config=run_config)
+
+
+def _tune_state_damage(tune_dir: Path) -> Optional[str]:
+    """Why Ray Tune's saved state cannot be restored, or None. A state written on a full disk is cut short, and
+    Tune restores its trials from it with empty configs."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"), key=lambda f: f.stat().st_mtime)
+    for state in states[-1:] + [tune_dir / "tuner.pkl"]:
+        if state.stat().st_size == 0:
+            return f"{state.name} is empty"
+    if states:
+        try:
+            json.loads(states[-1].read_text())
+        except ValueError as err:
+            return f"{states[-1].name} is cut short ({err})"
+    return None
+
+
+def _rebuild_points(plan: Plan, tracking_uri: str, damage: str, retry_failed: bool) -> list[dict[str, Any]]:
+    """The study's training points whose MLflow run has not FINISHED, for a fresh Tune experiment that replaces
+    a damaged one (kept beside it): each trial's driver finds its Train checkpoints by name, and its run in
+    the run registry, so nothing done is lost or run twice."""
+    tune_dir = plan.out_dir / "tune"
+    advice = f"`ablab resume {plan.study_path} --profile {plan.profile} --retry-failed`"
+    if not retry_failed:
+        raise ConfigError(f"{tune_dir}: Ray Tune's saved state is damaged ({damage}; written on a full disk?): "
+                          f"{advice} runs every trial that has not finished again, from its last checkpoint")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    runs = RunRegistry(plan.out_dir / "mlflow_runs.json").data["trials"]
+    finished = {key for key, run_id in runs.items() if client.get_run(run_id).info.status == "FINISHED"}
+    aside = tune_dir.with_name(f"tune.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    tune_dir.rename(aside)
+    points = [p for p in plan.points if point_key(p) not in finished]
+    if not points:
+        raise ConfigError(f"nothing to resume: every trial of {plan.out_dir} has finished (its Ray Tune state is "
+                          f"damaged: {damage}); `ablab table {plan.study_path} --profile {plan.profile}` shows them")
+    log.warning(f"ray tune: its saved state is damaged ({damage}); it is kept in {aside}, and a new Tune run takes "
+                f"the {len(points)} trial(s) that have not finished, each from its last checkpoint "
+                f"({len(plan.points) - len(points)} finished, kept)")
+    return points
 
 
 @contextmanager

@@ -65,7 +65,7 @@ def train_command(config: str, out: Optional[str], overrides: list[str]) -> int:
 
     state = train(cfg, on_epoch_end=save, log=log.info)
     result = evaluate(state.model, cfg, precision=state.precision, log=log.info)
-    write_eval_outputs(out_dir, result.metrics, result.detections, result.scatter)
+    write_eval_outputs(out_dir, result)
     print(metrics_table(result.metrics))
     log.info(f"metrics: {out_dir / METRICS_FILE}  checkpoint: {out_dir / 'checkpoint.pt'}")
     return 0
@@ -90,6 +90,6 @@ def evaluate_command(config: str, checkpoint: str, variants: list[str], conventi
     model, precision = model_from_checkpoint(cfg, ckpt, len(val.classes), checkpoint)
     result = evaluate(model, cfg, val, chosen, precision=precision, log=log.info)
     if out:
-        write_eval_outputs(Path(out), result.metrics, result.detections, result.scatter)
+        write_eval_outputs(Path(out), result)
     print(metrics_table(result.metrics))
     return 0

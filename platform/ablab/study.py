@@ -104,6 +104,22 @@ class Table(Strict):
         return self
 
 
+class Claim(Strict):
+    """One finding of the paper that the study tests: ``row`` differs from ``vs`` on ``metric`` by ``paper``
+    (in the table's units, e.g. +3.8 AP80 points). ``ablab table`` gives ours with its interval and a verdict."""
+
+    row: str
+    """The label of a measured layout row (the method)."""
+    vs: str
+    """The label of the measured layout row it is compared with (the baseline)."""
+    metric: str
+    """A layout column."""
+    paper: Optional[float] = None
+    """The paper's difference ``row - vs``; default: the difference of the two rows' references."""
+    says: str = ""
+    """The claim in the paper's words, shown beside the verdict."""
+
+
 class Profile(Strict):
     description: str = ""
     extends: Optional[str] = None
@@ -134,6 +150,8 @@ class Study(Strict):
     resources: Resources = Resources()
     profiles: dict[str, Profile]
     table_layout: Optional[Table] = Field(None, alias="layout")
+    claims: list[Claim] = Field(default_factory=list)
+    """The paper's findings this study tests (each a pair of layout rows on one column)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     _source: str = PrivateAttr("study")
@@ -189,7 +207,35 @@ class Study(Strict):
                     if key not in grid or value not in grid[key]:
                         raise ValueError(f"layout.rows.{i}.where.{key}: {value!r} is not a grid value of trial "
                                          f"{row.trial!r} (its grid: {grid})")
+        self._check_claims()
         return self
+
+    def _check_claims(self) -> None:
+        if self.claims and not self.table_layout:
+            raise ValueError("claims: a study with claims needs a layout (claims compare its rows)")
+        rows = {r.label: r for r in self.table_layout.rows} if self.table_layout else {}
+        labels = [r.label for r in self.table_layout.rows] if self.table_layout else []
+        for i, claim in enumerate(self.claims):
+            for field in ("row", "vs"):
+                label = getattr(claim, field)
+                if label not in rows:
+                    raise ValueError(f"claims.{i}.{field}: {label!r} is not a layout row label")
+                if labels.count(label) > 1:
+                    raise ValueError(f"claims.{i}.{field}: {labels.count(label)} layout rows are labelled {label!r}")
+                if not rows[label].measured:
+                    raise ValueError(f"claims.{i}.{field}: row {label!r} is not measured (cited or not reproduced)")
+            if claim.row == claim.vs:
+                raise ValueError(f"claims.{i}: row and vs are the same row ({claim.row!r})")
+            if claim.metric not in self.table_layout.columns:
+                raise ValueError(f"claims.{i}.metric: {claim.metric!r} is not a column ({self.table_layout.columns})")
+            if claim.paper is None:
+                a, b = rows[claim.row].reference.get(claim.metric), rows[claim.vs].reference.get(claim.metric)
+                if a is None or b is None:
+                    raise ValueError(f"claims.{i}.paper: the rows have no reference {claim.metric} to take the "
+                                     f"paper's difference from: give it")
+                claim.paper = round(a - b, 6)
+            if claim.paper == 0:
+                raise ValueError(f"claims.{i}.paper: 0 has no direction to reproduce; a claim names a difference")
 
     def variant_configs(self) -> list[VariantConfig]:
         return [v if isinstance(v, VariantConfig) else parse_variant(v, self.alpha_convention) for v in self.variants]

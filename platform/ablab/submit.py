@@ -40,10 +40,10 @@ def runtime_env(working_dir: str, tracking_uri: Optional[str], pip: list[str]) -
 
 
 def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[str], working_dir: str,
-           pip: list[str], wait: bool, allow_large_grid: bool = False) -> int:
+           pip: list[str], wait: bool, allow_large_grid: bool = False, seeds: Optional[int] = None) -> int:
     """Validate the study here (its data and weights are the cluster's to check), then submit its run."""
     check_job_server(address)
-    plan_study(study_path, profile, check_data=False, allow_large_grid=allow_large_grid)
+    plan_study(study_path, profile, check_data=False, allow_large_grid=allow_large_grid, seeds=seeds)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         check_tracking_uri(adopt_credentials(uri), "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
@@ -55,6 +55,8 @@ def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[s
     entrypoint = f"python -m ablab.cli run {shlex.quote(rel)} --profile {shlex.quote(profile)}"
     if allow_large_grid:
         entrypoint += " --allow-large-grid"
+    if seeds is not None:
+        entrypoint += f" --seeds {int(seeds)}"
     env = runtime_env(working_dir, tracking_uri, pip)
     if any(os.environ.get(k) for k in CREDENTIAL_ENV):
         print("note: MLflow credentials are not sent with the job (its runtime env is readable through the job API); "

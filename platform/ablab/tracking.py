@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -268,6 +270,7 @@ class MlflowStudyLogger(Callback):
         try:
             (trial_dir / CONFIG_FILE).write_text(json.dumps(self.configs[key], indent=1))
         except OSError as err:  # a full disk must not stop the driver: the config is in the run's params too
+            (trial_dir / CONFIG_FILE).unlink(missing_ok=True)
             log.warning(f"cannot write {trial_dir / CONFIG_FILE} ({err.strerror})")
         for name in TRIAL_FILES:
             if (trial_dir / name).is_file():
@@ -300,3 +303,26 @@ class MlflowStudyLogger(Callback):
         if left:
             log.warning(f"tracking: {left} MLflow writes could not be made ({self.tracking_uri} does not answer); "
                         f"they wait in {self.journal.path}")
+
+
+def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: Path):
+    """Check the study's claims against its finished runs (ablab.query.claims) and put them on the launch run:
+    metrics ``claim/<i>/ours``, ``/lo``, ``/hi``, ``/paper`` and tags ``ablab.claim.<i>`` (verdict: the pair)
+    and ``ablab.claims`` (the count of each verdict). Returns the claims frame."""
+    from mlflow.entities import Metric, RunTag
+
+    from .query import claims
+
+    frame = claims(study_path, profile=profile, tracking_uri=tracking_uri)
+    run_id = RunRegistry(registry_path).data["parent"]
+    now = int(time.time() * 1000)
+    metrics, tags = [], []
+    for _, c in frame.iterrows():
+        for name in ("ours", "lo", "hi", "paper"):
+            if c[name] is not None and not pd.isna(c[name]):
+                metrics.append(Metric(f"claim/{c['claim']}/{name}", float(c[name]), now, 0))
+        tags.append(RunTag(f"ablab.claim.{c['claim']}", f"{c['verdict']}: {c['row']} vs {c['vs']} on {c['metric']}"[:5000]))
+    counts = frame["verdict"].value_counts()
+    tags.append(RunTag("ablab.claims", ", ".join(f"{n} {v}" for v, n in counts.items())))
+    MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
+    return frame

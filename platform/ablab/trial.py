@@ -88,7 +88,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         result = evaluate(state.model, cfg, precision=state.precision)
         final.update(result.metrics)
         final["eval_seconds"] = time.perf_counter() - t0
-        write_eval_outputs(trial_dir, result.metrics, result.detections, result.scatter)
+        write_eval_outputs(trial_dir, result)
         (trial_dir / HISTORY_FILE).write_text(json.dumps(state.history))  # lets the driver backfill any epoch
         torch.save(state.model.state_dict(), trial_dir / MODEL_FILE)
     ray.train.report(final)
