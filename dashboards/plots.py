@@ -149,3 +149,77 @@ def confidence_vs_iou(study: Study, df: pd.DataFrame, scatter: dict[str, dict], 
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     return _save(fig, out / "confidence_vs_iou.png")
+
+
+def _thresholds(df: pd.DataFrame) -> list[tuple[float, str]]:
+    """(IoU threshold, metric) of the single-threshold APs the results hold: VOC's mAP50 ... mAP95, else
+    COCO's AP50 ... AP90."""
+    voc = sorted((int(m.group(1)) / 100, c) for c in df.columns if (m := VOC_AT.match(c)) and df[c].notna().any())
+    return voc or sorted((t, c) for c, t in COCO_AT.items() if c in df and df[c].notna().any())
+
+
+def effects_vs_iou(study: Study, df: pd.DataFrame, replicates: dict, out: Path) -> Optional[Path]:
+    """Each change's effect against its baseline (ablab.evidence.effect_pairs) at every single IoU threshold:
+    one small panel per pair, ours with its 95% band, the paper's where its table has that threshold."""
+    from ablab.evidence import effect_pairs, metric_difference
+
+    layout = study.table_layout
+    pairs, thresholds = effect_pairs(study), _thresholds(finished(df))
+    if not layout or not pairs or len(thresholds) < 2:
+        return None
+    paper_at = {}  # metric -> column, for the paper's references
+    for column in layout.columns:
+        paper_at[layout.metric(column)] = column
+    refs = {r.label: r.reference for r in layout.rows}
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False, sharey=True)
+    for ax, (row, vs) in zip(axes.flat, pairs):
+        ours = [(t, metric_difference(study, row, vs, m, df, replicates)) for t, m in thresholds]
+        ours = [(t, e) for t, e in ours if e.value is not None]
+        if ours:
+            ax.plot([t for t, _ in ours], [e.value for _, e in ours], marker="o", label="ours")
+            band = [(t, e) for t, e in ours if e.lo is not None]
+            if band:
+                ax.fill_between([t for t, _ in band], [e.lo for _, e in band], [e.hi for _, e in band], alpha=0.25,
+                                label="ours, 95%")
+        paper = [(t, refs[row][paper_at[m]] - refs[vs][paper_at[m]]) for t, m in thresholds
+                 if m in paper_at and refs[row].get(paper_at[m]) is not None and refs[vs].get(paper_at[m]) is not None]
+        if paper:
+            ax.plot([t for t, _ in paper], [d for _, d in paper], marker="s", linestyle="--", label="paper")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title(f"{row}\nvs {vs}", fontsize=8)
+        ax.set(xlabel="IoU threshold", ylabel=f"difference (x{layout.scale:g})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.set_visible(False)
+    return _save(fig, out / "effects_vs_iou.png")
+
+
+def learning_curves(study: Study, df: pd.DataFrame, histories: dict[str, dict[str, list[tuple[int, float]]]],
+                    out: Path) -> Optional[Path]:
+    """Each trial's training loss terms per epoch (MLflow's ``train/loss*`` histories), one small panel per
+    trial, titled with its final validation metric (evaluated once, at the end of training)."""
+    runs = df.drop_duplicates("run_id")
+    runs = runs[runs["run_id"].isin([r for r, h in histories.items() if h])]
+    if runs.empty:
+        return None
+    metric = study.table_layout.metric(study.table_layout.columns[0]) if study.table_layout else "AP"
+    cols = min(3, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.0 * rows), squeeze=False)
+    for ax, (_, run) in zip(axes.flat, runs.iterrows()):
+        for key, points in sorted(histories[run["run_id"]].items()):
+            ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=key.removeprefix("train/"))
+        mine = df[df["run_id"] == run["run_id"]]  # one row per variant: the first is the trial's first variant
+        final = mine[metric].dropna() if metric in mine else pd.Series(dtype=float)
+        shown = f"; val {metric} {final.iloc[0]:.3f}" if len(final) else ""
+        ax.set_title(f"{run['trial_key']} ({run['status']}){shown}", fontsize=8)
+        ax.set(xlabel="epoch", ylabel="loss")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.set_visible(False)
+    return _save(fig, out / "learning_curves.png")

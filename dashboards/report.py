@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from ablab.paths import output_root, resolve_tracking_uri, study_dir
 from ablab.query import replicates, results
 from ablab.study import Study, load_study
-from ablab.table import table_text
+from ablab.evidence import effect_pairs
+from ablab.table import as_trained, effects_text, setting, table_text
 from ablab.logs import log
 from ablab.naming import EXPERIMENT_PREFIX, SCATTER_FILE
 
@@ -53,6 +54,15 @@ def _scatter_samples(client: MlflowClient, runs: dict[str, str]) -> dict[str, di
     return out
 
 
+def _loss_histories(client: MlflowClient, df) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """run id -> each ``train/loss*`` metric's (epoch, value) history."""
+    out = {}
+    for run_id in df["run_id"].unique():
+        keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("train/loss")]
+        out[run_id] = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
+    return out
+
+
 def _launch_run(client: MlflowClient, experiment_id: str, profile: str) -> Optional[str]:
     runs = client.search_runs([experiment_id], f"tags.`ablab.role` = 'launch' and tags.`ablab.profile` = '{profile}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
@@ -71,7 +81,8 @@ def _img(path: Path) -> str:
 
 
 def _page(study: Study, profile: str, table_html: str, images: list[Path], runs_html: str, browse: str) -> str:
-    title = f"{study.study} ({profile}): {study.title or study.paper + ' table ' + study.table}"
+    title = f"{study.study} ({profile}): {setting(study, profile)}"
+    paper_setting = study.title or study.paper + " table " + study.table
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = "".join(_img(p) for p in images) or "<p>No plots for this study yet.</p>"
     return f"""<!doctype html>
@@ -80,9 +91,10 @@ def _page(study: Study, profile: str, table_html: str, images: list[Path], runs_
 <style>{STYLE}</style></head>
 <body><p><a href="{INDEX}">all studies</a></p>
 <h1>{html.escape(title)}</h1>
-<p>Paper <code>{html.escape(study.paper)}</code>, table {html.escape(study.table)}; alpha convention
+<p>Paper <code>{html.escape(study.paper)}</code>, table {html.escape(study.table)} (the paper's setting:
+{html.escape(paper_setting)}); alpha convention
 <code>{study.alpha_convention}</code>. Built {stamp} from MLflow.</p>
-<h2>Table</h2>
+<h2>Effects, the paper's table, and its claims</h2>
 {table_html}
 <h2>Plots</h2>
 {figures}
@@ -118,18 +130,24 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
 
     plot_dir = study_dir(study.study, profile, out_root) / "plots"
     images = []
+    reps = replicates(df, uri) if not df.empty else {}
+    study = as_trained(study, profile)  # labels and legends name the backbones this profile trained
     if not df.empty:  # e.g. a profile never run
         runs = {r["trial_key"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
-        images = [p for p in (plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
-                              plots.ap_vs_iou(study, df, plot_dir),
+        effects = plots.effects_vs_iou(study, df, reps, plot_dir)
+        images = [p for p in (effects, plots.learning_curves(study, df, _loss_histories(client, df), plot_dir),
+                              plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
+                              None if effects else plots.ap_vs_iou(study, df, plot_dir),
                               plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
     launch = _launch_run(client, experiment_id, profile)
     if launch:
         for p in images:
             client.log_artifact(launch, str(p), "plots")
 
-    table_html = (table_text(study, profile, df, "html", replicates(df, uri) if not df.empty else {})
-                  if study.table_layout else "")
+    table_html = ""
+    if study.table_layout:  # the effect view first (what an ablation is read for), then the paper's table
+        table_html = (effects_text(study, profile, df, "html", reps) if effect_pairs(study) else "") + \
+            table_text(study, profile, df, "html", reps)
     browse = (f'Tracking server: <a href="{html.escape(uri)}">{html.escape(uri)}</a>.'
               if uri.startswith(("http://", "https://")) else
               f"Local store: run <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>, then the links below open.")

@@ -115,3 +115,20 @@ def test_ablab_table_shows_each_cells_interval_and_each_claims_verdict(store, tm
 
     page = build_report(str(study), "smoke", uri, dashboards_dir=str(tmp_path / "dash")).read_text()
     assert 'class="ablab-table claims"' in page and "reproduced" in page and "contradicted" in page
+
+
+def test_the_effect_view_gives_each_change_against_its_baseline(store, tmp_path):
+    import ablab
+
+    study, uri = store
+    frame = ablab.effects(str(study), profile="smoke", tracking_uri=uri)
+    # ours: (0.35 + 0.36) / 2 - (0.30 + 0.31) / 2 = +5 points, and so on; paper: the references' differences
+    assert list(zip(frame["row"], frame["vs"])) == [("Up", "Baseline"), ("Down", "Baseline"), ("Same", "Baseline")]
+    assert frame["ours"].tolist() == pytest.approx([5.0, -5.0, 0.0])
+    assert frame["paper"].tolist() == [3.0, 2.0, 1.0]
+    assert list(frame["verdict"]) == [REPRODUCED, CONTRADICTED, INCONCLUSIVE]
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "table", str(study), "--effects", "--tracking-uri", uri],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| Up vs Baseline | +5.0 [+5.0, +5.0] / +3.0 (reproduced) |" in r.stdout
+    assert "| Down vs Baseline | -5.0 " in r.stdout and "/ +2.0 (contradicted) |" in r.stdout

@@ -35,23 +35,31 @@ def test_table3_smoke_runs_end_to_end_and_prints_its_table(table3):
     cwd, out, env = table3
     r = ablab("table", str(STUDY), "--profile", "smoke", env=env, cwd=cwd)
     assert r.returncode == 0, r.stderr
-    lines = [l for l in r.stdout.splitlines() if l.startswith("| ") and "row" not in l]
+    table, claims = r.stdout.split("Claims of the paper")
+    lines = [l for l in table.splitlines() if l.startswith("| ") and "row" not in l]
     assert len(lines) == 10  # baseline, none, alpha 1.0 ... 0.3
-    for line in lines:  # every cell measured: ours / paper (delta), no '-'
+    assert lines[0].startswith("| baseline (ResNet50 -> ResNet10) ")  # the paper's backbone, and the one trained
+    header = next(l for l in table.splitlines() if l.startswith("| row")).split("|")[2:-1]
+    by_area = [i for i, c in enumerate(header) if c.strip() in ("APs", "APm", "APl")]  # not bootstrapped
+    for line in lines:  # every cell measured: ours±interval / paper (delta), no '-'
         cells = line.split("|")[2:-1]
         assert len(cells) == 10 and all(" - /" not in c for c in cells), line
-    assert "profile 'smoke' on synthetic val" in r.stdout
+        assert all("±" in c for i, c in enumerate(cells) if i not in by_area), line
+    assert "profile 'smoke': synthetic val (500 images), 128 px, ResNet10 from scratch, 16 epochs, 1 seed" in table
+    verdicts = [l.split("|")[5].strip() for l in claims.splitlines() if l.startswith("| ") and "verdict" not in l]
+    assert len(verdicts) == 8 and set(verdicts) <= {"reproduced", "contradicted", "inconclusive"}, claims
 
 
 def test_plots_are_written_and_logged_on_the_launch_run(table3):
     cwd, out, env = table3
     plot_dir = out / "table3" / "smoke" / "plots"
-    assert {p.name for p in plot_dir.glob("*.png")} == {"alpha_sweep.png", "ap_vs_iou.png", "confidence_vs_iou.png"}
+    shown = {"effects_vs_iou.png", "learning_curves.png", "alpha_sweep.png", "confidence_vs_iou.png"}
+    assert {p.name for p in plot_dir.glob("*.png")} == shown
     client = MlflowClient(f"sqlite:///{out / 'table3' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ablab/table3")
     launch = client.search_runs([exp.experiment_id], "tags.`ablab.role` = 'launch'")[0]
-    assert {a.path for a in client.list_artifacts(launch.info.run_id, "plots")} == {
-        "plots/alpha_sweep.png", "plots/ap_vs_iou.png", "plots/confidence_vs_iou.png"}
+    assert {a.path for a in client.list_artifacts(launch.info.run_id, "plots")} == {f"plots/{n}" for n in shown}
+    assert launch.data.tags["ablab.claims"] and "claim/0/ours" in launch.data.metrics  # the verdicts, on the launch run
     assert Path(exp.artifact_location.removeprefix("file://")).is_relative_to(out / "table3")  # beside the store
 
 
@@ -66,11 +74,17 @@ def test_report_renders_table_and_images_in_headless_chromium(table3):
         rendered = wait_until(lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-images-rendered"),
                               what="images decoded")
         images = driver.find_elements(By.TAG_NAME, "img")
-        assert int(rendered) == len(images) == 3
+        assert int(rendered) == len(images) == 4  # effects vs IoU, learning curves, alpha sweep, Figure 4
         assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 300 for img in images)
-        rows = driver.find_elements(By.CSS_SELECTOR, "table.ablab-table:not(.runs) tbody tr")
-        assert [r.find_element(By.TAG_NAME, "th").text for r in rows][:3] == ["baseline", "none", "1.0"]
+        tables = driver.find_elements(By.CSS_SELECTOR, "table.ablab-table")
+        assert "effects" in tables[0].get_attribute("class")  # the effect view first
+        effects = tables[0].find_elements(By.CSS_SELECTOR, "tbody tr")
+        assert effects and all(" vs " in r.find_element(By.TAG_NAME, "th").text for r in effects)
+        rows = driver.find_elements(By.CSS_SELECTOR, "table.ablab-table:not(.runs):not(.effects):not(.claims) tbody tr")
+        assert [r.find_element(By.TAG_NAME, "th").text for r in rows][:2] == ["baseline (ResNet50 -> ResNet10)",
+                                                                              "none (ResNet50 -> ResNet10)"]
         assert len(rows) == 10 and "/ 34.4" in rows[0].text  # ours / the paper's baseline AP
+        assert len(driver.find_elements(By.CSS_SELECTOR, "table.claims tbody tr")) == 8
         links = driver.find_elements(By.CSS_SELECTOR, "table.runs a")
         assert len(links) == 2 and all("/#/experiments/" in a.get_attribute("href") for a in links)
         driver.get(index.as_uri())

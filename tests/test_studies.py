@@ -95,3 +95,16 @@ def test_every_smoke_trial_trains_and_scores_every_variant(tmp_path):
             result = evaluate(train(cfg, log=lambda m: None).model, cfg, log=lambda m: None)
             assert {k.split("/")[0] for k in result.metrics} == {v.name for v in cfg.variants()}, seen[key]
     assert len(seen) > 50
+
+
+def test_seeds_come_from_the_profile_or_from_seeds_n_and_a_resume_keeps_the_launchs(tmp_path):
+    import json
+
+    path, out = str(STUDIES[0].parent / "table3.yaml"), str(tmp_path / "out")
+    one = plan_study(path, "smoke", out_root=out, check_data=False)
+    three = plan_study(path, "smoke", out_root=out, check_data=False, seeds=3)
+    assert {p["seed"] for p in one.points} == {0} and {p["seed"] for p in three.points} == {0, 1, 2}
+    assert len(three.points) == 3 * len(one.points)
+    (three.out_dir).mkdir(parents=True)
+    (three.out_dir / "launch.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    assert len(plan_study(path, "smoke", out_root=out, check_data=False, resume=True).points) == len(three.points)

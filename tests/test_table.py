@@ -36,7 +36,7 @@ def test_renderings_show_missing_cells_as_missing():
     cap = caption(study, "smoke", "synthetic val")
     md = render(study, table, "md", cap)
     assert "| baseline" in md and "31.0 / 34.4 (-3.4)" in md and "YOLOv3 (cited)" in md
-    assert "- / 35.5 (-)" in md and "profile 'smoke' on synthetic val" in md
+    assert "- / 35.5 (-)" in md and "profile 'smoke': synthetic val" in md
     assert "<caption>" in render(study, table, "html", cap)
     assert r"\begin{tabular}" in render(study, table, "latex", cap)
     csv = render(study, table, "csv", cap).splitlines()
@@ -118,3 +118,20 @@ def test_a_where_value_outside_the_trials_grid_is_refused():
             "study": "t", "paper": "pseudo_iou", "table": "1a", "profiles": {"smoke": {}},
             "trials": [{"name": "piou", "grid": {"model.assigner.threshold": [0.3, 0.4]}}],
             "layout": {"columns": ["mAP"], "rows": [{"label": "x", "trial": "piou", "where": {"model.assigner.threshold": 0.5}}]}})
+
+
+def test_a_smoke_table_names_the_backbone_it_trained_beside_the_papers():
+    from pathlib import Path
+
+    from ablab.study import load_study
+    from ablab.table import as_trained, setting
+
+    study = load_study(Path(__file__).resolve().parents[1] / "studies" / "table5.yaml")
+    shown = as_trained(study, "smoke")
+    labels = [r.label for r in shown.table_layout.rows]
+    assert labels[:3] == ["RetinaNet (ResNet-50-FPN -> ResNet10)", "RetinaNet (ResNet-101-FPN -> ResNet18)",
+                          "RetinaNet (ResNeXt-32x8d-101-FPN -> ResNet34)"]
+    assert as_trained(shown, "smoke").table_layout.rows[1].label == labels[1]  # once, not twice
+    assert {c.row for c in shown.claims} <= set(labels) and {c.vs for c in shown.claims} <= set(labels)
+    assert as_trained(study, "paper") is study  # the paper's profile trains the paper's backbones
+    assert setting(study, "smoke") == "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"

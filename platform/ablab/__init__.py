@@ -3,6 +3,7 @@
     import ablab
     df = ablab.results("table5", profile="smoke")   # one row per trial x inference variant
     ablab.claims("studies/table5.yaml", profile="smoke")   # each claim of the paper: ours, its interval, a verdict
+    ablab.effects("studies/table5.yaml", profile="smoke")  # each change vs its baseline, per column
 """
 from __future__ import annotations
 
@@ -23,4 +24,11 @@ def claims(study: str, profile: str | None = None, **kwargs: Any):
     return _claims(study, profile=profile, **kwargs)
 
 
-__all__ = ["claims", "results"]
+def effects(study: str, profile: str | None = None, **kwargs: Any):
+    """A pandas DataFrame of each change of a study file against its baseline, per column (ablab.query.effects)."""
+    from .query import effects as _effects
+
+    return _effects(study, profile=profile, **kwargs)
+
+
+__all__ = ["claims", "effects", "results"]

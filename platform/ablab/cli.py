@@ -116,7 +116,7 @@ def cmd_table(args) -> int:
     from .paths import resolve_tracking_uri
     from .query import replicates, results
     from .study import load_study
-    from .table import table_text
+    from .table import effects_text, table_text
 
     study = load_study(args.study)
     df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
@@ -124,6 +124,11 @@ def cmd_table(args) -> int:
         raise ConfigError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
                           f"`ablab run {args.study} --profile {args.profile}` makes them")
     reps = replicates(df, resolve_tracking_uri(study.study, args.tracking_uri, args.out_root))
+    if args.effects:
+        if args.format == "latex":
+            raise ConfigError("--effects: prints md, csv or html (not latex)")
+        print(effects_text(study, args.profile, df, args.format, reps), end="")
+        return 0
     print(table_text(study, args.profile, df, args.format, reps), end="")
     return 0
 
@@ -222,6 +227,8 @@ def _query_commands(sub) -> None:
     tb = _command(sub, "table", cmd_table, "the paper's table rebuilt from MLflow, ours (with its 95%% interval) beside the "
                   "paper's; then (md, html) each claim of the paper with its verdict")
     tb.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
+    tb.add_argument("--effects", action="store_true", help="each change against its baseline instead: ours (row - "
+                                                           "baseline) [95%% interval] / the paper's, with verdicts")
     rp = _command(sub, "report", cmd_report, "plots + one HTML page per study (and an index), built from MLflow")
     rp.add_argument("--dashboards", help="folder for the pages (default <out-root>/dashboards)")
     for parser in (rs, tb, rp):

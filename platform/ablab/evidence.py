@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .study import Claim, Row, Study
+from .study import Row, Study
 from .table import finished, row_results, row_variant
 
 LEVEL = 0.95
@@ -110,13 +110,21 @@ def cell_estimate(study: Study, row: Row, column: str, results: pd.DataFrame, re
     return estimate(values, reps)
 
 
-def claim_estimate(study: Study, claim: Claim, results: pd.DataFrame, replicates: Replicates) -> Estimate:
-    """Ours for a claim: row - vs over the seeds both have, paired by seed and by bootstrap replicate."""
+def difference_estimate(study: Study, row: str, vs: str, column: str, results: pd.DataFrame,
+                        replicates: Replicates) -> Estimate:
+    """Ours for row - vs on a column (row labels): over the seeds both have, paired by seed and by bootstrap
+    replicate."""
+    return metric_difference(study, row, vs, study.table_layout.metric(column), results, replicates)
+
+
+def metric_difference(study: Study, row: str, vs: str, metric: str, results: pd.DataFrame,
+                      replicates: Replicates) -> Estimate:
+    """difference_estimate on a metric as the evaluation names it (e.g. ``mAP85``, no column of its own)."""
     layout = study.table_layout
     rows = {r.label: r for r in layout.rows}
-    done, metric = finished(results), layout.metric(claim.metric)
-    s_a, v_a, r_a = _per_seed(rows[claim.row], done, metric, replicates, layout.scale)
-    s_b, v_b, r_b = _per_seed(rows[claim.vs], done, metric, replicates, layout.scale)
+    done = finished(results)
+    s_a, v_a, r_a = _per_seed(rows[row], done, metric, replicates, layout.scale)
+    s_b, v_b, r_b = _per_seed(rows[vs], done, metric, replicates, layout.scale)
     common = np.intersect1d(s_a, s_b)
     ia, ib = np.searchsorted(s_a, common), np.searchsorted(s_b, common)
     reps = r_a[ia] - r_b[ib] if r_a is not None and r_b is not None else None
@@ -128,10 +136,36 @@ def claims_frame(study: Study, results: pd.DataFrame, replicates: Replicates) ->
     seeds it pairs, what the interval covers, and the verdict."""
     out = []
     for i, claim in enumerate(study.claims):
-        ours = claim_estimate(study, claim, results, replicates)
+        ours = difference_estimate(study, claim.row, claim.vs, claim.metric, results, replicates)
         out.append({"claim": i, "row": claim.row, "vs": claim.vs, "metric": claim.metric, "paper": claim.paper,
                     "ours": ours.value, "lo": ours.lo, "hi": ours.hi, "seeds": ours.seeds, "interval": ours.source,
                     "verdict": verdict(claim.paper, ours) if ours.value is not None else "not measured",
                     "says": claim.says})
     return pd.DataFrame(out, columns=["claim", "row", "vs", "metric", "paper", "ours", "lo", "hi", "seeds",
                                       "interval", "verdict", "says"])
+
+
+def effect_pairs(study: Study) -> list[tuple[str, str]]:
+    """(row, baseline) label pairs whose effect the study reads: its claims' pairs, in order, then each layout
+    row's ``baseline``."""
+    pairs = [(c.row, c.vs) for c in study.claims]
+    pairs += [(r.label, r.baseline) for r in (study.table_layout.rows if study.table_layout else []) if r.baseline]
+    return list(dict.fromkeys(pairs))
+
+
+def effects_frame(study: Study, results: pd.DataFrame, replicates: Replicates) -> pd.DataFrame:
+    """Each change's effect against its baseline, per column: ours (row - vs, table units) with its 95%
+    interval, the paper's (the rows' references), and the verdict where the paper gives a difference."""
+    layout = study.table_layout
+    refs = {r.label: r.reference for r in layout.rows}
+    out = []
+    for row, vs in effect_pairs(study):
+        for column in layout.columns:
+            ours = difference_estimate(study, row, vs, column, results, replicates)
+            a, b = refs[row].get(column), refs[vs].get(column)
+            paper = None if a is None or b is None else round(a - b, 6)
+            word = "" if ours.value is None else verdict(paper, ours) if paper else ""
+            out.append({"row": row, "vs": vs, "column": column, "ours": ours.value, "lo": ours.lo, "hi": ours.hi,
+                        "paper": paper, "seeds": ours.seeds, "interval": ours.source, "verdict": word})
+    return pd.DataFrame(out, columns=["row", "vs", "column", "ours", "lo", "hi", "paper", "seeds", "interval",
+                                      "verdict"])

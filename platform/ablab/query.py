@@ -110,7 +110,23 @@ def claims(study: str, profile: Optional[str] = None, tracking_uri: Optional[str
     from .evidence import claims_frame
     from .study import load_study
 
+    from .table import as_trained
+
     spec = load_study(study)
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
-    return claims_frame(spec, frame, replicates(frame, uri) if not frame.empty else {})
+    return claims_frame(as_trained(spec, profile or "smoke"), frame, replicates(frame, uri) if not frame.empty else {})
+
+
+def effects(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+            out_root: Optional[str] = None) -> pd.DataFrame:
+    """Each change of a study file against its baseline, per column (ablab.evidence.effects_frame), with the
+    row labels naming what the profile trained."""
+    from .evidence import effects_frame
+    from .study import load_study
+    from .table import as_trained
+
+    spec = load_study(study)
+    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
+    uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
+    return effects_frame(as_trained(spec, profile or "smoke"), frame, replicates(frame, uri) if not frame.empty else {})

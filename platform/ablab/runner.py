@@ -53,16 +53,16 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
     """Validate the study and every trial config, find every weights file, and open every data split once
     (which also writes the synthetic set if missing): a bad study, missing weights or data fail here,
     before Ray starts. ``check_data=False`` (submit) leaves files to the cluster that will read them.
-    ``seeds``: run seeds 0..N-1 instead of the study's; a resume keeps the seeds its launch ran."""
+    ``seeds``: run seeds 0..N-1 instead of the profile's; a resume keeps the seeds its launch ran."""
     study = load_study(study_path)
     study.profile(profile)
     launch_file = study_dir(study.study, profile, out_root) / LAUNCH_FILE
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds: {seeds} must be at least 1")
-        study.seeds = list(range(seeds))
+        study.profile(profile).seeds = list(range(seeds))
     elif resume and launch_file.is_file():
-        study.seeds = json.loads(launch_file.read_text()).get("seeds", study.seeds)
+        study.profile(profile).seeds = json.loads(launch_file.read_text()).get("seeds", study.seeds_for(profile))
     count = study.trial_count(profile)
     if count > MAX_TRIALS and not allow_large_grid:
         raise ConfigError(f"{study_path}: grid: profile {profile} has {count} trials (trials x seeds x grid values), "
@@ -355,7 +355,7 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
             raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
         raise
     launch_file.write_text(json.dumps({"study": plan.study_path, "profile": plan.profile,
-                                       "tracking_uri": tracking_uri, "seeds": plan.study.seeds}, indent=1))
+                                       "tracking_uri": tracking_uri, "seeds": plan.study.seeds_for(plan.profile)}, indent=1))
     return tracking_uri
 
 

@@ -68,6 +68,9 @@ class Row(Strict):
     """Why a row the paper ran is not run here (e.g. a model this platform does not build): shown, never run."""
     reference: dict[str, Optional[float]] = Field(default_factory=dict)
     """The paper's numbers for this row, by column."""
+    baseline: Optional[str] = None
+    """The label of the measured row this row's change is read against (`ablab table --effects`), where no
+    claim pairs them already."""
 
     @model_validator(mode="after")
     def _trial_unless_cited(self) -> "Row":
@@ -130,6 +133,8 @@ class Profile(Strict):
     resources: Optional[Resources] = None
     trials: Optional[list[str]] = None
     """Restrict the profile to these trials (None: all)."""
+    seeds: Optional[list[Annotated[int, Field(ge=0, le=2**32 - 1)]]] = Field(None, min_length=1)
+    """This profile's seeds instead of the study's (e.g. several where a claim needs them at smoke scale)."""
 
 
 class Study(Strict):
@@ -172,8 +177,9 @@ class Study(Strict):
         slugs = [variant_slug(v.name) for v in self.variant_configs()]
         if len(set(slugs)) != len(slugs):
             raise ValueError(f"variants: two names become the same metric key ({sorted(slugs)}): rename one")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: {self.seeds} lists a seed twice")
+        for where, seeds in [("seeds", self.seeds)] + [(f"profiles.{n}.seeds", p.seeds) for n, p in self.profiles.items()]:
+            if seeds and len(set(seeds)) != len(seeds):
+                raise ValueError(f"{where}: {seeds} lists a seed twice")
         for where, grid in [("grid", self.grid)] + [(f"trials.{t.name}.grid", t.grid) for t in self.trials]:
             for key, values in grid.items():
                 encoded = [json.dumps(v) for v in values]
@@ -211,6 +217,11 @@ class Study(Strict):
         return self
 
     def _check_claims(self) -> None:
+        measured = {r.label for r in self.table_layout.rows if r.measured} if self.table_layout else set()
+        for i, row in enumerate(self.table_layout.rows if self.table_layout else []):
+            if row.baseline is not None and (row.baseline not in measured or not row.measured or row.baseline == row.label):
+                raise ValueError(f"layout.rows.{i}.baseline: {row.baseline!r} is not another measured row's label "
+                                 f"(of a measured row)")
         if self.claims and not self.table_layout:
             raise ValueError("claims: a study with claims needs a layout (claims compare its rows)")
         rows = {r.label: r for r in self.table_layout.rows} if self.table_layout else {}
@@ -248,6 +259,9 @@ class Study(Strict):
     def resources_for(self, profile: str) -> Resources:
         return self.profile(profile).resources or self.resources
 
+    def seeds_for(self, profile: str) -> list[int]:
+        return self.profile(profile).seeds or self.seeds
+
     def _trial_names(self, profile: str) -> list[str]:
         allowed = self.profile(profile).trials
         return [t.name for t in self.trials if allowed is None or t.name in allowed]
@@ -257,7 +271,7 @@ class Study(Strict):
 
     def trial_count(self, profile: str) -> int:
         """len(trial_points(profile)), without building them."""
-        return sum(len(self.seeds) * math.prod(len(v) for v in self._grid_of(n).values())
+        return sum(len(self.seeds_for(profile)) * math.prod(len(v) for v in self._grid_of(n).values())
                    for n in self._trial_names(profile))
 
     def trial_points(self, profile: str) -> list[dict[str, Any]]:
@@ -267,7 +281,7 @@ class Study(Strict):
         points = []
         for name in self._trial_names(profile):
             grid = self._grid_of(name)
-            for seed, *values in itertools.product(self.seeds, *grid.values()):
+            for seed, *values in itertools.product(self.seeds_for(profile), *grid.values()):
                 points.append({"trial": name, "seed": seed, **dict(zip(grid, values))})
         return points
 

@@ -55,6 +55,67 @@ def row_results(row: Row, results: pd.DataFrame) -> pd.DataFrame:
     return results[sel]
 
 
+BACKBONE_NAMES = {"resnet10": "ResNet10", "resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
+                  "resnet101": "ResNet101", "resnext101_32x8d": "ResNeXt101-32x8d", "resnext101_64x4d": "ResNeXt101-64x4d"}
+
+
+def _first_config(study: Study, profile: str, trial: str):
+    point = next((p for p in study.trial_points(profile) if p["trial"] == trial), None)
+    return study.trial_config(profile, point) if point else None
+
+
+def as_trained(study: Study, profile: str) -> Study:
+    """The study with each measured row's label naming the backbone ``profile`` trains where it is not the
+    one the paper's profile trains: 'RetinaNet (ResNet-50-FPN)' -> 'RetinaNet (ResNet-50-FPN -> ResNet10)';
+    the claims follow the new labels. Tables, plots and the report show this copy, so nothing names a model
+    that did not run."""
+    if not study.table_layout or profile == "paper" or "paper" not in study.profiles:
+        return study
+    shown = study.model_copy(deep=True)
+    renamed = {}
+    for row in shown.table_layout.rows:
+        if not row.measured:
+            continue
+        ours, theirs = _first_config(study, profile, row.trial), _first_config(study, "paper", row.trial)
+        if ours is None or (theirs is not None and theirs.model.backbone.name == ours.model.backbone.name):
+            continue
+        name = BACKBONE_NAMES.get(ours.model.backbone.name, ours.model.backbone.name)
+        if row.label.endswith(f"-> {name})"):
+            continue  # already shown as trained
+        paper = BACKBONE_NAMES.get(theirs.model.backbone.name, theirs.model.backbone.name) if theirs else ""
+        # A label that names the paper's backbone ends with it in parentheses; others get both names.
+        new = f"{row.label[:-1]} -> {name})" if row.label.endswith(")") else f"{row.label} ({paper} -> {name})"
+        renamed[row.label], row.label = new, new
+    for claim in shown.claims:
+        claim.row, claim.vs = renamed.get(claim.row, claim.row), renamed.get(claim.vs, claim.vs)
+    for row in shown.table_layout.rows:
+        row.baseline = renamed.get(row.baseline, row.baseline)
+    return shown
+
+
+def setting(study: Study, profile: str) -> str:
+    """What a profile trained, from its resolved configs: data, val images, image size, backbones and their
+    initialisation, epochs, seeds (e.g. "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch,
+    4 epochs, 1 seed")."""
+    configs = [study.trial_config(profile, p) for p in study.trial_points(profile)]
+    data = configs[0].data
+    images = ""
+    if data.kind == "synthetic":
+        n = min(data.synthetic.val, data.max_images or data.synthetic.val)
+        images = f" ({n} images)"
+    size = f"{data.short} px" if data.short == data.long else f"[{data.short}, {data.long}] px"
+    backbones = sorted({c.model.backbone.name for c in configs}, key=list(BACKBONE_NAMES).index)
+    names = [BACKBONE_NAMES.get(b, b) for b in backbones]
+    if len(names) > 1 and all(n.startswith("ResNet") and n[6:].isdigit() for n in names):
+        names = ["ResNet" + "/".join(n[6:] for n in names)]
+    init = {c.model.backbone.pretrained for c in configs}
+    init_text = "from scratch" if init == {"none"} else "ImageNet-initialised" if init == {"imagenet"} else "mixed init"
+    epochs = sorted({c.train.epochs for c in configs})
+    seeds = len(study.seeds_for(profile))
+    return (f"{data.kind} {data.val_split}{images}, {size}, {', '.join(names)} {init_text}, "
+            f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, {seeds} seed{'s' if seeds != 1 else ''}")
+
+
 def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None,
                 replicates: Optional[dict] = None) -> list[tuple[Row, list[Cell]]]:
     """One (row, cells) per layout row. Ours: the mean over seeds of the row's results (row_results), times the
@@ -99,15 +160,44 @@ def _fmt(x: Optional[float], digits: int, signed: bool = False) -> str:
 def table_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
     """The paper's table with our results beside it, captioned with the profile's data set, as md/csv/html/latex;
     with ``replicates``, each cell's interval, and (md, html) the study's claims with their verdicts below."""
-    data = study.trial_config(profile, study.trial_points(profile)[0]).data
-    text = render(study, build_table(study, results, replicates=replicates), fmt,
-                  caption(study, profile, f"{data.kind} {data.val_split}"))
+    study = as_trained(study, profile)
+    text = render(study, build_table(study, results, replicates=replicates), fmt, caption(study, profile, setting(study, profile)))
     if study.claims and fmt in ("md", "html"):
         from .evidence import claims_frame
 
         digits = 1 if study.table_layout.scale >= 100 else 3
         text += ("\n" if fmt == "md" else "") + render_claims(claims_frame(study, results, replicates or {}), fmt, digits)
     return text
+
+
+def effects_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
+    """Each change against its baseline (the claims' pairs, and rows' ``baseline``), per column: ours (row - vs)
+    with its 95% interval / the paper's, and the verdict where the paper gives a difference; md, csv or html."""
+    from .evidence import effects_frame
+
+    study = as_trained(study, profile)
+    frame = effects_frame(study, results, replicates or {})
+    digits = 1 if study.table_layout.scale >= 100 else 3
+    cap = (f"Effects of {study.paper} table {study.table}: row - baseline, ours [95% interval] / paper (verdict). "
+           f"Ours: profile '{profile}': {setting(study, profile)}.")
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    num = lambda x, signed=True: "-" if x is None or pd.isna(x) else f"{x:+.{digits}f}"
+    cell = lambda r: (f"{num(r['ours'])}" + (f" [{num(r['lo'])}, {num(r['hi'])}]" if r["lo"] is not None and not pd.isna(r["lo"]) else "")
+                      + f" / {num(r['paper'])}" + (f" ({r['verdict']})" if r["verdict"] else ""))
+    columns = study.table_layout.columns
+    pairs = list(dict.fromkeys(zip(frame["row"], frame["vs"])))
+    table = [[f"{a} vs {b}"] + [cell(r) for _, r in frame[(frame["row"] == a) & (frame["vs"] == b)].iterrows()]
+             for a, b in pairs]
+    if fmt == "html":
+        body = "".join("<tr>" + f"<th>{html.escape(r[0])}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:])
+                       + "</tr>" for r in table)
+        return (f"<table class=\"ablab-table effects\"><caption>{html.escape(cap)}</caption><thead><tr><th>effect</th>"
+                + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + f"</tr></thead><tbody>{body}</tbody></table>\n")
+    esc = lambda c: str(c).replace("|", "\\|")
+    lines = [cap, "", "| effect | " + " | ".join(columns) + " |", "|---|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in table]
+    return "\n".join(lines) + "\n"
 
 
 def render_claims(frame: pd.DataFrame, fmt: str, digits: int = 1) -> str:
@@ -140,7 +230,7 @@ def render_claims(frame: pd.DataFrame, fmt: str, digits: int = 1) -> str:
 def caption(study: Study, profile: str, dataset: str) -> str:
     layout = study.table_layout
     base = layout.caption if layout and layout.caption else f"{study.paper} table {study.table}"
-    return (f"{base}. Ours: profile '{profile}' on {dataset}; paper: as published. "
+    return (f"{base}. Ours: profile '{profile}': {dataset}; paper: as published ({study.title or 'its setting'}). "
             f"Cells: ours±(half its 95% interval, where known) / paper (delta); '-' = not measured. "
             f"alpha convention: {study.alpha_convention}.")
 
