@@ -199,8 +199,9 @@ def effects_vs_iou(study: Study, df: pd.DataFrame, replicates: dict, out: Path) 
 
 def learning_curves(study: Study, df: pd.DataFrame, histories: dict[str, dict[str, list[tuple[int, float]]]],
                     out: Path) -> Optional[Path]:
-    """Each trial's training loss terms per epoch (MLflow's ``train/loss*`` histories), one small panel per
-    trial, titled with its final validation metric (evaluated once, at the end of training)."""
+    """Each trial's training loss terms per epoch (MLflow's ``train/loss*`` histories, log scale) and its
+    per-epoch validation metric (``val/*``, right axis), one small panel per trial, titled with the final
+    validation metric (the full evaluation, after training)."""
     runs = df.drop_duplicates("run_id")
     runs = runs[runs["run_id"].isin([r for r, h in histories.items() if h])]
     if runs.empty:
@@ -210,8 +211,18 @@ def learning_curves(study: Study, df: pd.DataFrame, histories: dict[str, dict[st
     rows = -(-len(runs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.0 * rows), squeeze=False)
     for ax, (_, run) in zip(axes.flat, runs.iterrows()):
-        for key, points in sorted(histories[run["run_id"]].items()):
-            ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=key.removeprefix("train/"))
+        curves = histories[run["run_id"]]
+        for key, points in sorted(curves.items()):
+            if key.startswith("train/"):
+                ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=key.removeprefix("train/"))
+        val = {k: v for k, v in curves.items() if k.startswith("val/")}
+        if val:
+            right = ax.twinx()
+            for key, points in sorted(val.items()):
+                right.plot([e for e, _ in points], [v for _, v in points], marker="s", color="black",
+                           linestyle="--" if key.endswith("50") else "-", label=key)
+            right.set_ylabel("val metric, per epoch", fontsize=7)
+            right.legend(fontsize=6, loc="center right")
         mine = df[df["run_id"] == run["run_id"]]  # one row per variant: the first is the trial's first variant
         final = mine[metric].dropna() if metric in mine else pd.Series(dtype=float)
         shown = f"; val {metric} {final.iloc[0]:.3f}" if len(final) else ""

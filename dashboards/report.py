@@ -54,11 +54,11 @@ def _scatter_samples(client: MlflowClient, runs: dict[str, str]) -> dict[str, di
     return out
 
 
-def _loss_histories(client: MlflowClient, df) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """run id -> each ``train/loss*`` metric's (epoch, value) history."""
+def _curve_histories(client: MlflowClient, df) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """run id -> each ``train/loss*`` and per-epoch ``val/*`` metric's (epoch, value) history."""
     out = {}
     for run_id in df["run_id"].unique():
-        keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("train/loss")]
+        keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/loss", "val/"))]
         out[run_id] = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
     return out
 
@@ -80,8 +80,8 @@ def _img(path: Path) -> str:
             f"<figcaption>{html.escape(path.stem.replace('_', ' '))}</figcaption></figure>")
 
 
-def _page(study: Study, profile: str, table_html: str, images: list[Path], runs_html: str, browse: str) -> str:
-    title = f"{study.study} ({profile}): {setting(study, profile)}"
+def _page(study: Study, profile: str, df, table_html: str, images: list[Path], runs_html: str, browse: str) -> str:
+    title = f"{study.study} ({profile}): {setting(study, profile, df)}"
     paper_setting = study.title or study.paper + " table " + study.table
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = "".join(_img(p) for p in images) or "<p>No plots for this study yet.</p>"
@@ -135,7 +135,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     if not df.empty:  # e.g. a profile never run
         runs = {r["trial_key"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
         effects = plots.effects_vs_iou(study, df, reps, plot_dir)
-        images = [p for p in (effects, plots.learning_curves(study, df, _loss_histories(client, df), plot_dir),
+        images = [p for p in (effects, plots.learning_curves(study, df, _curve_histories(client, df), plot_dir),
                               plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
                               None if effects else plots.ap_vs_iou(study, df, plot_dir),
                               plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
@@ -151,7 +151,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     browse = (f'Tracking server: <a href="{html.escape(uri)}">{html.escape(uri)}</a>.'
               if uri.startswith(("http://", "https://")) else
               f"Local store: run <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>, then the links below open.")
-    page = _page(study, profile, table_html, images, _runs_table(df, uri, experiment_id), browse)
+    page = _page(study, profile, df, table_html, images, _runs_table(df, uri, experiment_id), browse)
 
     out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"
     out.mkdir(parents=True, exist_ok=True)

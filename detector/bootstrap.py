@@ -81,9 +81,19 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
     return ap
 
 
+CHUNK = 20_000_000
+"""Replicates x detections held at once by weighted_ap (a few float64 arrays of it: ~1 GB at COCO scale
+without chunking)."""
+
+
 def replicate_aps(classes: list[ClassMatches], weights: np.ndarray, recalls: np.ndarray) -> np.ndarray:
-    """(R, T, K) AP of every class under each replicate's weights (NaN: no GT of it drawn)."""
-    return np.stack([weighted_ap(m, weights, recalls) for m in classes], axis=2)
+    """(R, T, K) AP of every class under each replicate's weights (NaN: no GT of it drawn), replicates taken in
+    chunks of at most CHUNK replicate-detections."""
+    out = []
+    for m in classes:
+        step = max(1, CHUNK // max(1, len(m.image)))
+        out.append(np.concatenate([weighted_ap(m, weights[i:i + step], recalls) for i in range(0, len(weights), step)]))
+    return np.stack(out, axis=2)
 
 
 def coco_replicates(classes: list[ClassMatches], weights: np.ndarray) -> dict[str, np.ndarray]:

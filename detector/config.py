@@ -186,6 +186,10 @@ class TrainConfig(Strict):
     loader_workers: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1)
     """torch intra-op threads; None leaves torch's default."""
+    val_every: int = Field(1, ge=0)
+    """After every this many epochs, score the first variant on the first ``val_images`` val images (the
+    learning curves' validation metric, ``val/AP`` / ``val/mAP``); 0: only the full evaluation at the end."""
+    val_images: int = Field(100, ge=1)
 
 
 class VariantConfig(Strict):

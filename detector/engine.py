@@ -124,11 +124,33 @@ def train(cfg: Config, *, checkpoint: Optional[dict] = None,
     """Train ``cfg`` for its epochs (resuming from ``checkpoint`` if given). Under torch.distributed the
     model is wrapped in DDP and each worker reads its shard; the batch size is the global one."""
     run = build_training(cfg, checkpoint, log)
+    validate = _epoch_validation(cfg) if run.rank == 0 and cfg.train.val_every else None
     for epoch in range(run.state.epoch, cfg.train.epochs):
         epoch_metrics = train_one_epoch(run, cfg, epoch, log)
+        if validate is not None and run.state.epoch % cfg.train.val_every == 0:
+            epoch_metrics.update(validate(run.state))  # the same dict as the epoch's history entry
         if on_epoch_end is not None:
             on_epoch_end(run.state, epoch_metrics)
     return run.state
+
+
+def _epoch_validation(cfg: Config) -> Optional[Callable[[TrainState], dict[str, float]]]:
+    """A function that scores the model's first variant on the first ``train.val_images`` val images:
+    ``{"val/AP": ..., "val/AP50": ...}`` (VOC: ``val/mAP``, ``val/mAP50``). None for a split without labels.
+    Torch's RNG is reseeded at every epoch's start, so this changes nothing of the training that follows."""
+    full = build_split(cfg.data, cfg.data.val_split)
+    if not full.labelled:
+        return None
+    subset = DetectionSet(full.name, full.records[:cfg.train.val_images], full.classes, coco_gt=full.coco_gt)
+    variant = cfg.variants()[:1]
+    keys = ("AP", "AP50") if "coco" in cfg.inference.metrics else ("mAP", "mAP50")
+
+    def validate(state: TrainState) -> dict[str, float]:
+        metrics = evaluate(state.model, cfg, subset, variant, state.precision, log=lambda m: None,
+                           intervals=False).metrics
+        return {f"val/{k}": metrics[f"{variant[0].name}/{k}"] for k in keys}
+
+    return validate
 
 
 @dataclass
@@ -255,10 +277,12 @@ def _evaluated_gt(gt_dataset: dict, val_set: DetectionSet) -> dict:
 @torch.no_grad()
 def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = None,
              variants: Optional[list[VariantConfig]] = None, precision: Optional[Precision] = None,
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> EvalResult:
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+             intervals: bool = True) -> EvalResult:
     """One inference pass over the val split; every variant is scored from it; COCO (and VOC) metrics and
-    confidence/IoU_eval correlations per variant. ``precision``: the one the model trained in (default:
-    ``cfg.train.precision`` resolved on the model's device)."""
+    confidence/IoU_eval correlations per variant, and (``intervals``) each AP's bootstrap over the images.
+    ``precision``: the one the model trained in (default: ``cfg.train.precision`` resolved on the model's
+    device)."""
     device = next(model.parameters()).device
     precision = precision or resolve_precision(cfg.train.precision, device)
     val_set = val_set or build_split(cfg.data, cfg.data.val_split)
@@ -291,7 +315,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     metrics: dict[str, float] = {}
     scatter, replicates = {}, {}
     rng = np.random.default_rng(0)
-    draws = image_draws(len(val_set.records))
+    draws = image_draws(len(val_set.records)) if intervals else None
     t_boot = 0.0
     for v in variants:
         d = dets[v.name]
@@ -300,13 +324,15 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         if "coco" in cfg.inference.metrics:
             m.update(coco_metrics(gt_dataset, d))
             t = time.perf_counter()
-            reps.update(coco_replicates(coco_matches(gt_dataset, d), draws))
+            if intervals:
+                reps.update(coco_replicates(coco_matches(gt_dataset, d), draws))
             t_boot += time.perf_counter() - t
         if "voc" in cfg.inference.metrics:
             matches = voc_class_matches(val_set.records, d, len(val_set.classes))
             m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
             t = time.perf_counter()
-            reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
+            if intervals:
+                reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
             t_boot += time.perf_counter() - t
         for k, r in reps.items():
             m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
@@ -314,13 +340,14 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         conf = np.asarray([x["score"] for x in d])
         iou_eval = iou_eval_of(by_id, d)
         m.update(correlations(conf, iou_eval))
-        m["num_detections"] = float(len(d))
+        m["num_detections"], m["val_images"] = float(len(d)), float(len(val_set.records))
         for k, val in m.items():
             metrics[f"{v.name}/{k}"] = val
         n = min(len(d), cfg.inference.correlation_samples)
         pick = rng.choice(len(d), n, replace=False) if n < len(d) else np.arange(len(d))
         scatter[v.name] = (conf[pick], iou_eval[pick])
-    log(f"[eval] intervals: {len(draws)} bootstrap replicates of {len(val_set.records)} images in {t_boot:.2f}s")
+    if intervals:
+        log(f"[eval] intervals: {len(draws)} bootstrap replicates of {len(val_set.records)} images in {t_boot:.2f}s")
     return EvalResult(metrics, dets, scatter, replicates)
 
 

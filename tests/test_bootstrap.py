@@ -111,3 +111,14 @@ def test_the_95_percent_interval_covers_the_true_ap_about_95_percent_of_the_time
     # 300 sets: a true 95% gives 0.95 +- 0.025 (two standard errors)
     print(f"coverage {covered / sets:.3f}")
     assert 0.90 <= covered / sets <= 0.99, covered / sets
+
+
+def test_replicates_in_chunks_are_the_same_replicates(monkeypatch):
+    import detector.bootstrap as bootstrap
+
+    gt, dets, records = _random_set(n_images=30, seed=4)
+    matches, draws = coco_matches(gt, dets), image_draws(30)
+    whole = coco_replicates(matches, draws)
+    monkeypatch.setattr(bootstrap, "CHUNK", 500)  # a few replicates at a time
+    chunked = coco_replicates(matches, draws)
+    assert all(np.array_equal(whole[k], chunked[k]) for k in whole)

@@ -22,7 +22,8 @@ def ablab(*args, env, cwd, timeout=1500):
 
 @pytest.fixture(scope="module")
 def table3(tmp_path_factory):
-    """`ablab run studies/table3.yaml --profile smoke` as shipped (its synthetic data generated in a temp cwd)."""
+    """`ablab run studies/table3.yaml --profile smoke` as shipped, from another folder (its synthetic data goes to
+    the checkout's data/, as the study file says)."""
     cwd = tmp_path_factory.mktemp("table3")
     out = cwd / "outputs"
     env = ablab_env(out)

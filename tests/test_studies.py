@@ -108,3 +108,17 @@ def test_seeds_come_from_the_profile_or_from_seeds_n_and_a_resume_keeps_the_laun
     (three.out_dir).mkdir(parents=True)
     (three.out_dir / "launch.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
     assert len(plan_study(path, "smoke", out_root=out, check_data=False, resume=True).points) == len(three.points)
+
+
+def test_a_relative_data_root_is_relative_to_the_study_file_not_to_where_the_command_runs(tmp_path, monkeypatch):
+    import yaml
+
+    folder = tmp_path / "project" / "studies"
+    folder.mkdir(parents=True)
+    study = folder / "s.yaml"
+    study.write_text(yaml.safe_dump({
+        "study": "s", "paper": "iou_aware", "table": "t", "trials": [{"name": "a"}],
+        "profiles": {"smoke": {"base": {"data": {"kind": "synthetic", "root": "../data/synthetic"}}}}}))
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    plan = plan_study(str(study.relative_to(tmp_path)), "smoke", out_root=str(tmp_path / "out"), check_data=False)
+    assert [c.data.root for c in plan.configs.values()] == [str(tmp_path / "project" / "data" / "synthetic")]

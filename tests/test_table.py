@@ -135,3 +135,19 @@ def test_a_smoke_table_names_the_backbone_it_trained_beside_the_papers():
     assert {c.row for c in shown.claims} <= set(labels) and {c.vs for c in shown.claims} <= set(labels)
     assert as_trained(study, "paper") is study  # the paper's profile trains the paper's backbones
     assert setting(study, "smoke") == "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"
+
+
+@pytest.mark.parametrize("label, trained, shown", [
+    ("RetinaNet (ResNet-50-FPN, 1x)", "resnet10", "RetinaNet (ResNet-50-FPN -> ResNet10, 1x)"),
+    ("Pseudo-IoU (R-64x4d-FPN-DCN)", "resnet34", "Pseudo-IoU (R-64x4d-FPN-DCN -> ResNet34)"),
+    ("cls(obj>0.5)", "resnet10", "cls(obj>0.5) (ResNet50 -> ResNet10)"),
+])
+def test_the_trained_backbone_goes_beside_the_papers_name_or_after_the_label(label, trained, shown):
+    study = Study.model_validate({
+        "study": "t", "paper": "iou_aware", "table": "t", "trials": [{"name": "a"}],
+        "profiles": {"paper": {"base": {"model": {"backbone": {"name": "resnet50"}}}},
+                     "smoke": {"base": {"model": {"backbone": {"name": trained, "pretrained": "none", "norm": "bn"}}}}},
+        "layout": {"columns": ["AP"], "rows": [{"label": label, "trial": "a"}]}})
+    from ablab.table import as_trained
+
+    assert as_trained(study, "smoke").table_layout.rows[0].label == shown

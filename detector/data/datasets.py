@@ -262,7 +262,7 @@ def ensure_synthetic(cfg: DataConfig) -> Path:
         return root
     print(f"[data] writing synthetic dataset to {root} ({params})", file=sys.stderr, flush=True)
     try:
-        return write_synthetic(root, **params)
+        return write_synthetic(root, **params, progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
     except FileExistsError as err:
         raise DatasetError(f"data.root: {err}") from None
 

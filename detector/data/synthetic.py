@@ -265,7 +265,7 @@ def _write_tree(root: Path, params: dict[str, int], progress: Callable[[str], No
                                     "bbox": o["bbox"], "area": o["area"], "iscrowd": 0})
                 ann_id += 1
             stems.append(stem)
-            if progress and (i + 1) % 200 == 0:
+            if progress and ((i + 1) % 200 == 0 or i + 1 == count):
                 progress(f"{split}: {i + 1}/{count} images")
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
         info = {"description": "ablab synthetic shapes", "seed": seed, "size": size, "split": split}

@@ -17,14 +17,14 @@ def results(study: str, profile: str | None = None, **kwargs: Any):
     return _results(study, profile=profile, **kwargs)
 
 
-def claims(study: str, profile: str | None = None, **kwargs: Any):
+def claims(study: str, profile: str = "smoke", **kwargs: Any):
     """A pandas DataFrame of a study file's claims checked against its runs in MLflow (see ablab.query.claims)."""
     from .query import claims as _claims
 
     return _claims(study, profile=profile, **kwargs)
 
 
-def effects(study: str, profile: str | None = None, **kwargs: Any):
+def effects(study: str, profile: str = "smoke", **kwargs: Any):
     """A pandas DataFrame of each change of a study file against its baseline, per column (ablab.query.effects)."""
     from .query import effects as _effects
 

@@ -64,7 +64,7 @@ def cmd_run(args) -> int:
 
     outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
                         resume=args.command == "resume", allow_large_grid=args.allow_large_grid,
-                        retry_failed=getattr(args, "retry_failed", False), seeds=args.seeds)
+                        retry_failed=getattr(args, "retry_failed", False), seeds=getattr(args, "seeds", None))
     if outcome.interrupted:
         return 130  # as a shell reports Ctrl-C; the report waits for the resumed study
     if outcome.tracking_pending:
@@ -125,6 +125,8 @@ def cmd_table(args) -> int:
                           f"`ablab run {args.study} --profile {args.profile}` makes them")
     reps = replicates(df, resolve_tracking_uri(study.study, args.tracking_uri, args.out_root))
     if args.effects:
+        if study.table_layout is None:
+            raise ConfigError(f"{args.study}: --effects: the study has no layout (its rows are what effects compare)")
         if args.format == "latex":
             raise ConfigError("--effects: prints md, csv or html (not latex)")
         print(effects_text(study, args.profile, df, args.format, reps), end="")
@@ -195,8 +197,9 @@ def _study_commands(sub) -> None:
         r.add_argument("--out-root", help="where study outputs go (default $ABLAB_OUTPUT_ROOT or ./outputs)")
         r.add_argument("--allow-large-grid", action="store_true",
                        help="run a grid of more than 10,000 trials (refused otherwise, as a likely typo)")
-        r.add_argument("--seeds", type=int, metavar="N", help="train every trial with seeds 0..N-1 instead of the "
-                                                              "study's `seeds` (resume keeps the launch's)")
+        if name != "resume":  # a resume keeps the seeds its launch ran
+            r.add_argument("--seeds", type=int, metavar="N", help="train every trial with seeds 0..N-1 instead of "
+                                                                  "the study's `seeds`")
         if name == "resume":
             r.add_argument("--retry-failed", action="store_true",
                            help="run the failed trials again (from their last checkpoint), in their MLflow runs")

@@ -42,10 +42,6 @@ class Estimate:
     source: str = ""
     """What the interval covers: ``seeds+images``, ``images``, ``seeds``, or "" (no interval)."""
 
-    @property
-    def half_width(self) -> Optional[float]:
-        return None if self.lo is None else (self.hi - self.lo) / 2
-
 
 def seed_half_width(values: np.ndarray, level: float = LEVEL) -> Optional[float]:
     """Half-width of the Student t interval of the mean of ``values`` (one per seed); None below 2 seeds."""

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from detector.config import ConfigError
@@ -96,14 +97,14 @@ def replicates(frame: pd.DataFrame, tracking_uri: str) -> dict[str, dict[str, di
         for run_id in runs:
             try:
                 path = client.download_artifacts(run_id, BOOTSTRAP_FILE, str(Path(tmp) / run_id))
-            except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+                data = json.loads(Path(path).read_text())
+            except (MlflowException, OSError, ValueError):  # none (logged before ablab kept them), or cut short
                 continue
-            data = json.loads(Path(path).read_text())
             out[run_id] = {v: {m: np.asarray(r, np.float64) for m, r in by_metric.items()} for v, by_metric in data.items()}
     return out
 
 
-def claims(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
            out_root: Optional[str] = None) -> pd.DataFrame:
     """Every claim of a study file against its runs in MLflow: the paper's difference, ours with its 95%
     interval, and the verdict (ablab.evidence.claims_frame)."""
@@ -115,10 +116,10 @@ def claims(study: str, profile: Optional[str] = None, tracking_uri: Optional[str
     spec = load_study(study)
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
-    return claims_frame(as_trained(spec, profile or "smoke"), frame, replicates(frame, uri) if not frame.empty else {})
+    return claims_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})
 
 
-def effects(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
+def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
             out_root: Optional[str] = None) -> pd.DataFrame:
     """Each change of a study file against its baseline, per column (ablab.evidence.effects_frame), with the
     row labels naming what the profile trained."""
@@ -129,4 +130,4 @@ def effects(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
     spec = load_study(study)
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
-    return effects_frame(as_trained(spec, profile or "smoke"), frame, replicates(frame, uri) if not frame.empty else {})
+    return effects_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})

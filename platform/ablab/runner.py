@@ -53,7 +53,7 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
     """Validate the study and every trial config, find every weights file, and open every data split once
     (which also writes the synthetic set if missing): a bad study, missing weights or data fail here,
     before Ray starts. ``check_data=False`` (submit) leaves files to the cluster that will read them.
-    ``seeds``: run seeds 0..N-1 instead of the profile's; a resume keeps the seeds its launch ran."""
+    ``seeds``: run seeds 0..N-1 instead of the profile's (not on resume: it keeps the seeds its launch ran)."""
     study = load_study(study_path)
     study.profile(profile)
     launch_file = study_dir(study.study, profile, out_root) / LAUNCH_FILE
@@ -411,12 +411,12 @@ def _rebuild_points(plan: Plan, tracking_uri: str, damage: str, retry_failed: bo
     client = MlflowClient(tracking_uri)
     runs = RunRegistry(plan.out_dir / "mlflow_runs.json").data["trials"]
     finished = {key for key, run_id in runs.items() if client.get_run(run_id).info.status == "FINISHED"}
-    aside = tune_dir.with_name(f"tune.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    tune_dir.rename(aside)
     points = [p for p in plan.points if point_key(p) not in finished]
     if not points:
         raise ConfigError(f"nothing to resume: every trial of {plan.out_dir} has finished (its Ray Tune state is "
                           f"damaged: {damage}); `ablab table {plan.study_path} --profile {plan.profile}` shows them")
+    aside = tune_dir.with_name(f"tune.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    tune_dir.rename(aside)
     log.warning(f"ray tune: its saved state is damaged ({damage}); it is kept in {aside}, and a new Tune run takes "
                 f"the {len(points)} trial(s) that have not finished, each from its last checkpoint "
                 f"({len(plan.points) - len(points)} finished, kept)")

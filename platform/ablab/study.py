@@ -166,6 +166,13 @@ class Study(Strict):
         """The file the study was read from (load_study), for error messages."""
         return self._source
 
+    def path_of(self, path: str) -> Path:
+        """A path the study names (a data root, a weights file), absolute: a relative one is relative to the study
+        file's folder (the profile files it extends included), wherever the command runs."""
+        p = Path(path).expanduser()
+        base = Path(self._source).resolve().parent if self._source != "study" else Path.cwd()
+        return (p if p.is_absolute() else base / p).resolve()
+
     @model_validator(mode="after")
     def _cross_references(self) -> "Study":
         for i, v in enumerate(self.variants):
@@ -351,9 +358,9 @@ def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Co
         cfg = study.trial_config(profile, point)
         cfg = parse_config(_expand_env(cfg.model_dump()), source=f"{study.source} (trial {point['trial']})")
         # Ray workers need not share the driver's working directory: pin data and weights paths now.
-        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+        cfg.data.root = str(study.path_of(cfg.data.root))
         if cfg.model.backbone.pretrained not in ("none", "imagenet"):
-            cfg.model.backbone.pretrained = str(Path(cfg.model.backbone.pretrained).expanduser().resolve())
+            cfg.model.backbone.pretrained = str(study.path_of(cfg.model.backbone.pretrained))
         out.append((point, cfg))
     _check_rows_evaluable(study, out)
     return out

@@ -7,6 +7,7 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,7 +26,8 @@ class Cell:
 
     @property
     def half_width(self) -> Optional[float]:
-        return None if self.lo is None else (self.hi - self.lo) / 2
+        """The farther end of the interval from our value (a percentile interval need not be symmetric)."""
+        return None if self.lo is None else max(self.hi - self.ours, self.ours - self.lo)
 
     @property
     def delta(self) -> Optional[float]:
@@ -59,6 +61,10 @@ BACKBONE_NAMES = {"resnet10": "ResNet10", "resnet18": "ResNet18", "resnet34": "R
                   "resnet101": "ResNet101", "resnext101_32x8d": "ResNeXt101-32x8d", "resnext101_64x4d": "ResNeXt101-64x4d"}
 
 
+_BACKBONE_IN_LABEL = re.compile(r"\b(ResNe[Xx]?t-[\w-]+|[RX]-\d[\w-]*)")
+"""The paper's backbone as the papers' row labels write it: ResNet-50-FPN, ResNeXt-32x8d-101-FPN, R-101-FPN."""
+
+
 def _first_config(study: Study, profile: str, trial: str):
     point = next((p for p in study.trial_points(profile) if p["trial"] == trial), None)
     return study.trial_config(profile, point) if point else None
@@ -80,11 +86,13 @@ def as_trained(study: Study, profile: str) -> Study:
         if ours is None or (theirs is not None and theirs.model.backbone.name == ours.model.backbone.name):
             continue
         name = BACKBONE_NAMES.get(ours.model.backbone.name, ours.model.backbone.name)
-        if row.label.endswith(f"-> {name})"):
+        if f"-> {name}" in row.label:
             continue  # already shown as trained
         paper = BACKBONE_NAMES.get(theirs.model.backbone.name, theirs.model.backbone.name) if theirs else ""
-        # A label that names the paper's backbone ends with it in parentheses; others get both names.
-        new = f"{row.label[:-1]} -> {name})" if row.label.endswith(")") else f"{row.label} ({paper} -> {name})"
+        # A label that names the paper's backbone gets the trained one right after it; others get both names.
+        named = _BACKBONE_IN_LABEL.search(row.label)
+        new = (f"{row.label[:named.end()]} -> {name}{row.label[named.end():]}" if named
+               else f"{row.label} ({paper} -> {name})")
         renamed[row.label], row.label = new, new
     for claim in shown.claims:
         claim.row, claim.vs = renamed.get(claim.row, claim.row), renamed.get(claim.vs, claim.vs)
@@ -93,14 +101,18 @@ def as_trained(study: Study, profile: str) -> Study:
     return shown
 
 
-def setting(study: Study, profile: str) -> str:
-    """What a profile trained, from its resolved configs: data, val images, image size, backbones and their
-    initialisation, epochs, seeds (e.g. "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch,
-    4 epochs, 1 seed")."""
+def setting(study: Study, profile: str, results: Optional[pd.DataFrame] = None) -> str:
+    """What a profile trained: data, val images, image size, backbones and their initialisation, epochs, seeds
+    (e.g. "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"), from its
+    resolved configs and, where ``results`` hold them, the runs' own counts of val images and seeds."""
     configs = [study.trial_config(profile, p) for p in study.trial_points(profile)]
     data = configs[0].data
     images = ""
-    if data.kind == "synthetic":
+    done = finished(results) if results is not None and not results.empty else None
+    if done is not None and "val_images" in done and done["val_images"].notna().any():
+        counts = sorted({int(n) for n in done["val_images"].dropna()})
+        images = f" ({'/'.join(map(str, counts))} images)"
+    elif data.kind == "synthetic":
         n = min(data.synthetic.val, data.max_images or data.synthetic.val)
         images = f" ({n} images)"
     size = f"{data.short} px" if data.short == data.long else f"[{data.short}, {data.long}] px"
@@ -108,10 +120,10 @@ def setting(study: Study, profile: str) -> str:
     names = [BACKBONE_NAMES.get(b, b) for b in backbones]
     if len(names) > 1 and all(n.startswith("ResNet") and n[6:].isdigit() for n in names):
         names = ["ResNet" + "/".join(n[6:] for n in names)]
-    init = {c.model.backbone.pretrained for c in configs}
-    init_text = "from scratch" if init == {"none"} else "ImageNet-initialised" if init == {"imagenet"} else "mixed init"
+    init_text = " / ".join(sorted({{"none": "from scratch", "imagenet": "ImageNet-initialised"}.get(
+        c.model.backbone.pretrained, "initialised from a weights file") for c in configs}))
     epochs = sorted({c.train.epochs for c in configs})
-    seeds = len(study.seeds_for(profile))
+    seeds = done["seed"].nunique() if done is not None and "seed" in done else len(study.seeds_for(profile))
     return (f"{data.kind} {data.val_split}{images}, {size}, {', '.join(names)} {init_text}, "
             f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, {seeds} seed{'s' if seeds != 1 else ''}")
 
@@ -122,6 +134,8 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
     layout's scale (100: percent), or None when MLflow holds no finished value for it. ``replicates`` (run
     id -> variant -> metric -> bootstrap replicates, ablab.query.replicates): each cell gets its interval."""
     layout = study.table_layout
+    if layout is None:
+        raise ValueError(f"study {study.study} has no table layout")
     if replicates is not None:
         from .evidence import cell_estimate
 
@@ -161,7 +175,8 @@ def table_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, repl
     """The paper's table with our results beside it, captioned with the profile's data set, as md/csv/html/latex;
     with ``replicates``, each cell's interval, and (md, html) the study's claims with their verdicts below."""
     study = as_trained(study, profile)
-    text = render(study, build_table(study, results, replicates=replicates), fmt, caption(study, profile, setting(study, profile)))
+    text = render(study, build_table(study, results, replicates=replicates), fmt,
+                  caption(study, profile, setting(study, profile, results)))
     if study.claims and fmt in ("md", "html"):
         from .evidence import claims_frame
 
@@ -179,7 +194,7 @@ def effects_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, re
     frame = effects_frame(study, results, replicates or {})
     digits = 1 if study.table_layout.scale >= 100 else 3
     cap = (f"Effects of {study.paper} table {study.table}: row - baseline, ours [95% interval] / paper (verdict). "
-           f"Ours: profile '{profile}': {setting(study, profile)}.")
+           f"Ours: profile '{profile}': {setting(study, profile, results)}.")
     if fmt == "csv":
         return frame.to_csv(index=False)
     num = lambda x, signed=True: "-" if x is None or pd.isna(x) else f"{x:+.{digits}f}"
@@ -231,7 +246,7 @@ def caption(study: Study, profile: str, dataset: str) -> str:
     layout = study.table_layout
     base = layout.caption if layout and layout.caption else f"{study.paper} table {study.table}"
     return (f"{base}. Ours: profile '{profile}': {dataset}; paper: as published ({study.title or 'its setting'}). "
-            f"Cells: ours±(half its 95% interval, where known) / paper (delta); '-' = not measured. "
+            f"Cells: ours±(its 95% interval's farther end, where known) / paper (delta); '-' = not measured. "
             f"alpha convention: {study.alpha_convention}.")
 
 

@@ -62,7 +62,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
 
     def report(state, epoch_metrics: dict[str, float]) -> None:
-        metrics: dict[str, Any] = {k: float(v) for k, v in epoch_metrics.items()}
+        # First the trial's progress: Tune's trial table shows the first metrics a trial reports.
+        seconds = [h["train_seconds"] for h in state.history if "train_seconds" in h]
+        left = cfg.train.epochs - int(epoch_metrics.get("epoch", state.epoch))
+        metrics: dict[str, Any] = {"epoch": float(epoch_metrics.get("epoch", state.epoch)),
+                                   "epochs": float(cfg.train.epochs),
+                                   "eta_s": round(sum(seconds) / len(seconds) * left, 1) if seconds else None}
+        metrics.update({k: float(v) for k, v in epoch_metrics.items()})
         metrics.update(_run_facts(state))
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
