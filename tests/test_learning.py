@@ -25,7 +25,7 @@ ANCHOR_FREE_AP50 = 0.1
 SMOKE = {
     "model": smoke_model(),  # studies/profiles/smoke.yaml
     "train": {"epochs": 14, "batch_size": 8, "lr": 0.16, "warmup_iters": 100, "steps": [11, 13],
-              "precision": "fp32", "threads": 2},
+              "precision": "fp32", "threads": 2, "val_every": 0},  # evaluated once, at the end
 }
 
 
