@@ -204,15 +204,7 @@ def effects_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, re
     pairs = list(dict.fromkeys(zip(frame["row"], frame["vs"])))
     table = [[f"{a} vs {b}"] + [cell(r) for _, r in frame[(frame["row"] == a) & (frame["vs"] == b)].iterrows()]
              for a, b in pairs]
-    if fmt == "html":
-        body = "".join("<tr>" + f"<th>{html.escape(r[0])}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:])
-                       + "</tr>" for r in table)
-        return (f"<table class=\"ablab-table effects\"><caption>{html.escape(cap)}</caption><thead><tr><th>effect</th>"
-                + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + f"</tr></thead><tbody>{body}</tbody></table>\n")
-    esc = lambda c: str(c).replace("|", "\\|")
-    lines = [cap, "", "| effect | " + " | ".join(columns) + " |", "|---|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in table]
-    return "\n".join(lines) + "\n"
+    return _grid(["effect", *columns], table, cap, fmt, "effects", ["<tr>"] * len(table), row_header=True)
 
 
 def render_claims(frame: pd.DataFrame, fmt: str, digits: int = 1) -> str:
@@ -230,12 +222,19 @@ def render_claims(frame: pd.DataFrame, fmt: str, digits: int = 1) -> str:
             for _, r in frame.iterrows()]
     title = ("Claims of the paper: ours is row - vs with its 95% interval; reproduced / contradicted: the interval "
              "excludes 0 on the paper's side / the other side; inconclusive: it holds 0.")
+    opens = [f"<tr class=\"{html.escape(r[4].replace(' ', '-'))}\" title=\"{html.escape(says)}\">"
+             for r, says in zip(rows, frame["says"])]
+    return _grid(head, rows, title, fmt, "claims", opens)
+
+
+def _grid(head: list[str], rows: list[list], title: str, fmt: str, css: str, opens: list[str],
+          row_header: bool = False) -> str:
+    """A titled table as md or html (``opens``: each html row's opening tag; ``row_header``: its first cell a th)."""
     if fmt == "html":
-        body = "".join(f"<tr class=\"{html.escape(r[4].replace(' ', '-'))}\" title=\"{html.escape(says)}\">"
-                       + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                       for r, says in zip(rows, frame["says"]))
-        return (f"<table class=\"ablab-table claims\"><caption>{html.escape(title)}</caption><thead><tr>"
-                + "".join(f"<th>{h}</th>" for h in head) + f"</tr></thead><tbody>{body}</tbody></table>\n")
+        cell = lambda i, c: f"<th>{html.escape(str(c))}</th>" if row_header and i == 0 else f"<td>{html.escape(str(c))}</td>"
+        body = "".join(o + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for o, r in zip(opens, rows))
+        return (f"<table class=\"ablab-table {css}\"><caption>{html.escape(title)}</caption><thead><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr></thead><tbody>{body}</tbody></table>\n")
     esc = lambda c: str(c).replace("|", "\\|")
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
