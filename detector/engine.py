@@ -262,6 +262,9 @@ class EvalResult:
     bootstrap: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """variant -> metric -> (R,) replicates over val images (detector.bootstrap); the same draws in every
     evaluation of the same val set, so two results' replicates pair up."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the evaluation's time went: forward (network + decoding), select (scoring, top-k, NMS), assemble
+    (the result records), metrics (COCO / VOC, correlations), bootstrap."""
 
 
 def _evaluated_gt(gt_dataset: dict, val_set: DetectionSet) -> dict:
@@ -291,13 +294,20 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     loader = make_loader(val_set, cfg.data, max(1, min(cfg.train.batch_size, 8)), train=False)
     model.eval()
     dets: dict[str, list[dict]] = {v.name: [] for v in variants}
+    seconds = dict.fromkeys(("forward", "select", "assemble", "metrics", "bootstrap"), 0.0)
     t0 = time.perf_counter()
     for batch in loader:
+        t = time.perf_counter()
         batch = batch.to(device)
         with precision.autocast():
             out, priors = model(batch.images)
         raw = raw_predictions(out, priors, model.family, batch.targets, batch.image_sizes)
-        for name, per_image in detect(raw, variants, cfg.inference).items():
+        t1 = time.perf_counter()
+        seconds["forward"] += t1 - t
+        selected = detect(raw, variants, cfg.inference)
+        t2 = time.perf_counter()
+        seconds["select"] += t2 - t1
+        for name, per_image in selected.items():
             for img_id, scale, d in zip(batch.image_ids, batch.scales, per_image):
                 boxes = (d.boxes.float() / scale).cpu()
                 xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
@@ -306,6 +316,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
                      "score": score}
                     for box, bbox, score, label in zip(boxes.tolist(), xywh.tolist(), d.scores.float().tolist(),
                                                        d.labels.tolist()))
+        seconds["assemble"] += time.perf_counter() - t2
     log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")
     if not val_set.labelled:
         log(f"[eval] {val_set.name} has no annotations (e.g. COCO test-dev): detections written, no metrics")
@@ -316,7 +327,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     scatter, replicates = {}, {}
     rng = np.random.default_rng(0)
     draws = image_draws(len(val_set.records)) if intervals else None
-    t_boot = 0.0
+    t_metrics, t_boot = time.perf_counter(), 0.0
     for v in variants:
         d = dets[v.name]
         m: dict[str, float] = {}
@@ -346,9 +357,10 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         n = min(len(d), cfg.inference.correlation_samples)
         pick = rng.choice(len(d), n, replace=False) if n < len(d) else np.arange(len(d))
         scatter[v.name] = (conf[pick], iou_eval[pick])
+    seconds["bootstrap"], seconds["metrics"] = t_boot, time.perf_counter() - t_metrics - t_boot
     if intervals:
         log(f"[eval] intervals: {len(draws)} bootstrap replicates of {len(val_set.records)} images in {t_boot:.2f}s")
-    return EvalResult(metrics, dets, scatter, replicates)
+    return EvalResult(metrics, dets, scatter, replicates, seconds)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

@@ -38,3 +38,15 @@ def tiny_config(root: Path, **overrides) -> dict:
         "train": {"epochs": 1, "batch_size": 4, "warmup_iters": 5, "threads": 2},
     }
     return deep_merge(raw, overrides)
+
+
+EXECUTORS = ("tune", "train")
+"""Where a one-worker trial trains (study `resources.executor`): in the Tune trial's own process, or on a Ray
+Train TorchTrainer's worker. The failure and resume tests run on both."""
+TRIAL_PROCESS = {"tune": "ImplicitFunc", "train": "RayTrainWorker"}
+"""The process title (``ray::<name>...``) of the process a trial trains in, per executor."""
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request) -> str:
+    return request.param

@@ -51,10 +51,11 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_fails_the_trial_with_its_reason_stops_the_study_with_one_line_and_resume_finishes_it(
-        synthetic_root, tmp_path, small_disk):
+        synthetic_root, tmp_path, small_disk, executor):
     study = write_study(tmp_path / "full_disk.yaml", synthetic_root, epochs=EPOCHS, max_images=24, layout=None,
                         trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
-                        resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 1})
+                        resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 1,
+                                   "executor": executor})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = ablab_env(small_disk / "out")
     cmd = [sys.executable, "-m", "ablab.cli", "run", str(study), "--tracking-uri", uri]

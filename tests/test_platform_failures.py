@@ -9,6 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import TRIAL_PROCESS
 from platform_helpers import ablab_env, write_study
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def _epochs_in_mlflow(out, study, trial=None) -> list[int]:
         return []
 
 
-def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(synthetic_root, tmp_path):
+def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(synthetic_root, tmp_path, executor):
     """A trial that diverges fails alone, with its reason in MLflow. Once the study is fixed, `ablab resume
     --retry-failed` runs that trial alone again, in the same MLflow run (FINISHED, the failure kept as a tag),
     with a tracking URI that replaces the stale one in launch.json."""
@@ -47,7 +48,7 @@ def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(sy
         {"name": "ok", "set": {}},
         {"name": "diverges", "set": {"train.lr": 1.0e12, "train.grad_clip": None, "train.warmup_iters": 0}},
         {"name": "ok_too", "set": {"model.quality.branch": "iou"}}],
-        layout=None)
+        layout=None, resources={"workers": 1, "cpus_per_worker": 1, "executor": executor})
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "run", str(study)], capture_output=True, text=True,
                        env=ablab_env(tmp_path / "out"), timeout=900)
     assert r.returncode == 1, r.stderr[-3000:]
@@ -62,7 +63,8 @@ def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(sy
     # The fix: a sane lr. The MLflow server "moved": launch.json names one that is gone.
     write_study(study, synthetic_root, layout=None, trials=[
         {"name": "ok", "set": {}}, {"name": "diverges", "set": {"train.lr": 0.01}},
-        {"name": "ok_too", "set": {"model.quality.branch": "iou"}}])
+        {"name": "ok_too", "set": {"model.quality.branch": "iou"}}],
+        resources={"workers": 1, "cpus_per_worker": 1, "executor": executor})
     launch = tmp_path / "out" / "nan_study" / "smoke" / "launch.json"
     store = json.loads(launch.read_text())["tracking_uri"]
     launch.write_text(json.dumps({**json.loads(launch.read_text()), "tracking_uri": "http://127.0.0.1:9"}))
@@ -85,7 +87,7 @@ def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(sy
 
 
 @pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
-def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tmp_path):
+def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tmp_path, executor):
     """SIGKILL: the driver and its cluster die at once. SIGTERM (a preempted node, a scheduler's stop): the
     study stops itself within 30 s, the stopped trial's run is left KILLED (interrupted), and no Ray process
     outlives it. Either way `ablab resume` finishes the study: one run per trial, every epoch logged once."""
@@ -93,7 +95,7 @@ def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tm
 
     study = write_study(tmp_path / "resumable.yaml", synthetic_root, epochs=3, max_images=24, trials=[
         {"name": "short", "set": {"train.epochs": 1}}, {"name": "long", "set": {}}],
-        resources={"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1}, layout=None)
+        resources={"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1, "executor": executor}, layout=None)
     env = ablab_env(tmp_path / "out")
     driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study)], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"), start_new_session=True)
@@ -143,11 +145,11 @@ def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tm
     assert "cls/AP" in long_run.data.metrics
 
 
-def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_path):
+def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_path, executor):
     # Long enough (about 10 s of training) that the kill lands mid-training, not after the trial is done.
     study = write_study(tmp_path / "restart.yaml", synthetic_root, epochs=10, max_images=24, layout=None,
                         trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
-                        resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 2})
+                        resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 2, "executor": executor})
     driver = subprocess.Popen([sys.executable, "-m", "ablab.cli", "run", str(study)], env=ablab_env(tmp_path / "out"),
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"), start_new_session=True)
     try:
@@ -157,8 +159,8 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_p
         while time.time() < deadline and not _epochs_in_mlflow(tmp_path / "out", "restart"):
             assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.3)
-        workers = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
-        assert workers, "no Ray Train worker process found"
+        workers = subprocess.run(["pgrep", "-f", TRIAL_PROCESS[executor]], capture_output=True, text=True).stdout.split()
+        assert workers, f"no {TRIAL_PROCESS[executor]} process found"
         for pid in workers:
             os.kill(int(pid), signal.SIGKILL)
         assert driver.wait(600) == 0, (tmp_path / "run.log").read_text()[-3000:]

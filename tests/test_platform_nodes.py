@@ -11,6 +11,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import TRIAL_PROCESS
 from platform_helpers import ablab_env, wait_until, write_study
 from test_platform_failures import _epochs_in_mlflow, _runs
 
@@ -44,24 +45,25 @@ def _train_here(study_path):
     return metrics, [h["loss"] for h in state.history]
 
 
-def _train_worker_node(cluster):
-    """The cluster node whose raylet started the (one) Ray Train worker process."""
+def _train_worker_node(cluster, executor):
+    """The cluster node whose raylet started the (one) process the trial trains in."""
     raylets = {node.all_processes["raylet"][0].process.pid: node for node in cluster.worker_nodes}
     for proc in psutil.process_iter(["cmdline"]):
-        if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+        if TRIAL_PROCESS[executor] in " ".join(proc.info["cmdline"] or []):
             for parent in proc.parents():
                 if parent.pid in raylets:
                     return raylets[parent.pid]
     return None
 
 
-def test_a_study_survives_losing_the_node_its_trial_trains_on(synthetic_root, tmp_path, monkeypatch):
+def test_a_study_survives_losing_the_node_its_trial_trains_on(synthetic_root, tmp_path, monkeypatch, executor):
     from ray.cluster_utils import Cluster
 
     def study(name):
         return write_study(tmp_path / f"{name}.yaml", synthetic_root, epochs=EPOCHS, max_images=16, layout=None,
                            trials=[{"name": "iou", "set": {"model.quality.branch": "iou", "train.precision": "fp32"}}],
-                           resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 2})
+                           resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 2,
+                                      "executor": executor})
 
     # The reference: the same trial's config trained and evaluated in this process, nothing lost (the trial
     # trains with cpus_per_worker threads: 1).
@@ -81,7 +83,7 @@ def test_a_study_survives_losing_the_node_its_trial_trains_on(synthetic_root, tm
             wait_until(lambda: _epochs_in_mlflow(tmp_path / "out", "node_loss") or driver.poll() is not None,
                        600, "the trial's first epoch")
             assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            node = wait_until(lambda: _train_worker_node(cluster), 30, "the Train worker's node")
+            node = wait_until(lambda: _train_worker_node(cluster, executor), 30, "the trial's node")
             lost_at = max(_epochs_in_mlflow(tmp_path / "out", "node_loss"))
             cluster.remove_node(node, allow_graceful=False)  # its raylet and every process of it, at once
             assert driver.wait(600) == 0, (tmp_path / "run.log").read_text()[-3000:]

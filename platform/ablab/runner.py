@@ -27,7 +27,7 @@ from .preflight import (check_embedded_resources, check_output_dir, check_ray_ad
 from .study import Study, load_study, resolve_configs
 from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, pending_entries
 from .logs import log, setup_logging
-from .naming import LAUNCH_FILE, POINT, point_key, point_of
+from .naming import ERROR_FILE, LAUNCH_FILE, POINT, point_key, point_of
 from .trial import set_train_env
 
 @dataclass
@@ -184,10 +184,15 @@ def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool):
     configs = {k: c.model_dump() for k, c in plan.configs.items()}
     trainable = tune.with_parameters(trial_driver, configs=configs, resources=res.model_dump(),
                                      storage_path=str(plan.out_dir / "train"),
-                                     artifacts_root=str(plan.out_dir / "trials"), embedded=embedded)
-    # A trial driver only waits on its TorchTrainer: no CPU, and on the head node (where the study's driver
-    # is), so that losing a worker node costs the Train workers on it, which Train restarts elsewhere.
-    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1 << 20, HEAD_NODE_RESOURCE: 0.001})
+                                     artifacts_root=str(plan.out_dir / "trials"), in_trial=res.in_trial,
+                                     embedded=embedded)
+    if res.in_trial:  # the trial trains in its own process: it holds the worker's resources
+        needs = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    else:
+        # A trial driver only waits on its TorchTrainer: no CPU, and on the head node (where the study's driver
+        # is), so that losing a worker node costs the Train workers on it, which Train restarts elsewhere.
+        needs = {"CPU": 0, "memory": 1 << 20, HEAD_NODE_RESOURCE: 0.001}
+    trainable = tune.with_resources(trainable, needs)
     logger = MlflowStudyLogger(tracking_uri, plan.study, plan.profile, configs, plan.out_dir / "trials",
                                plan.out_dir / "mlflow_runs.json")
     return trainable, logger
@@ -365,6 +370,9 @@ def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, r
     trainable, logger = _tuner_parts(plan, tracking_uri, embedded=embedded)
     tune_dir = str(plan.out_dir / "tune")
     points = plan.points
+    if retry_failed:  # asked to, a trial that stopped on a non-finite loss trains again too (trial.py)
+        for error in (plan.out_dir / "trials").glob(f"*/{ERROR_FILE}"):
+            error.unlink()
     if resume and tune.Tuner.can_restore(tune_dir):
         damage = _tune_state_damage(Path(tune_dir))
         if damage is None:
@@ -374,8 +382,12 @@ def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, r
                                       resume_errored=retry_failed, restart_errored=False)
         points = _rebuild_points(plan, tracking_uri, damage, retry_failed)
     callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
+    res = plan.study.resources_for(plan.profile)
+    # Restarts from the last checkpoint: Tune's for a trial that trains in its own process, Train's (inside
+    # the trial) for one on TorchTrainer workers.
+    retries = res.max_failures if res.in_trial else 0
     run_config = tune.RunConfig(name="tune", storage_path=str(plan.out_dir), callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=0), verbose=1)
+                                failure_config=tune.FailureConfig(max_failures=retries), verbose=1)
     # reuse_actors: a trial driver process serves the next trial too, saving ~3 s of actor start per trial.
     return tune.Tuner(trainable, param_space=_param_space(points),
                       tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),

@@ -51,6 +51,22 @@ class Resources(Strict):
     """Upper bound; the platform also caps it by what the cluster can hold, so a study cannot deadlock."""
     max_failures: int = Field(1, ge=0)
     """Worker restarts per trial (from the last checkpoint) before the trial fails."""
+    executor: Literal["auto", "tune", "train"] = "auto"
+    """Where a trial trains: ``tune``, in the Ray Tune trial's own (reused) process, which starts in a second;
+    ``train``, on a Ray Train TorchTrainer's workers (DDP; needed for more than one worker). ``auto``: ``tune``
+    for one worker, else ``train``."""
+
+    @model_validator(mode="after")
+    def _one_worker_in_a_trial(self) -> "Resources":
+        if self.executor == "tune" and self.workers > 1:
+            raise ValueError(f"executor: 'tune' trains in the trial's one process; workers: {self.workers} needs "
+                             f"'train' (or 'auto')")
+        return self
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether the trial trains in its own Tune process (else on TorchTrainer workers)."""
+        return self.executor == "tune" or (self.executor == "auto" and self.workers == 1)
 
 
 class Row(Strict):

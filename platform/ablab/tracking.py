@@ -183,6 +183,10 @@ class MlflowStudyLogger(Callback):
     def on_trial_restore(self, iteration, trials, trial, **info):
         self.start_trial(point_key(point_of(trial.config)), point_of(trial.config))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Tune restarts the trial from its checkpoint: the failure it reported is not its end.
+        self._errors.pop(point_key(point_of(trial.config)), None)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = point_key(point_of(trial.config))
         self.start_trial(key, point_of(trial.config))

@@ -1,5 +1,6 @@
-"""What runs inside a trial: a short driver that builds a Ray Train TorchTrainer, and the per-worker loop
-that hands the detector engine its checkpoint and reports every epoch back through Ray Train.
+"""What runs inside a trial: the Tune trainable, which trains the trial's config in its own process (one
+worker) or on a Ray Train TorchTrainer's workers (DDP), and the loop both run: it hands the detector engine
+its checkpoint and reports every epoch back through Ray.
 
 Nothing here writes MLflow: workers report through Ray; the study driver is the single MLflow writer.
 """
@@ -11,9 +12,13 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from .naming import ERROR_FILE, HISTORY_FILE, MODEL_FILE, point_key, point_of, write_eval_outputs
+
+
+NON_FINITE = "NonFiniteLoss"
+"""How a non-finite loss's reason starts in a trial's ERROR_FILE."""
 
 
 def _rank() -> int:
@@ -41,53 +46,71 @@ def _run_facts(state) -> dict[str, Any]:
     return facts
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Train, checkpointing and reporting every epoch; then evaluate every variant (rank 0) and report the
-    final metrics. A non-finite loss is reported as the trial's failure reason instead of being retried."""
-    import ray.train
-    import torch  # here, not at module level: the trial driver process never needs it
-    from ray.train import Checkpoint
+STATE_FILE = "state.pt"
+"""A checkpoint's training state (engine.TrainState.checkpoint), beside its HISTORY_FILE."""
 
+
+def _save_state(state, folder: Path) -> None:
+    """The training state and its history into ``folder``, each file replaced whole (a reader never sees half
+    of one): the history first, so the state never claims epochs the history lacks."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, write in ((HISTORY_FILE, lambda f: f.write_text(json.dumps(state.history))),
+                        (STATE_FILE, lambda f: torch.save(state.checkpoint(), f))):
+        tmp = folder / f"{name}.tmp"
+        try:
+            write(tmp)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: no half file left beside the last good one
+            raise
+        os.replace(tmp, folder / name)
+
+
+def _load_state(folder: Path) -> Optional[dict[str, Any]]:
+    import torch
+
+    if not (folder / STATE_FILE).is_file():
+        return None
+    # Tensors and numbers only: a checkpoint on shared storage must never be able to run code here.
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _progress(cfg, state, epoch_metrics: dict[str, float]) -> dict[str, Any]:
+    """An epoch's report, the trial's progress first: Tune's trial table shows the first metrics a trial
+    reports (epoch, epochs, the ETA from the mean epoch so far)."""
+    seconds = [h["train_seconds"] for h in state.history if "train_seconds" in h]
+    left = cfg.train.epochs - int(epoch_metrics.get("epoch", state.epoch))
+    metrics: dict[str, Any] = {"epoch": float(epoch_metrics.get("epoch", state.epoch)),
+                               "epochs": float(cfg.train.epochs),
+                               "eta_s": round(sum(seconds) / len(seconds) * left, 1) if seconds else None}
+    metrics.update({k: float(v) for k, v in epoch_metrics.items()})
+    metrics.update(_run_facts(state))
+    return metrics
+
+
+Report = Callable[[Any, dict[str, Any]], None]
+"""``report(state, metrics)``: hand Ray one report, with a checkpoint of ``state`` unless it is None."""
+
+
+def run_trial(config: dict[str, Any], trial_dir: Path, resume: Optional[dict], rank: int, report: Report) -> None:
+    """Train (from ``resume`` if given), reporting and checkpointing every epoch; then evaluate every variant
+    (rank 0) and report the final metrics. A non-finite loss is reported as the trial's failure reason
+    instead of being retried. Both executors run this: in the trial's process, or on each Train worker."""
     from detector.config import parse_config
     from detector.engine import NonFiniteLoss, evaluate, train
 
-    cfg = parse_config(loop_config["config"])
-    trial_dir = Path(loop_config["trial_dir"])
-    rank = _rank()
-    resume = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            # Tensors and numbers only: a checkpoint on shared storage must never be able to run code here.
-            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    import torch
 
-    def report(state, epoch_metrics: dict[str, float]) -> None:
-        # First the trial's progress: Tune's trial table shows the first metrics a trial reports.
-        seconds = [h["train_seconds"] for h in state.history if "train_seconds" in h]
-        left = cfg.train.epochs - int(epoch_metrics.get("epoch", state.epoch))
-        metrics: dict[str, Any] = {"epoch": float(epoch_metrics.get("epoch", state.epoch)),
-                                   "epochs": float(cfg.train.epochs),
-                                   "eta_s": round(sum(seconds) / len(seconds) * left, 1) if seconds else None}
-        metrics.update({k: float(v) for k, v in epoch_metrics.items()})
-        metrics.update(_run_facts(state))
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save(state.checkpoint(), Path(d) / "state.pt")
-                # Lets the driver backfill epochs it never logged (e.g. it was killed in between).
-                (Path(d) / HISTORY_FILE).write_text(json.dumps(state.history))
-                checkpoint = Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
+    cfg = parse_config(config)
     try:
-        state = train(cfg, checkpoint=resume, on_epoch_end=report)
+        state = train(cfg, checkpoint=resume, on_epoch_end=lambda s, m: report(s, _progress(cfg, s, m)))
     except NonFiniteLoss as err:
         # Deterministic: restarting the worker would only hit it again. Record it and stop this trial.
         if rank == 0:
-            _write_reason(trial_dir / ERROR_FILE, f"NonFiniteLoss: {err}\n")
-        ray.train.report({"failed": 1.0, "epoch": -1.0, "error": f"NonFiniteLoss: {err}"})
+            _write_reason(trial_dir / ERROR_FILE, f"{NON_FINITE}: {err}\n")
+        report(None, {"failed": 1.0, "epoch": -1.0, "error": f"{NON_FINITE}: {err}"})
         return
-
     final: dict[str, Any] = {"done": 1.0, "epoch": float(state.epoch), **_run_facts(state)}
     if rank == 0:
         t0 = time.perf_counter()
@@ -97,45 +120,107 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         write_eval_outputs(trial_dir, result)
         (trial_dir / HISTORY_FILE).write_text(json.dumps(state.history))  # lets the driver backfill any epoch
         torch.save(state.model.state_dict(), trial_dir / MODEL_FILE)
-    ray.train.report(final)
+    report(None, final)
 
 
-def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources: dict[str, Any],
-                 storage_path: str, artifacts_root: str, embedded: bool = False) -> None:
-    """The Tune trainable (needs no CPU of its own): one TorchTrainer for this trial's config. ``embedded``:
-    the cluster is this machine alone, so torch.distributed stays on 127.0.0.1 (ablab.loopback)."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """A Ray Train worker's loop: run_trial, with Train's checkpoints and reports."""
     import ray.train
+    from ray.train import Checkpoint
+
+    rank = _rank()
+    resume = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = _load_state(Path(d))
+
+    def report(state, metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if state is not None and rank == 0:
+                _save_state(state, Path(d))  # its history lets the driver backfill epochs it never logged
+                checkpoint = Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    run_trial(loop_config["config"], Path(loop_config["trial_dir"]), resume, rank, report)
+
+
+def _fit_in_trial(config: dict[str, Any], trial_dir: Path, checkpoints: Path, resources: dict[str, Any],
+                  embedded: bool) -> dict[str, Any]:
+    """Train in this (Tune trial) process: no worker processes to start. The checkpoint lives in the trial's
+    own folder ``checkpoints``, found by name on a retry, a resume or a rebuilt Tune run alike."""
     import ray.tune
+
+    last: dict[str, Any] = {}
+
+    def report(state, metrics: dict[str, Any]) -> None:
+        if state is not None:
+            _save_state(state, checkpoints)
+            metrics = {**metrics, "checkpoint_path": str(checkpoints)}  # as Train's report carries it
+        last.clear()
+        last.update(metrics)
+        ray.tune.report(metrics)
+
+    run_trial(config, trial_dir, _load_state(checkpoints), 0, report)
+    return last
+
+
+def _fit_with_train(config: dict[str, Any], trial_dir: Path, checkpoints: Path, resources: dict[str, Any],
+                    embedded: bool) -> dict[str, Any]:
+    """Train on a TorchTrainer's ``workers`` processes (DDP), which report through this trial; Train restarts
+    failed workers from the last checkpoint, found by the run's name (``checkpoints``) on a resume."""
+    import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .loopback import LoopbackTorchConfig
 
-    trial_id = ray.tune.get_context().get_trial_id()
-    key = point_key(point_of(params))
-    trial_dir = Path(artifacts_root) / key
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    (trial_dir / ERROR_FILE).unlink(missing_ok=True)
-    config = configs[key]
-    config = {**config, "train": {**config["train"], "threads": max(1, int(resources["cpus_per_worker"]))}}
+    gpus = resources["gpus_per_worker"]
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "trial_dir": str(trial_dir)},
         torch_config=LoopbackTorchConfig() if embedded else TorchConfig(),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources["workers"], use_gpu=resources["gpus_per_worker"] > 0,
-            resources_per_worker={"CPU": resources["cpus_per_worker"], **({"GPU": resources["gpus_per_worker"]}
-                                                                          if resources["gpus_per_worker"] else {})}),
+            num_workers=resources["workers"], use_gpu=gpus > 0,
+            resources_per_worker={"CPU": resources["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}),
         run_config=ray.train.RunConfig(
-            name=f"train-{key}",  # stable per trial: resume finds its checkpoints by this name
-            storage_path=storage_path,
-            callbacks=[TuneReportCallback()],
+            name=checkpoints.name, storage_path=str(checkpoints.parent), callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=resources["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
+    return trainer.fit().metrics or {}
+
+
+def _refuse_known_failure(trial_dir: Path) -> None:
+    """A trial that stopped on a non-finite loss fails again at once when Tune retries it (it would only hit
+    the loss again); any other reason left from an earlier attempt goes. (`ablab resume --retry-failed`
+    clears them all first: asked to, it trains again.)"""
+    error = trial_dir / ERROR_FILE
+    if error.is_file() and error.read_text().startswith(NON_FINITE):
+        raise RuntimeError(f"{trial_dir.name} failed: {error.read_text().strip()}")
+    error.unlink(missing_ok=True)
+
+
+def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources: dict[str, Any],
+                 storage_path: str, artifacts_root: str, in_trial: bool, embedded: bool = False) -> None:
+    """The Tune trainable of every trial: trains this trial's config in this process (``in_trial``) or on a
+    TorchTrainer's workers. ``embedded``: the cluster is this machine alone, so torch.distributed stays on
+    127.0.0.1 (ablab.loopback)."""
+    import ray.tune
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    key = point_key(point_of(params))
+    trial_dir = Path(artifacts_root) / key
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_known_failure(trial_dir)
+    config = configs[key]
+    config = {**config, "train": {**config["train"], "threads": max(1, int(resources["cpus_per_worker"]))}}
+    fit = _fit_in_trial if in_trial else _fit_with_train
     try:
-        result = trainer.fit()
+        # Stable per trial: a retry, a resume or a rebuilt Tune run finds the trial's checkpoint by this name.
+        metrics = fit(config, trial_dir, Path(storage_path) / f"train-{key}", resources, embedded)
     except Exception:
         reason = traceback.format_exc()[-4000:]
         _write_reason(trial_dir / ERROR_FILE, reason)
@@ -144,8 +229,8 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
         ray.tune.report({"failed": 1.0, "epoch": -1.0, "error": reason})
         raise
     error = trial_dir / ERROR_FILE
-    if error.is_file() or (result.metrics or {}).get("failed"):
-        reason = error.read_text().strip() if error.is_file() else result.metrics.get("error", "failed")
+    if error.is_file() or metrics.get("failed"):
+        reason = error.read_text().strip() if error.is_file() else metrics.get("error", "failed")
         raise RuntimeError(f"trial {trial_id} ({key}) failed: {reason}")
 
 
