@@ -131,10 +131,11 @@ def problems(study: Study) -> list[str]:
 
 def show_lines(study: Study) -> list[str]:
     """The paper profile's resolved settings, one per line: field, value (each value with its trials, where the
-    trials differ), source; the other value beneath, where paper and code disagree."""
+    trials differ; a swept field's grid), source; the other value beneath, where paper and code disagree."""
     study.profile(PROFILE)
     records = records_for(study)
     trials = resolved_trials(study)
+    grids = {t.name: {**study.grid, **t.grid} for t in study.trials}
     lines = [f"{study.source}: profile {PROFILE} ({study.paper} Table {study.table}, {len(trials)} trials); "
              f"the records: {records_dir(study)}"]
     width = max(len(f) for f in trials[0][1])
@@ -143,17 +144,13 @@ def show_lines(study: Study) -> list[str]:
         source = rec.source
         if any(_set_by(trial_sets(study, name), field) for name, _ in trials):
             source += " [the table's rows set it]"
-        lines.append(f"{field:<{width}}  {_values_text(field, trials)}  <- {source}")
+        by_value: dict[str, list[str]] = {}  # each value shown, with the trials that have it
+        for name, settings in trials:
+            grid = grids[name].get(field)
+            by_value.setdefault(f"grid {grid!r}" if grid else repr(settings[field]), []).append(name)
+        shown = next(iter(by_value)) if len(by_value) == 1 else "; ".join(
+            f"{value} ({', '.join(names)})" for value, names in by_value.items())
+        lines.append(f"{field:<{width}}  {shown}  <- {source}")
         if rec.other:
             lines.append(f"{'':<{width}}  other: {rec.other}")
     return lines
-
-
-def _values_text(field: str, trials: list[tuple[str, dict[str, Any]]]) -> str:
-    """One field's value, or each distinct value followed by the trials that have it."""
-    by_value: dict[str, list[str]] = {}
-    for name, settings in trials:
-        by_value.setdefault(repr(settings[field]), []).append(name)
-    if len(by_value) == 1:
-        return next(iter(by_value))
-    return "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
