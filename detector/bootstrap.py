@@ -221,8 +221,8 @@ def _match_groups(groups, gt_count: np.ndarray, thr: np.ndarray) -> ClassMatches
 
 
 def voc_matches(records, class_matches) -> list[ClassMatches]:
-    """VOC's matching as ClassMatches, from evaluation.voc_class_matches (the one voc_metrics scores; a
-    difficult GT counts neither way)."""
+    """VOC's matching as ClassMatches, from evaluation.voc_class_matches (the one voc_metrics scores, in the
+    pixel convention it was made with; a difficult GT counts neither way)."""
     image_index = {i: n for n, i in enumerate(sorted(r.image_id for r in records))}
     out = []
     for c, (tp, fp, _, ranked_images) in enumerate(class_matches):

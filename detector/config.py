@@ -240,6 +240,11 @@ class InferenceConfig(Strict):
     """Detections sampled per variant for the confidence-vs-IoU_eval scatter (Figure 4 of paper 000)."""
     metrics: list[Literal["coco", "voc"]] = Field(default_factory=lambda: ["coco"])
     """coco: COCO AP family + AP60-AP90; voc: VOC07 11-point mAP at 0.50:0.05:0.95."""
+    voc_pixels: Literal["continuous", "inclusive"] = "continuous"
+    """How the VOC metric measures a box: ``continuous``, a box is x1 - x0 wide (COCO's, mmdetection 2.x's);
+    ``inclusive``, its corners are pixel indices and it is x1 - x0 + 1 wide, in every area and overlap
+    (mmdetection 1.x's ``bbox_overlaps`` / ``mean_ap``: the IoU-aware fork behind paper 000's Table 5). Boxes
+    are loaded as the files give them either way (detector/evaluation.py says why)."""
 
 
 class Config(Strict):

@@ -20,7 +20,8 @@ from .data.datasets import DetectionSet, build_split, category_ids, records_to_c
 from .data.loader import make_loader
 from .bootstrap import (coco_matches, coco_replicates, image_draws, percentile_interval, voc_matches,
                         voc_replicates)
-from .evaluation import VOC_THRESHOLDS, coco_metrics, correlations, iou_eval_of, voc_class_matches, voc_metrics
+from .evaluation import (VOC_PIXEL_OFFSET, VOC_THRESHOLDS, coco_metrics, correlations, iou_eval_of, voc_class_matches,
+                         voc_metrics)
 from .model import Detector, build_detector
 from .precision import Precision, hardware_summary, resolve_precision
 from .scoring import detect, raw_predictions
@@ -328,6 +329,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     rng = np.random.default_rng(0)
     draws = image_draws(len(val_set.records)) if intervals else None
     t_metrics, t_boot = time.perf_counter(), 0.0
+    voc_offset = VOC_PIXEL_OFFSET[cfg.inference.voc_pixels]
     for v in variants:
         d = dets[v.name]
         m: dict[str, float] = {}
@@ -339,7 +341,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
                 reps.update(coco_replicates(coco_matches(gt_dataset, d), draws))
             t_boot += time.perf_counter() - t
         if "voc" in cfg.inference.metrics:
-            matches = voc_class_matches(val_set.records, d, len(val_set.classes))
+            matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset)
             m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
             t = time.perf_counter()
             if intervals:

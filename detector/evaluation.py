@@ -16,6 +16,14 @@ COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "A
 # Indices into COCOeval's IoU thresholds 0.50:0.05:0.95.
 EXTRA_THRESHOLDS = {"AP60": 2, "AP70": 4, "AP80": 6, "AP90": 8}
 VOC_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+VOC_PIXEL_OFFSET = {"continuous": 0.0, "inclusive": 1.0}
+"""``inference.voc_pixels`` -> what the VOC metric adds to a box's width and height (and to an overlap's).
+
+``inclusive`` is mmdetection 1.x's: its VOC loader also subtracts 1 from every corner, but that moves the
+ground truth and (through training) the detections alike, and IoU does not change when both move, so the
+metric needs only the ``+ 1``; the loader keeps the files' corners under both conventions. What stays different
+from that fork is a training detail: its targets are ours moved one pixel up and left, except the x corners in a
+horizontally flipped image, which agree (its flip is ``w - x - 1``, ours ``w - x``)."""
 
 
 def ap_at_thresholds(precision: np.ndarray) -> dict[str, float]:
@@ -65,17 +73,23 @@ def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(ap)
 
 
-def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) xyxy -> (N, M) IoU, in float64 (torchvision's op; GT boxes have positive area)."""
-    return box_iou(torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64))).numpy()
+def _pairwise_iou(a: np.ndarray, b: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    """(N, 4) x (M, 4) xyxy -> (N, M) IoU, in float64 (torchvision's op; GT boxes have positive area).
+    ``offset`` (VOC_PIXEL_OFFSET) is added to every far corner: with 1 that is mmdetection 1.x's IoU exactly,
+    areas ``(x1 - x0 + 1) (y1 - y0 + 1)`` and overlap ``max(min(x1) - max(x0) + 1, 0)`` per side."""
+    a, b = np.array(a, np.float64).reshape(-1, 4), np.array(b, np.float64).reshape(-1, 4)
+    a[:, 2:] += offset
+    b[:, 2:] += offset
+    return box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple[np.ndarray, np.ndarray]],
-                 thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
+                 thresholds: tuple[float, ...], pixel_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
     """Greedy VOC matching for one class at every IoU threshold at once: (tp, fp), each (T, D) over the
     detections in score order, the number of non-difficult GTs, and each ranked detection's image id.
     dets: (image_id, score, box);
-    gts: image_id -> (boxes (G, 4), difficult (G,)).
+    gts: image_id -> (boxes (G, 4), difficult (G,));
+    pixel_offset: the pixel convention's (VOC_PIXEL_OFFSET).
 
     Each detection's best GT (difficult ones included, as the devkit does) does not depend on the threshold,
     so the IoUs are computed once per image; at a threshold, the first detection in score order to reach a
@@ -91,8 +105,7 @@ def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple
     for img, ranks in by_image.items():
         g_boxes, difficult = gts.get(img, (np.zeros((0, 4)), np.zeros(0, bool)))
         if len(g_boxes):
-            # VOC devkit's +1 pixel convention is not used: boxes here are continuous, as COCO's.
-            iou = _pairwise_iou(np.stack([dets[order[r]][2] for r in ranks]), g_boxes)
+            iou = _pairwise_iou(np.stack([dets[order[r]][2] for r in ranks]), g_boxes, pixel_offset)
             j = iou.argmax(axis=1)
             best_iou[ranks], best_gt[ranks], best_difficult[ranks] = iou.max(axis=1), j + offset, difficult[j]
             offset += len(g_boxes)
@@ -106,8 +119,9 @@ def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple
     return tp, fp, n_pos, [dets[i][0] for i in order]
 
 
-def voc_class_matches(records, detections: list[dict], num_classes: int):
-    """_match_class of every class: (tp, fp, n_pos, ranked image ids) per class, 0-based labels."""
+def voc_class_matches(records, detections: list[dict], num_classes: int, pixel_offset: float = 0.0):
+    """_match_class of every class: (tp, fp, n_pos, ranked image ids) per class, 0-based labels.
+    ``pixel_offset``: VOC_PIXEL_OFFSET of the pixel convention (0: continuous boxes, as COCO's)."""
     per_class_gt: list[dict] = [dict() for _ in range(num_classes)]
     for r in records:
         for c in range(num_classes):
@@ -117,16 +131,18 @@ def voc_class_matches(records, detections: list[dict], num_classes: int):
     per_class_det: list[list] = [[] for _ in range(num_classes)]
     for d in detections:
         per_class_det[d["label"]].append((d["image_id"], d["score"], np.asarray(d["box"])))
-    return [_match_class(per_class_det[c], per_class_gt[c], VOC_THRESHOLDS) for c in range(num_classes)]
+    return [_match_class(per_class_det[c], per_class_gt[c], VOC_THRESHOLDS, pixel_offset) for c in range(num_classes)]
 
 
-def voc_metrics(records, detections: list[dict], num_classes: int, matches=None) -> dict[str, float]:
+def voc_metrics(records, detections: list[dict], num_classes: int, matches=None,
+                pixel_offset: float = 0.0) -> dict[str, float]:
     """VOC07 11-point mAP at each IoU of 0.50:0.05:0.95 (``mAP50``, ``mAP55``, ..., ``mAP95``) and their mean
     (``mAP``: the "AP" of IoU-aware Table 5). Difficult / ignore boxes count neither way.
     records: the dataset's Records; detections: dicts with image_id, label (0-based), box (xyxy), score.
-    ``matches``: their voc_class_matches, when already made (the bootstrap uses the same)."""
+    ``matches``: their voc_class_matches, when already made (the bootstrap uses the same); else they are made
+    with ``pixel_offset`` (VOC_PIXEL_OFFSET)."""
     aps: list[list[float]] = [[] for _ in VOC_THRESHOLDS]
-    for tp, fp, n_pos, _ in matches or voc_class_matches(records, detections, num_classes):
+    for tp, fp, n_pos, _ in matches or voc_class_matches(records, detections, num_classes, pixel_offset):
         if n_pos == 0:
             continue
         tp_c, fp_c = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)

@@ -134,3 +134,19 @@ def test_voc_matching_is_greedy_in_score_order_at_each_threshold():
     m = voc_metrics([rec], dets, num_classes=1)
     assert m["mAP50"] == m["mAP60"] == pytest.approx(1.0)  # tp, fp, fp
     assert m["mAP70"] == m["mAP95"] == pytest.approx(0.5)  # fp, tp, fp
+
+
+def test_voc_pixel_convention_moves_a_match_across_iou_0_9():
+    """GT (0, 0, 9, 9) and a detection (0, 0, 9, 8), by hand. Continuous: areas 81 and 72, overlap 72, IoU
+    72 / 81 = 0.889, a miss at 0.9. Inclusive (mmdetection 1.x, ``+ 1``): areas 100 and 90, overlap 90, IoU
+    90 / 100 = 0.9, a hit at 0.9 (VOC's test is IoU >= threshold). Both hit at 0.85, both miss at 0.95."""
+    from detector.config import parse_config
+    from detector.evaluation import VOC_PIXEL_OFFSET
+
+    rec = Record(1, None, 20, 20, np.array([[0, 0, 9, 9]], np.float32), np.array([0]), np.array([False]))
+    dets = [{"image_id": 1, "label": 0, "box": [0, 0, 9, 8], "score": 0.9}]
+    assert parse_config({}).inference.voc_pixels == "continuous"
+    continuous = voc_metrics([rec], dets, num_classes=1, pixel_offset=VOC_PIXEL_OFFSET["continuous"])
+    inclusive = voc_metrics([rec], dets, num_classes=1, pixel_offset=VOC_PIXEL_OFFSET["inclusive"])
+    assert [continuous[k] for k in ("mAP85", "mAP90", "mAP95")] == pytest.approx([1.0, 0.0, 0.0])
+    assert [inclusive[k] for k in ("mAP85", "mAP90", "mAP95")] == pytest.approx([1.0, 1.0, 0.0])

@@ -59,6 +59,16 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    from .provenance import PROFILE, show_lines
+    from .study import load_study
+
+    if args.profile != PROFILE:
+        raise ConfigError(f"--profile {args.profile}: the provenance records describe the {PROFILE!r} profile only")
+    print("\n".join(show_lines(load_study(args.study))))
+    return 0
+
+
 def cmd_run(args) -> int:
     from .runner import run_study
 
@@ -203,6 +213,11 @@ def _study_commands(sub) -> None:
         if name == "resume":
             r.add_argument("--retry-failed", action="store_true",
                            help="run the failed trials again (from their last checkpoint), in their MLflow runs")
+
+    sh = _command(sub, "show", cmd_show, "a study's paper profile resolved, each setting with its source: the paper, "
+                                         "the authors' config, or ours with the reason (studies/profiles/provenance/)")
+    sh.add_argument("study")
+    sh.add_argument("--profile", default="paper", help="the profile to show: paper (the one the records describe)")
 
     sy = _command(sub, "sync", cmd_sync, "write to MLflow what a study could not log while its store was down "
                                          "(the study's journal); no Ray")

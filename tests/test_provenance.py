@@ -1,0 +1,80 @@
+"""Every study's `paper` profile runs what its provenance records say (studies/profiles/provenance/), so a
+changed default cannot silently change what a paper profile trains or how it evaluates."""
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablab.cli import main
+from ablab.provenance import PROFILE, flat_settings, problems, records_for, resolved_trials
+from ablab.study import load_study
+from detector.config import parse_config, set_dotted
+
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = sorted(STUDIES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_paper_profile_matches_its_provenance_records(path):
+    """Each resolved field has a record, and its value is the record's (where a trial does not set it itself)."""
+    assert problems(load_study(path)) == []
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_the_other_value_is_a_valid_set_away(path):
+    """Where paper and authors' config disagree, the record's ``--set KEY=VALUE`` gives a valid config that
+    holds the other value."""
+    study = load_study(path)
+    raw = study.trial_config(PROFILE, study.trial_points(PROFILE)[0]).model_dump()
+    for field, rec in records_for(study).items():
+        for key, text in re.findall(r"--set (\S+?)=(\S+)", rec.other or ""):
+            value = yaml.safe_load(text)
+            assert flat_settings(parse_config(set_dotted(raw, key, value)))[key] == value, field
+
+
+def test_table5_runs_the_authors_voc_schedule_and_pixel_convention():
+    _, settings = resolved_trials(load_study(STUDIES_DIR / "table5.yaml"))[0]
+    assert (settings["train.epochs"], settings["train.steps"]) == (12, [8, 11])
+    assert (settings["train.lr"], settings["train.batch_size"], settings["train.grad_clip"]) == (0.01, 16, 35.0)
+    assert (settings["train.warmup_iters"], settings["train.warmup_ratio"]) == (500, pytest.approx(1 / 3))
+    assert settings["inference.voc_pixels"] == "inclusive"
+
+
+@pytest.fixture
+def study_copy(tmp_path):
+    """table5.yaml beside a copy of the real profiles and records, to change one of them."""
+    shutil.copytree(STUDIES_DIR / "profiles", tmp_path / "profiles")
+    shutil.copy(STUDIES_DIR / "table5.yaml", tmp_path / "table5.yaml")
+    return tmp_path
+
+
+def test_a_changed_value_or_a_field_without_record_is_reported(study_copy):
+    profile = study_copy / "profiles" / "paper_voc_retinanet.yaml"
+    profile.write_text(profile.read_text().replace("grad_clip: 35", "grad_clip: 10"))
+    found = problems(load_study(study_copy / "table5.yaml"))
+    assert found and all("train.grad_clip = 10.0, the record says 35.0" in p for p in found)
+    records = study_copy / "profiles" / "provenance" / "iou_aware.yaml"
+    records.write_text(records.read_text().replace("      model.focal.gamma:", "      model.focal.gamma_gone:"))
+    assert any("model.focal.gamma = 2.0 has no provenance record" in p for p in problems(load_study(study_copy / "table5.yaml")))
+
+
+def test_a_field_a_trial_sets_is_the_tables_row_not_a_mismatch():
+    """table5's trials set the backbone of their rows: resnet101 is not compared with the record's resnet50."""
+    study = load_study(STUDIES_DIR / "table5.yaml")
+    names = {name: s["model.backbone.name"] for name, s in resolved_trials(study)}
+    assert names["retinanet_r101"] == "resnet101" and records_for(study)["model.backbone.name"].value == "resnet50"
+    assert problems(study) == []
+
+
+def test_show_prints_settings_with_sources_and_user_errors_exit_2(capsys):
+    assert main(["show", str(STUDIES_DIR / "table5.yaml"), "--profile", PROFILE]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^train\.steps +\[8, 11\] +<- fork's VOC config: step=\[8, 11\]", out, re.M)
+    assert re.search(r"^inference\.voc_pixels +'inclusive' +<- fork: areas and overlaps \+ 1", out, re.M)
+    assert "other: continuous, as COCO and mmdetection 2.x: --set inference.voc_pixels=continuous" in out
+    for argv in (["show", str(STUDIES_DIR / "table5.yaml"), "--profile", "smoke"], ["show", "no_such_study.yaml"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ablab: error: ") and err.count("\n") == 1
