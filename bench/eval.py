@@ -20,7 +20,6 @@ import torch
 import yaml
 
 from detector.config import deep_merge, parse_config, parse_variant
-from detector.data import write_synthetic
 from detector.engine import evaluate, model_from_checkpoint, train
 
 SMOKE = Path(__file__).resolve().parents[1] / "studies" / "profiles" / "smoke.yaml"
@@ -31,7 +30,8 @@ def config(root: Path, args: argparse.Namespace) -> dict:
     smoke = yaml.safe_load(SMOKE.read_text())
     return deep_merge(smoke, {
         "model": {"quality": {"branch": "iou"}},
-        "data": {"root": str(root), "short": args.size, "long": args.size},
+        "data": {"root": str(root), "short": args.size, "long": args.size,
+                 "synthetic": {"train": 200, "val": args.images, "size": args.size}},
         "train": {"epochs": args.epochs, "steps": [], "val_every": 0, "threads": torch.get_num_threads()},
         # Every image keeps its 100 best detections, as a trained model's do (few pass 0.05 this early).
         "inference": {"score_thresh": 0.0, "metrics": args.metrics},
@@ -47,8 +47,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="a trial's model.pt (the smoke IoU-aware config) instead of training")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_synthetic(Path(tmp) / "data", train=200, val=args.images, size=args.size, seed=0)
-        raw = config(root, args)
+        raw = config(Path(tmp) / "data", args)  # the synthetic set is written on first use
         cfg = parse_config(raw)
         if args.checkpoint:
             model, precision = model_from_checkpoint(cfg, torch.load(args.checkpoint, weights_only=True), 4)

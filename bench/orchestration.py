@@ -1,25 +1,28 @@
-"""Orchestration overhead of a study, per trial: ablab against bare Ray Tune x Ray Train, one run.
+"""Orchestration overhead of a study, per trial: ablab against bare Ray doing the same training, one run.
 
-Runs a 4-trial smoke study (tiny RetinaNet, synthetic data) with `ablab run` on an embedded local Ray
-cluster, at concurrency 1 and 2, and reads each trial's compute (epoch training seconds + evaluation
-seconds) back from MLflow. Then runs the same grid as bare Ray: a Tune trial driver per trial building a
-TorchTrainer whose loop only reports as often as a smoke trial does (two epochs + the final result), on a
-cluster started by ablab's own `start_ray` (same Train settings). Prints, per concurrency, for ablab and
-for bare Ray (whose trials compute nothing):
+Two cases, each a 4-trial smoke study (a tiny RetinaNet on synthetic data) run with `ablab run` on an
+embedded local Ray cluster, and the same trials run by bare Ray on a cluster started by ablab's own
+`start_ray` (same Ray settings), whose trials call the detector's engine directly (train, report every epoch,
+evaluate) and nothing else (no MLflow, no checkpoints, no trial files):
+
+  1 worker per trial, 2 at a time: ablab trains in the Tune trial's process (executor tune); bare Ray Tune
+    runs a function trainable;
+  2 workers per trial (DDP over gloo), 1 at a time: ablab's trial runs a Ray Train TorchTrainer; bare Ray
+    Tune x Train runs a TorchTrainer per trial.
+
+Prints for each, with the wall time of the trials (Tune's fit) and of the whole command (process start,
+Ray start-up, everything up to exit):
 
     overhead per trial = (wall time - sum of trial compute / concurrency) / trials
 
-with the wall time of the whole command (process start, Ray startup, everything up to exit) and of the
-trials alone (Tune's fit: what a study costs on a running cluster); their difference is what ablab itself
-adds (planning, MLflow, detector imports, checkpoints, the report). Also, from Ray Train's controller logs
-of the ablab run, the mean time Train spends starting each trial's worker group.
+with the trials' compute (training + evaluation seconds) read from each side's own reports, and the ratio
+ablab / bare of the trials' wall time.
 
     python bench/orchestration.py [--trials 4] [--epochs 2]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -31,15 +34,19 @@ from pathlib import Path
 import yaml
 
 
-def study_yaml(path: Path, data_root: Path, trials: int, epochs: int, concurrency: int) -> Path:
+STUDY_MODEL = {"backbone": {"name": "resnet18", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
+               "fpn_width": 32, "head": {"depth": 1, "width": 32, "norm": "gn"}}
+CASES = {"1 worker per trial, 2 at a time": (1, 2), "2 workers per trial (DDP), 1 at a time": (2, 1)}
+"""case -> (workers per trial, concurrency)."""
+
+
+def study_yaml(path: Path, data_root: Path, trials: int, epochs: int, workers: int, concurrency: int) -> Path:
     study = {
         "study": path.stem, "paper": "iou_aware", "table": "bench",
-        "base": {"model": {"backbone": {"name": "resnet18", "pretrained": "none", "norm": "bn", "frozen_stages": 0},
-                           "fpn_width": 32, "head": {"depth": 1, "width": 32, "norm": "gn"}},
-                 "train": {"epochs": epochs, "batch_size": 4, "warmup_iters": 2}},
+        "base": {"model": STUDY_MODEL, "train": {"epochs": epochs, "batch_size": 4, "warmup_iters": 2}},
         "trials": [{"name": f"t{i}", "set": {"train.seed": i}} for i in range(trials)],
         "variants": ["cls"],
-        "resources": {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": concurrency},
+        "resources": {"workers": workers, "cpus_per_worker": 1, "max_concurrent_trials": concurrency},
         "profiles": {"smoke": {"base": {"data": {"root": str(data_root), "short": 128, "long": 128, "max_images": 16}}}},
     }
     path.write_text(yaml.safe_dump(study))
@@ -58,80 +65,101 @@ def trial_compute(db: Path, study: str) -> list[float]:
     return out
 
 
-TRAIN_PHASES = {"worker actors created": "worker actors", "Train context initialized on workers": "train context",
-                "Worker group startup completed": "worker group total"}
+def _bare_config(params: dict, data_root: str, epochs: int, workers: int) -> dict:
+    """The config ablab's trial would train: the study's model and data, as plain arguments."""
+    return {"model": STUDY_MODEL, "data": {"root": data_root, "short": 128, "long": 128, "max_images": 16},
+            "train": {"epochs": epochs, "batch_size": 4, "warmup_iters": 2, "seed": params["trial"], "threads": 1,
+                      "val_every": 1},
+            "inference": {"variants": [{"name": "cls", "combine": "cls"}]}}
 
 
-def train_phases(ray_session: Path) -> dict[str, float]:
-    """Mean seconds per trial of Train's worker-group start phases, read from its controller logs."""
-    seen: dict[str, list[float]] = {name: [] for name in TRAIN_PHASES.values()}
-    for log in (ray_session / "logs" / "train").glob("ray-train-sys-controller-*.log"):
-        for line in log.read_text().splitlines():
-            try:
-                message = json.loads(line)["message"]
-            except (ValueError, KeyError):
-                continue
-            for phrase, name in TRAIN_PHASES.items():
-                if m := re.search(rf"{phrase} in ([0-9.]+)s", message):
-                    seen[name].append(float(m.group(1)))
-    return {name: sum(v) / len(v) for name, v in seen.items() if v}
+def _train_and_report(config: dict, report) -> None:
+    """The detector's engine, nothing else: train (reporting every epoch), evaluate, report the metrics."""
+    from detector.config import parse_config
+    from detector.engine import evaluate, train
+
+    cfg = parse_config(config)
+    state = train(cfg, on_epoch_end=lambda st, m: report(dict(m)), log=lambda m: None)
+    t0 = time.perf_counter()
+    if not torch_rank():
+        metrics = evaluate(state.model, cfg, precision=state.precision, log=lambda m: None).metrics
+        report({**metrics, "compute": sum(h["train_seconds"] for h in state.history) + time.perf_counter() - t0})
+    else:
+        report({})
 
 
-def _reporting_loop(config: dict) -> None:
+def torch_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _bare_function_trial(params: dict, *, data_root: str, epochs: int) -> None:
+    import ray.tune
+
+    _train_and_report(_bare_config(params, data_root, epochs, 1), ray.tune.report)
+
+
+def _bare_train_loop(config: dict) -> None:
     import ray.train
 
-    for epoch in range(config["reports"]):
-        ray.train.report({"epoch": float(epoch)})
+    _train_and_report(config, ray.train.report)
 
 
-def _bare_trial(params: dict, *, storage: str, reports: int) -> None:
+def _bare_train_trial(params: dict, *, data_root: str, epochs: int, storage: str) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    TorchTrainer(_reporting_loop, train_loop_config={"reports": reports},
-                 scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+    TorchTrainer(_bare_train_loop, train_loop_config=_bare_config(params, data_root, epochs, 2),
+                 scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                  run_config=ray.train.RunConfig(name=f"bare-{params['trial']}", storage_path=storage,
                                                 callbacks=[TuneReportCallback()])).fit()
 
 
-def bare_ray(trials: int, reports: int, concurrency: int, storage: str) -> None:
-    """The same grid with nothing of ablab's in the trials (run in its own process by main); prints the
-    trials' wall time in the form ablab's summary line has it."""
+def bare_ray(trials: int, epochs: int, workers: int, concurrency: int, data_root: str, storage: str) -> None:
+    """The same trials with nothing of ablab's (run in its own process by main); prints the trials' wall time
+    and compute in the form ablab's summary line has the first."""
     from ablab.runner import start_ray
 
     start_ray(None)  # before Ray is imported: it reads its settings once
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(_bare_trial, storage=storage, reports=reports),
-                                    {"CPU": 0, "memory": 1 << 20})
+    if workers == 1:
+        trainable = tune.with_resources(tune.with_parameters(_bare_function_trial, data_root=data_root, epochs=epochs),
+                                        {"CPU": 1})
+    else:
+        trainable = tune.with_resources(tune.with_parameters(_bare_train_trial, data_root=data_root, epochs=epochs,
+                                                             storage=storage), {"CPU": 0, "memory": 1 << 20})
     tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},
                        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
                        run_config=tune.RunConfig(storage_path=storage, name="bare", verbose=0))
     t0 = time.perf_counter()
-    tuner.fit()
-    print(f"(trials {time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+    results = tuner.fit()
+    compute = sum(r.metrics.get("compute", 0.0) for r in results)
+    print(f"(trials {time.perf_counter() - t0:.1f}s) (compute {compute:.1f}s)", file=sys.stderr)
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall time of the command, wall time of its trials as its summary line gives it)."""
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall time of the command, wall time of its trials as its summary line gives it, its stderr)."""
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return wall, float(re.findall(r"\(trials ([0-9.]+)s\)", r.stderr)[-1])
+    return wall, float(re.findall(r"\(trials ([0-9.]+)s\)", r.stderr)[-1]), r.stderr
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--bare", type=int, metavar="CONCURRENCY", help=argparse.SUPPRESS)  # the bare-Ray subprocess
+    ap.add_argument("--bare", type=int, nargs=2, metavar=("WORKERS", "CONCURRENCY"), help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)  # the bare-Ray subprocess's
     ap.add_argument("--storage", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
-        bare_ray(args.trials, args.epochs + 1, args.bare, args.storage)
+        bare_ray(args.trials, args.epochs, *args.bare, args.data, args.storage)
         return
     # Imported here: the bare-Ray process above should not pay for them.
     from detector.data import write_synthetic
@@ -141,21 +169,20 @@ def main() -> None:
         data = write_synthetic(tmp / "data", train=16, val=8, size=128, seed=0)
         env = {**os.environ, "ABLAB_OUTPUT_ROOT": str(tmp / "out"), "RAY_AUTH_MODE": "disabled"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        for conc in (1, 2):
-            name = f"overhead_c{conc}"
-            study = study_yaml(tmp / f"{name}.yaml", data, args.trials, args.epochs, conc)
+        for n, (case, (workers, conc)) in enumerate(CASES.items()):
+            name = f"overhead_{n}"
+            study = study_yaml(tmp / f"{name}.yaml", data, args.trials, args.epochs, workers, conc)
             ours = timed([sys.executable, "-m", "ablab.cli", "run", str(study)], env)
             compute = sum(trial_compute(tmp / "out" / name / "mlflow.db", name)) / conc
-            phases = train_phases(Path("/tmp/ray/session_latest").resolve())  # the embedded cluster just used
             bare = timed([sys.executable, __file__, "--trials", str(args.trials), "--epochs", str(args.epochs),
-                          "--bare", str(conc), "--storage", str(tmp / f"bare_c{conc}")], env)
-            print(f"concurrency {conc}: {args.trials} trials, their compute {compute * conc:.1f}s")
+                          "--bare", str(workers), str(conc), "--data", str(data), "--storage", str(tmp / f"bare_{n}")], env)
+            bare_compute = float(re.findall(r"\(compute ([0-9.]+)s\)", bare[2])[-1]) / conc
+            print(f"{case}: {args.trials} trials of {args.epochs} epochs; compute ablab {compute * conc:.1f}s, "
+                  f"bare {bare_compute * conc:.1f}s")
             for what, i in (("whole command", 0), ("trials only", 1)):
-                a, b = (ours[i] - compute) / args.trials, bare[i] / args.trials
-                print(f"    {what + ':':<15} ablab {a:5.1f}s per trial (wall {ours[i]:5.1f}s), bare Ray Tune x Train "
-                      f"{b:5.1f}s (wall {bare[i]:5.1f}s); ablab's own share {a - b:4.1f}s per trial")
-            print("    Ray Train worker-group start per trial (ablab run): "
-                  + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+                a, b = (ours[i] - compute) / args.trials, (bare[i] - bare_compute) / args.trials
+                print(f"    {what + ':':<15} overhead per trial: ablab {a:5.1f}s (wall {ours[i]:5.1f}s), bare Ray "
+                      f"{b:5.1f}s (wall {bare[i]:5.1f}s); ablab / bare wall {ours[i] / bare[i]:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,13 @@ Prints, measured here and now:
   (c) our step's achieved GFLOP/s (FLOPs from torch.utils.flop_counter) over this machine's conv GFLOP/s;
   (d) ours with precision bf16 (CPU autocast + channels_last; AMP on GPU) / torchvision fp32, and which
       precision `auto` picks on this machine: on a CPU without native bf16 (no avx512_bf16 / amx_bf16) bf16
-      is emulated, (d) falls below 1, and auto picks fp32 (ABLAB_NATIVE_BF16=0 shows that choice anywhere).
+      is emulated, (d) falls below 1, and auto picks fp32 (ABLAB_NATIVE_BF16=0 shows that choice anywhere);
+  (e) with --compile: ours under torch.compile (train.compile: true) / ours eager, in the precision auto
+      picks, and the compilation's seconds.
+--device cuda runs the same on a GPU (default: CUDA when present).
 
-    python bench/train_step.py [--size 512] [--batch 2] [--steps 4] [--classes 80] [--boxes 8]
+    python bench/train_step.py [--size 512] [--batch 2] [--steps 4] [--classes 80] [--boxes 8] [--device cpu|cuda]
+                               [--compile]
 """
 from __future__ import annotations
 
@@ -147,8 +151,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--classes", type=int, default=80)
     ap.add_argument("--boxes", type=int, default=8)
+    ap.add_argument("--device", choices=["cpu", "cuda"], help="default: CUDA when present")
+    ap.add_argument("--compile", action="store_true", help="also (e): torch.compile against eager")
     args = ap.parse_args()
-    device = select_device()
+    device = torch.device(args.device) if args.device else select_device()
     torch.manual_seed(0)
     images, boxes, labels = make_inputs(args.batch, args.size, args.classes, args.boxes, device)
     targets = Targets(boxes, labels, torch.zeros_like(labels, dtype=torch.bool))
@@ -188,6 +194,20 @@ def main() -> None:
           f"{'so (d) is what a study gets here' if auto.name == 'bf16' else 'so a study gets (a) here'}")
     if tv_s / bf_s < 1:
         print("    (d) < 1: bf16 is emulated on this hardware (no native bf16), which is why auto does not pick it")
+    if args.compile:
+        eager_s = bf_s if auto.name == "bf16" else ours_s
+        compiled = our_model(args.classes).to(device)
+        if auto.channels_last:
+            compiled = compiled.to(memory_format=torch.channels_last)
+        opt = sgd(compiled)
+        net = torch.compile(compiled)
+        step = Step(ours_step, net, opt, images, targets, auto, Timer(device))
+        t0 = time.perf_counter()
+        step()  # compiles
+        compile_s = time.perf_counter() - t0
+        comp_s, _ = run(step, args.steps, args.warmup, device)
+        print(f"(e) torch.compile / eager ({auto.name}): {eager_s / comp_s:.3f} ({ips(comp_s):.3f} img/s against "
+              f"{ips(eager_s):.3f}); compiling took {compile_s:.0f} s")
 
 
 if __name__ == "__main__":

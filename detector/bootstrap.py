@@ -143,39 +143,41 @@ def _iou_xywh(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray) -> np.ndarra
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def coco_matches(gt_dataset: dict, detections: list[dict], max_dets: int = 100) -> list[ClassMatches]:
+def coco_matches(gt_dataset: dict, detections: np.ndarray, max_dets: int = 100) -> list[ClassMatches]:
     """COCO's matching (pycocotools ``evaluateImg``, area 'all', ``max_dets`` per image and class), one
-    ClassMatches per category of ``gt_dataset`` in id order. detections: COCO results (image_id, category_id,
-    bbox xywh, score).
+    ClassMatches per category of ``gt_dataset`` in id order. detections: (D, 7) COCO results (image_id, x, y,
+    w, h, score, category_id: evaluation.DetectionTable.coco_array).
 
     Greedy, as pycocotools: each detection in score order takes the unmatched GT of best IoU >= t (a crowd GT
     may be taken again), a non-crowd GT before any crowd one; all (image, class) groups advance one detection
     rank at a time, as arrays."""
-    image_ids = sorted(img["id"] for img in gt_dataset["images"])
-    image_index = {i: n for n, i in enumerate(image_ids)}
+    image_ids = np.array(sorted(img["id"] for img in gt_dataset["images"]), np.int64)
+    image_index = {int(i): n for n, i in enumerate(image_ids)}
     cat_ids = sorted(c["id"] for c in gt_dataset["categories"])
     thr = np.minimum(COCO_THRESHOLDS, 1 - 1e-10)
     gts: dict[tuple[int, int], list[dict]] = {}
     for a in gt_dataset["annotations"]:
         gts.setdefault((a["category_id"], image_index[a["image_id"]]), []).append(a)
-    dts: dict[tuple[int, int], list[dict]] = {}
-    for d in detections:
-        dts.setdefault((d["category_id"], image_index[d["image_id"]]), []).append(d)
+    # Each (class, image) group's detections, best first (a stable sort, as pycocotools'), its first max_dets.
+    detections = np.asarray(detections, np.float64).reshape(-1, 7)
+    cat, image = detections[:, 6].astype(np.int64), np.searchsorted(image_ids, detections[:, 0].astype(np.int64))
+    order = np.lexsort((-detections[:, 5], image, cat))
+    detections, cat, image = detections[order], cat[order], image[order]
+    group_keys, starts, counts = np.unique(np.stack([cat, image], 1), axis=0, return_index=True, return_counts=True)
+    dts = {(int(c), int(n)): slice(lo, lo + min(k, max_dets)) for (c, n), lo, k in zip(group_keys, starts, counts)}
     out = []
-    for cat in cat_ids:
+    for c in cat_ids:
         gt_count = np.zeros(len(image_ids), np.int64)
         groups = []  # (image, scores (D,), boxes (D, 4), gt boxes (G, 4), gt crowd (G,)), GTs non-crowd first
         for n in range(len(image_ids)):
-            g = gts.get((cat, n), [])
+            g = gts.get((c, n), [])
             crowd = np.array([bool(a.get("iscrowd", 0)) for a in g], bool)
             gt_count[n] = int((~crowd).sum())
-            d = dts.get((cat, n))
-            if not d:
+            d = dts.get((c, n))
+            if d is None:
                 continue
-            order = np.argsort([-x["score"] for x in d], kind="mergesort")[:max_dets]
             gorder = np.argsort(crowd, kind="mergesort")
-            groups.append((n, np.array([d[i]["score"] for i in order], np.float64),
-                           np.array([d[i]["bbox"] for i in order], np.float64).reshape(-1, 4),
+            groups.append((n, detections[d, 5], detections[d, 1:5],
                            np.array([g[i]["bbox"] for i in gorder], np.float64).reshape(-1, 4), crowd[gorder]))
         out.append(_match_groups(groups, gt_count, thr))
     return out
@@ -223,12 +225,13 @@ def _match_groups(groups, gt_count: np.ndarray, thr: np.ndarray) -> ClassMatches
 def voc_matches(records, class_matches) -> list[ClassMatches]:
     """VOC's matching as ClassMatches, from evaluation.voc_class_matches (the one voc_metrics scores, in the
     pixel convention it was made with; a difficult GT counts neither way)."""
-    image_index = {i: n for n, i in enumerate(sorted(r.image_id for r in records))}
+    image_ids = np.array(sorted(r.image_id for r in records), np.int64)
+    image_index = {int(i): n for n, i in enumerate(image_ids)}
     out = []
     for c, (tp, fp, _, ranked_images) in enumerate(class_matches):
         gt_count = np.zeros(len(image_index), np.int64)
         for r in records:
             gt_count[image_index[r.image_id]] = int(((r.labels == c) & ~r.ignore).sum())
         tp, fp = tp.astype(bool), fp.astype(bool)
-        out.append(ClassMatches(np.array([image_index[i] for i in ranked_images], np.int64), tp, ~tp & ~fp, gt_count))
+        out.append(ClassMatches(np.searchsorted(image_ids, ranked_images), tp, ~tp & ~fp, gt_count))
     return out

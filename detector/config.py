@@ -183,7 +183,11 @@ class TrainConfig(Strict):
     (avx512_bf16 / amx_bf16), else fp32 (detector/precision.py). bf16: autocast + channels_last (emulated, and
     slow, on a CPU without native bf16); fp16: AMP on GPU only (fp32 on CPU)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    loader_workers: int = Field(0, ge=0)
+    loader_workers: Optional[int] = Field(None, ge=0)
+    """Data-loading processes per training worker (persistent across epochs). None: 0 on a CPU, where the
+    trial's cores are all computing, and up to 4 with a GPU (one fewer than the worker's threads)."""
+    compile: bool = False
+    """torch.compile the network (opt-in: minutes of compilation first; bench/train_step.py measures it)."""
     threads: Optional[int] = Field(None, ge=1)
     """torch intra-op threads; None leaves torch's default."""
     val_every: int = Field(1, ge=0)

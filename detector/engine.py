@@ -2,6 +2,7 @@
 drives it through ``on_epoch_end`` and checkpoints it hands back in."""
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import sys
@@ -13,18 +14,18 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from .config import Config, ConfigError, VariantConfig
 from .data.datasets import DetectionSet, build_split, category_ids, records_to_coco
 from .data.loader import make_loader
 from .bootstrap import (coco_matches, coco_replicates, image_draws, percentile_interval, voc_matches,
                         voc_replicates)
-from .evaluation import (VOC_PIXEL_OFFSET, VOC_THRESHOLDS, coco_metrics, correlations, iou_eval_of, voc_class_matches,
-                         voc_metrics)
+from .evaluation import (VOC_PIXEL_OFFSET, VOC_THRESHOLDS, DetectionTable, PaddedGroundTruth, coco_metrics,
+                         correlations, iou_eval_of, voc_class_matches, voc_metrics)
 from .model import Detector, build_detector
 from .precision import Precision, hardware_summary, resolve_precision
-from .scoring import detect, raw_predictions
+from .scoring import Detections, detect, raw_predictions
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -47,9 +48,10 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
-    """Whether the loss is finite on every DDP worker: all of them stop together, none waits in an all-reduce."""
-    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+def _finite_everywhere(nonfinite: torch.Tensor, world: int) -> bool:
+    """Whether no DDP worker counted a non-finite loss (``nonfinite``: this worker's count, on its device):
+    all of them stop together, none waits in an all-reduce. The one host sync of the check."""
+    bad = nonfinite.reshape(1).float()
     if world > 1:
         dist.all_reduce(bad)
     return bool(bad.item() == 0)
@@ -184,18 +186,28 @@ def build_training(cfg: Config, checkpoint: Optional[dict], log: Callable[[str],
     if rank == 0:
         log(f"[train] precision {precision.name} (train.precision: {cfg.train.precision}) on {state.hardware}")
     per_worker = max(1, cfg.train.batch_size // world)
-    loader = make_loader(train_set, cfg.data, per_worker, train=True, workers=cfg.train.loader_workers,
+    loader = make_loader(train_set, cfg.data, per_worker, train=True, workers=_loader_workers(cfg, device),
                          seed=cfg.train.seed, distributed=world > 1)
     state.data_order = loader.generator
     if checkpoint is not None:
         state.restore(checkpoint)
         log(f"[train] resumed at epoch {state.epoch}, iteration {state.iteration}")
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if cfg.train.compile:
+        net = torch.compile(net)  # state dicts stay the plain model's
     scaler = torch.amp.GradScaler(device.type) if precision.needs_grad_scaler else None
     shard = len(loader.sampler) if world > 1 else len(train_set)
     log(f"[train] rank {rank}/{world}: {shard} of {len(train_set)} images, {len(train_set.classes)} classes, "
         f"{len(loader)} iters/epoch x {cfg.train.epochs} epochs on {device} ({precision.name})")
     return Training(state, net, loader, scaler, device, rank, world)
+
+
+def _loader_workers(cfg: Config, device: torch.device) -> int:
+    if cfg.train.loader_workers is not None:
+        return cfg.train.loader_workers
+    if device.type == "cpu":
+        return 0
+    return min(4, max(1, (cfg.train.threads or os.cpu_count() or 2) - 1))
 
 
 def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str], None]) -> dict[str, float]:
@@ -208,7 +220,13 @@ def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str],
     torch.manual_seed(cfg.train.seed * 1000 + epoch)
     run.net.train()
     iters_per_epoch = len(loader)
-    sums: dict[str, float] = {}
+    log_every = max(1, iters_per_epoch // 4)
+    # On a GPU every host read waits for the queued kernels: the loss terms add up on the device and the
+    # non-finite check reads its count at log intervals (every worker at the same iterations, as it is a
+    # collective). On a CPU a read costs nothing, and every step is checked before its update.
+    check_every = 1 if run.device.type == "cpu" else log_every
+    sums: dict[str, torch.Tensor] = {}
+    nonfinite = torch.zeros((), device=run.device)
     t0, seen = time.perf_counter(), 0
     for i, batch in enumerate(loader):
         batch = batch.to(run.device)
@@ -218,9 +236,11 @@ def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str],
         with precision.autocast():
             losses = model.criterion(*run.net(images), batch.targets)
         loss = losses["loss"]
-        if not _finite_everywhere(loss, run.world):
+        nonfinite += ~torch.isfinite(loss.detach())
+        if ((i + 1) % check_every == 0 or i + 1 == iters_per_epoch) and not _finite_everywhere(nonfinite, run.world):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, iteration {state.iteration} "
+            since = "" if check_every == 1 else f" (or in the {check_every - 1} before it)"
+            raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, iteration {state.iteration}{since} "
                                 f"(this worker's terms: {terms})")
         state.optimizer.zero_grad(set_to_none=True)
         if run.scaler is not None:
@@ -238,13 +258,13 @@ def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str],
         state.iteration += 1
         seen += batch.images.shape[0]
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        if run.rank == 0 and (i + 1) % max(1, iters_per_epoch // 4) == 0:
+            sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()  # as Python floats add
+        if run.rank == 0 and (i + 1) % log_every == 0:
             rate = seen / (time.perf_counter() - t0)
             log(f"[train] epoch {epoch + 1}/{cfg.train.epochs} iter {i + 1}/{iters_per_epoch} "
                 f"loss {float(loss.detach()):.4f} lr {lr_at(cfg, epoch, state.iteration):.4g} {rate:.1f} img/s")
     state.epoch = epoch + 1
-    epoch_metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
+    epoch_metrics = {k: float(v) / max(1, iters_per_epoch) for k, v in sums.items()}
     epoch_metrics["epoch"] = state.epoch
     epoch_metrics["train_seconds"] = time.perf_counter() - t0
     state.history.append(epoch_metrics)
@@ -254,11 +274,11 @@ def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str],
 @dataclass
 class EvalResult:
     """metrics: ``{variant}/{metric}`` -> value, with ``{metric}_lo`` / ``_hi``: its 95% bootstrap interval.
-    detections: variant -> COCO result dicts (original pixels). scatter: variant -> (confidence, IoU_eval)
+    detections: variant -> its DetectionTable (original pixels). scatter: variant -> (confidence, IoU_eval)
     samples for the Figure 4 plot."""
 
     metrics: dict[str, float]
-    detections: dict[str, list[dict]]
+    detections: dict[str, DetectionTable]
     scatter: dict[str, tuple[np.ndarray, np.ndarray]]
     bootstrap: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """variant -> metric -> (R,) replicates over val images (detector.bootstrap); the same draws in every
@@ -278,6 +298,16 @@ def _evaluated_gt(gt_dataset: dict, val_set: DetectionSet) -> dict:
             "annotations": [a for a in gt_dataset.get("annotations", []) if a["image_id"] in ids]}
 
 
+def _detection_table(batch, per_image: list[Detections], cat_ids: Tensor) -> DetectionTable:
+    """One batch's detections under one variant as columns, boxes in each image's original pixels."""
+    counts = torch.tensor([len(d.scores) for d in per_image])
+    labels = torch.cat([d.labels for d in per_image]).cpu()
+    scale = torch.tensor(batch.scales, dtype=torch.float64).repeat_interleave(counts)
+    return DetectionTable(torch.tensor(batch.image_ids).repeat_interleave(counts).numpy(), labels.numpy(),
+                          cat_ids[labels].numpy(), torch.cat([d.scores for d in per_image]).cpu().double().numpy(),
+                          (torch.cat([d.boxes for d in per_image]).cpu().double() / scale[:, None]).numpy())
+
+
 @torch.no_grad()
 def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = None,
              variants: Optional[list[VariantConfig]] = None, precision: Optional[Precision] = None,
@@ -291,10 +321,10 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     precision = precision or resolve_precision(cfg.train.precision, device)
     val_set = val_set or build_split(cfg.data, cfg.data.val_split)
     variants = variants or cfg.variants()
-    cat_ids = category_ids(val_set)
+    cat_ids = torch.tensor(category_ids(val_set))
     loader = make_loader(val_set, cfg.data, max(1, min(cfg.train.batch_size, 8)), train=False)
     model.eval()
-    dets: dict[str, list[dict]] = {v.name: [] for v in variants}
+    parts: dict[str, list[DetectionTable]] = {v.name: [] for v in variants}
     seconds = dict.fromkeys(("forward", "select", "assemble", "metrics", "bootstrap"), 0.0)
     t0 = time.perf_counter()
     for batch in loader:
@@ -309,21 +339,15 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         t2 = time.perf_counter()
         seconds["select"] += t2 - t1
         for name, per_image in selected.items():
-            for img_id, scale, d in zip(batch.image_ids, batch.scales, per_image):
-                boxes = (d.boxes.float() / scale).cpu()
-                xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
-                dets[name].extend(
-                    {"image_id": int(img_id), "category_id": cat_ids[label], "label": label, "bbox": bbox, "box": box,
-                     "score": score}
-                    for box, bbox, score, label in zip(boxes.tolist(), xywh.tolist(), d.scores.float().tolist(),
-                                                       d.labels.tolist()))
+            parts[name].append(_detection_table(batch, per_image, cat_ids))
         seconds["assemble"] += time.perf_counter() - t2
+    dets = {name: DetectionTable.concat(p) for name, p in parts.items()}
     log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")
     if not val_set.labelled:
         log(f"[eval] {val_set.name} has no annotations (e.g. COCO test-dev): detections written, no metrics")
         return EvalResult({f"{v.name}/num_detections": float(len(dets[v.name])) for v in variants}, dets, {})
     gt_dataset = _evaluated_gt((val_set.coco_gt or records_to_coco(val_set)).dataset, val_set)
-    by_id = {r.image_id: r for r in val_set.records}
+    padded_gt = PaddedGroundTruth.of(val_set.records)
     metrics: dict[str, float] = {}
     scatter, replicates = {}, {}
     rng = np.random.default_rng(0)
@@ -335,10 +359,11 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         m: dict[str, float] = {}
         reps: dict[str, np.ndarray] = {}
         if "coco" in cfg.inference.metrics:
-            m.update(coco_metrics(gt_dataset, d))
+            results = d.coco_array()
+            m.update(coco_metrics(gt_dataset, results))
             t = time.perf_counter()
             if intervals:
-                reps.update(coco_replicates(coco_matches(gt_dataset, d), draws))
+                reps.update(coco_replicates(coco_matches(gt_dataset, results), draws))
             t_boot += time.perf_counter() - t
         if "voc" in cfg.inference.metrics:
             matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset)
@@ -350,8 +375,8 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         for k, r in reps.items():
             m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
         replicates[v.name] = reps
-        conf = np.asarray([x["score"] for x in d])
-        iou_eval = iou_eval_of(by_id, d)
+        conf = d.score
+        iou_eval = iou_eval_of(padded_gt, d)
         m.update(correlations(conf, iou_eval))
         m["num_detections"], m["val_images"] = float(len(d)), float(len(val_set.records))
         for k, val in m.items():

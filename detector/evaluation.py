@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
 from scipy import stats
-import torch
-from torchvision.ops import box_iou
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")
 # Indices into COCOeval's IoU thresholds 0.50:0.05:0.95.
@@ -26,6 +25,74 @@ from that fork is a training detail: its targets are ours moved one pixel up and
 horizontally flipped image, which agree (its flip is ``w - x - 1``, ours ``w - x``)."""
 
 
+@dataclass
+class DetectionTable:
+    """A val set's detections under one variant, as columns: D rows, image by image, each image's best
+    first. image_id, label (0-based), category_id: (D,) int64; score: (D,) float64; box: (D, 4) float64 xyxy
+    in the image's original pixels."""
+
+    image_id: np.ndarray
+    label: np.ndarray
+    category_id: np.ndarray
+    score: np.ndarray
+    box: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @classmethod
+    def concat(cls, parts: list["DetectionTable"]) -> "DetectionTable":
+        if not parts:
+            return cls.from_dicts([])
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+
+    @classmethod
+    def from_dicts(cls, detections: list[dict]) -> "DetectionTable":
+        """From dicts with image_id, label, score, box (xyxy) and, optionally, category_id."""
+        col = lambda k, dtype: np.array([d.get(k, -1) for d in detections], dtype)  # noqa: E731
+        return cls(col("image_id", np.int64), col("label", np.int64), col("category_id", np.int64),
+                   col("score", np.float64), np.array([d["box"] for d in detections], np.float64).reshape(-1, 4))
+
+    def coco_array(self) -> np.ndarray:
+        """(D, 7) COCO results as pycocotools' and faster-coco-eval's ``loadRes`` read an array: image_id, x,
+        y, w, h, score, category_id."""
+        xywh = np.concatenate([self.box[:, :2], self.box[:, 2:] - self.box[:, :2]], axis=1)
+        return np.column_stack([self.image_id, xywh, self.score, self.category_id]).astype(np.float64)
+
+    def coco_results(self) -> list[dict]:
+        """COCO result dicts (the detections file's JSON)."""
+        xywh = self.coco_array()[:, 1:5].tolist()
+        return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
+                for i, c, b, s in zip(self.image_id.tolist(), self.category_id.tolist(), xywh, self.score.tolist())]
+
+
+@dataclass
+class PaddedGroundTruth:
+    """A val set's GT boxes, one row per image (in the records' order), padded to the most boxes of any
+    image: boxes (I, G, 4) xyxy, labels (I, G) 0-based with -1 for padding, ignore (I, G) crowd / difficult;
+    image_ids (I,)."""
+
+    image_ids: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    ignore: np.ndarray
+
+    @classmethod
+    def of(cls, records) -> "PaddedGroundTruth":
+        g = max([len(r.labels) for r in records] + [1])
+        boxes, labels = np.zeros((len(records), g, 4)), np.full((len(records), g), -1, np.int64)
+        ignore = np.zeros((len(records), g), bool)
+        for n, r in enumerate(records):
+            k = len(r.labels)
+            boxes[n, :k], labels[n, :k], ignore[n, :k] = r.boxes, r.labels, r.ignore
+        return cls(np.array([r.image_id for r in records], np.int64), boxes, labels, ignore)
+
+    def row_of(self, image_id: np.ndarray) -> np.ndarray:
+        """(D,) the row of each image id."""
+        order = np.argsort(self.image_ids, kind="stable")
+        return order[np.searchsorted(self.image_ids, image_id, sorter=order)]
+
+
 def ap_at_thresholds(precision: np.ndarray) -> dict[str, float]:
     """AP60/70/80/90 from COCOeval's precision array (T, R, K, A, M): area 'all', maxDets 100,
     mean over recall points and classes of the valid (> -1) entries, as COCOeval's own summary."""
@@ -37,10 +104,11 @@ def ap_at_thresholds(precision: np.ndarray) -> dict[str, float]:
     return out
 
 
-def coco_metrics(gt_dataset: dict, detections: list[dict], backend: Literal["faster", "pycocotools"] = "faster") -> dict[str, float]:
-    """The 12 COCO summary stats plus AP60-AP90. detections: COCO result dicts (image_id, category_id,
-    bbox xywh, score). No detections scores 0 everywhere (pycocotools cannot load an empty result)."""
-    if not detections:
+def coco_metrics(gt_dataset: dict, detections, backend: Literal["faster", "pycocotools"] = "faster") -> dict[str, float]:
+    """The 12 COCO summary stats plus AP60-AP90. detections: COCO results, as ``loadRes`` reads them: a list of
+    dicts (image_id, category_id, bbox xywh, score) or the (D, 7) array of DetectionTable.coco_array. No
+    detections scores 0 everywhere (pycocotools cannot load an empty result)."""
+    if len(detections) == 0:
         return {**{k: 0.0 for k in COCO_STATS}, **{k: 0.0 for k in EXTRA_THRESHOLDS}}
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster":
@@ -73,72 +141,75 @@ def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(ap)
 
 
-def _pairwise_iou(a: np.ndarray, b: np.ndarray, offset: float = 0.0) -> np.ndarray:
-    """(N, 4) x (M, 4) xyxy -> (N, M) IoU, in float64 (torchvision's op; GT boxes have positive area).
-    ``offset`` (VOC_PIXEL_OFFSET) is added to every far corner: with 1 that is mmdetection 1.x's IoU exactly,
-    areas ``(x1 - x0 + 1) (y1 - y0 + 1)`` and overlap ``max(min(x1) - max(x0) + 1, 0)`` per side."""
-    a, b = np.array(a, np.float64).reshape(-1, 4), np.array(b, np.float64).reshape(-1, 4)
-    a[:, 2:] += offset
-    b[:, 2:] += offset
-    return box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+def _iou_with_own_gts(box: np.ndarray, gt_boxes: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    """(D, 4) detections x (D, G, 4) the GT boxes of each one's image -> (D, G) IoU in float64, as
+    torchvision's box_iou computes it. ``offset`` (VOC_PIXEL_OFFSET) is added to every far corner: with 1 that
+    is mmdetection 1.x's IoU exactly, areas ``(x1 - x0 + 1) (y1 - y0 + 1)`` and overlap
+    ``max(min(x1) - max(x0) + 1, 0)`` per side. A padding GT (zero box) overlaps nothing."""
+    a = box[:, None, :].astype(np.float64)
+    b = gt_boxes.astype(np.float64)
+    a_far, b_far = a[..., 2:] + offset, b[..., 2:] + offset
+    area_a = (a_far[..., 0] - a[..., 0]) * (a_far[..., 1] - a[..., 1])
+    area_b = (b_far[..., 0] - b[..., 0]) * (b_far[..., 1] - b[..., 1])
+    wh = np.clip(np.minimum(a_far, b_far) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(inter / (area_a + area_b - inter))
 
 
-def _match_class(dets: list[tuple[int, float, np.ndarray]], gts: dict[int, tuple[np.ndarray, np.ndarray]],
-                 thresholds: tuple[float, ...], pixel_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
-    """Greedy VOC matching for one class at every IoU threshold at once: (tp, fp), each (T, D) over the
-    detections in score order, the number of non-difficult GTs, and each ranked detection's image id.
-    dets: (image_id, score, box);
-    gts: image_id -> (boxes (G, 4), difficult (G,));
-    pixel_offset: the pixel convention's (VOC_PIXEL_OFFSET).
+def _match_class(score: np.ndarray, image_id: np.ndarray, iou: np.ndarray, gt_of_class: np.ndarray,
+                 difficult: np.ndarray, n_pos: int, thresholds: tuple[float, ...]
+                 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Greedy VOC matching of one class's D detections at every IoU threshold at once: (tp, fp), each (T, D)
+    over the detections in score order, the number of non-difficult GTs, and each ranked detection's image id.
+    score, image_id: (D,); iou: (D, G) with the GTs of each one's image, of which gt_of_class (D, G) are of
+    this class and difficult (D, G) are difficult.
 
-    Each detection's best GT (difficult ones included, as the devkit does) does not depend on the threshold,
-    so the IoUs are computed once per image; at a threshold, the first detection in score order to reach a
-    non-difficult GT is its true positive, later ones are false positives, and one on a difficult GT counts
-    neither way."""
-    n_pos = int(sum((~d).sum() for _, d in gts.values()))
-    order = sorted(range(len(dets)), key=lambda i: -dets[i][1])
-    best_iou, best_gt, best_difficult = np.zeros(len(dets)), np.full(len(dets), -1), np.zeros(len(dets), bool)
-    by_image: dict[int, list[int]] = {}
-    for rank, i in enumerate(order):
-        by_image.setdefault(dets[i][0], []).append(rank)
-    offset = 0  # GTs numbered across images, so (image, GT) pairs become one integer
-    for img, ranks in by_image.items():
-        g_boxes, difficult = gts.get(img, (np.zeros((0, 4)), np.zeros(0, bool)))
-        if len(g_boxes):
-            iou = _pairwise_iou(np.stack([dets[order[r]][2] for r in ranks]), g_boxes, pixel_offset)
-            j = iou.argmax(axis=1)
-            best_iou[ranks], best_gt[ranks], best_difficult[ranks] = iou.max(axis=1), j + offset, difficult[j]
-            offset += len(g_boxes)
-    tp, fp = np.zeros((len(thresholds), len(dets))), np.zeros((len(thresholds), len(dets)))
+    Each detection's best GT of the class (difficult ones included, as the devkit does) does not depend on the
+    threshold; at a threshold, the first detection in score order to reach a non-difficult GT is its true
+    positive, later ones are false positives, and one on a difficult GT counts neither way."""
+    order = np.argsort(-score, kind="stable")
+    score, image_id, iou, gt_of_class, difficult = (x[order] for x in (score, image_id, iou, gt_of_class, difficult))
+    iou = np.where(gt_of_class, iou, -1.0)  # G >= 1 (PaddedGroundTruth)
+    j = iou.argmax(axis=1)
+    rows = np.arange(len(score))
+    has_gt = gt_of_class.any(axis=1)
+    best_iou = np.where(has_gt, iou[rows, j], 0.0)
+    best_difficult = has_gt & difficult[rows, j]
+    # (image, GT) pairs as one integer: a GT is taken once
+    _, image_row = np.unique(image_id, return_inverse=True)
+    best_gt = image_row * iou.shape[1] + j
+    tp, fp = np.zeros((len(thresholds), len(score))), np.zeros((len(thresholds), len(score)))
     for t, thr in enumerate(thresholds):
         hit = best_iou >= thr
         counted = np.flatnonzero(hit & ~best_difficult)
         _, first = np.unique(best_gt[counted], return_index=True)  # np.unique keeps the first (best-scored) rank
         tp[t, counted[first]] = 1
         fp[t] = ~hit | (hit & ~best_difficult & (tp[t] == 0))
-    return tp, fp, n_pos, [dets[i][0] for i in order]
+    return tp, fp, n_pos, image_id
 
 
-def voc_class_matches(records, detections: list[dict], num_classes: int, pixel_offset: float = 0.0):
+def voc_class_matches(records, detections: DetectionTable, num_classes: int, pixel_offset: float = 0.0):
     """_match_class of every class: (tp, fp, n_pos, ranked image ids) per class, 0-based labels.
     ``pixel_offset``: VOC_PIXEL_OFFSET of the pixel convention (0: continuous boxes, as COCO's)."""
-    per_class_gt: list[dict] = [dict() for _ in range(num_classes)]
-    for r in records:
-        for c in range(num_classes):
-            m = r.labels == c
-            if m.any():
-                per_class_gt[c][r.image_id] = (r.boxes[m], r.ignore[m])
-    per_class_det: list[list] = [[] for _ in range(num_classes)]
-    for d in detections:
-        per_class_det[d["label"]].append((d["image_id"], d["score"], np.asarray(d["box"])))
-    return [_match_class(per_class_det[c], per_class_gt[c], VOC_THRESHOLDS, pixel_offset) for c in range(num_classes)]
+    gt = PaddedGroundTruth.of(records)
+    rows = gt.row_of(detections.image_id)
+    out = []
+    for c in range(num_classes):
+        m = detections.label == c
+        r = rows[m]
+        iou = _iou_with_own_gts(detections.box[m], gt.boxes[r], pixel_offset)
+        n_pos = int(((gt.labels == c) & ~gt.ignore).sum())
+        out.append(_match_class(detections.score[m], detections.image_id[m], iou, gt.labels[r] == c, gt.ignore[r],
+                                n_pos, VOC_THRESHOLDS))
+    return out
 
 
-def voc_metrics(records, detections: list[dict], num_classes: int, matches=None,
+def voc_metrics(records, detections: DetectionTable, num_classes: int, matches=None,
                 pixel_offset: float = 0.0) -> dict[str, float]:
     """VOC07 11-point mAP at each IoU of 0.50:0.05:0.95 (``mAP50``, ``mAP55``, ..., ``mAP95``) and their mean
     (``mAP``: the "AP" of IoU-aware Table 5). Difficult / ignore boxes count neither way.
-    records: the dataset's Records; detections: dicts with image_id, label (0-based), box (xyxy), score.
+    records: the dataset's Records.
     ``matches``: their voc_class_matches, when already made (the bootstrap uses the same); else they are made
     with ``pixel_offset`` (VOC_PIXEL_OFFSET)."""
     aps: list[list[float]] = [[] for _ in VOC_THRESHOLDS]
@@ -162,20 +233,14 @@ def correlations(confidence: np.ndarray, iou_eval: np.ndarray) -> dict[str, floa
             "spearman": float(stats.spearmanr(confidence, iou_eval).statistic)}
 
 
-def iou_eval_of(records_by_id: dict, detections: list[dict]) -> np.ndarray:
-    """IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image (0 if none).
-    One (D, G) IoU matrix per image."""
+def iou_eval_of(gt: PaddedGroundTruth, detections: DetectionTable, chunk: int = 1 << 16) -> np.ndarray:
+    """(D,) IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image (0 if
+    none), ``chunk`` detections at a time (a (chunk, G, 4) array)."""
     out = np.zeros(len(detections))
-    by_image: dict[int, list[int]] = {}
-    for i, d in enumerate(detections):
-        by_image.setdefault(d["image_id"], []).append(i)
-    for image_id, idx in by_image.items():
-        r = records_by_id[image_id]
-        gt_boxes, gt_labels = r.boxes[~r.ignore], r.labels[~r.ignore]
-        if not len(gt_boxes):
-            continue
-        labels = np.asarray([detections[i]["label"] for i in idx])
-        iou = _pairwise_iou(np.asarray([detections[i]["box"] for i in idx]).reshape(-1, 4), gt_boxes)
-        iou[labels[:, None] != gt_labels[None, :]] = 0.0
-        out[idx] = iou.max(axis=1)
+    rows = gt.row_of(detections.image_id)
+    for lo in range(0, len(detections), chunk):
+        r, sl = rows[lo:lo + chunk], slice(lo, lo + chunk)
+        iou = _iou_with_own_gts(detections.box[sl], gt.boxes[r])
+        same = (gt.labels[r] == detections.label[sl, None]) & ~gt.ignore[r]
+        out[sl] = np.where(same, iou, 0.0).max(axis=1, initial=0.0)
     return out

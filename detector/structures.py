@@ -22,7 +22,7 @@ class Targets:
     ignore: Tensor
 
     def to(self, device: torch.device) -> "Targets":
-        return Targets(self.boxes.to(device), self.labels.to(device), self.ignore.to(device))
+        return Targets(*(x.to(device, non_blocking=True) for x in (self.boxes, self.labels, self.ignore)))
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 from detector.bootstrap import (ClassMatches, coco_matches, coco_replicates, image_draws, percentile_interval,
                                 voc_matches, voc_replicates, weighted_ap, VOC_RECALLS)
 from detector.data.datasets import Record
-from detector.evaluation import VOC_THRESHOLDS, coco_metrics, voc_class_matches, voc_metrics
+from detector.evaluation import VOC_THRESHOLDS, DetectionTable, coco_metrics, voc_class_matches, voc_metrics
 
 
 def _random_set(n_images=60, n_classes=4, seed=1):
@@ -39,15 +39,21 @@ def _random_set(n_images=60, n_classes=4, seed=1):
     return gt, dets, records
 
 
+def _coco_array(dets):
+    """COCO result dicts as the (D, 7) array coco_matches reads."""
+    return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets], np.float64)
+
+
 def test_every_image_drawn_once_is_cocos_and_vocs_own_metric():
     gt, dets, records = _random_set()
     ones = np.ones((1, len(records)), np.int64)
-    ours = coco_replicates(coco_matches(gt, dets), ones)
+    ours = coco_replicates(coco_matches(gt, _coco_array(dets)), ones)
     reference = coco_metrics(gt, dets, backend="pycocotools")
     for metric in ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90"):
         assert ours[metric][0] == pytest.approx(reference[metric], abs=1e-12), metric
-    voc = voc_replicates(voc_matches(records, voc_class_matches(records, dets, 4)), ones, VOC_THRESHOLDS)
-    for metric, value in voc_metrics(records, dets, 4).items():
+    table = DetectionTable.from_dicts(dets)
+    voc = voc_replicates(voc_matches(records, voc_class_matches(records, table, 4)), ones, VOC_THRESHOLDS)
+    for metric, value in voc_metrics(records, table, 4).items():
         assert voc[metric][0] == pytest.approx(value, abs=1e-12), metric
 
 
@@ -64,7 +70,7 @@ def test_an_image_drawn_twice_is_that_image_duplicated():
     dets2 = [d for d in dets if d["image_id"] != gt["images"][5]["id"]]
     dets2 += [{**d, "image_id": dup_id} for d in dets if d["image_id"] == source]
     reference = coco_metrics({**gt, "images": kept + [twin], "annotations": anns}, dets2, backend="pycocotools")
-    ours = coco_replicates(coco_matches(gt, dets), weights)
+    ours = coco_replicates(coco_matches(gt, _coco_array(dets)), weights)
     for metric in ("AP", "AP50", "AP75", "AP90"):
         assert ours[metric][0] == pytest.approx(reference[metric], abs=1e-9), metric
 
@@ -117,7 +123,7 @@ def test_replicates_in_chunks_are_the_same_replicates(monkeypatch):
     import detector.bootstrap as bootstrap
 
     gt, dets, records = _random_set(n_images=30, seed=4)
-    matches, draws = coco_matches(gt, dets), image_draws(30)
+    matches, draws = coco_matches(gt, _coco_array(dets)), image_draws(30)
     whole = coco_replicates(matches, draws)
     monkeypatch.setattr(bootstrap, "CHUNK", 500)  # a few replicates at a time
     chunked = coco_replicates(matches, draws)

@@ -98,3 +98,37 @@ def test_iou_truth_is_taken_over_the_boxes_that_are_scored_not_crowd():
         targets = Targets(anchor.view(1, 1, 4), torch.tensor([[0]]), torch.tensor([[crowd]]))
         raw = raw_predictions(out, priors, family, targets)
         assert raw.iou_truth[0, 100].item() == pytest.approx(expected)
+
+
+def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps():
+    """NMS over each image's best candidates only (growing where suppression leaves fewer than max_dets) keeps
+    the detections that torchvision's batched_nms over all of them keeps, image by image. Image 1 holds
+    hundreds of near-copies of few boxes: its first candidates NMS down to a handful."""
+    import torch
+    from torchvision.ops import batched_nms
+
+    g = torch.Generator().manual_seed(0)
+    b, c, sizes = 3, 4, [64 * 9, 16 * 9, 4 * 9]
+    n = sum(sizes)
+    xy = torch.rand(b, n, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 10 + torch.rand(b, n, 2, generator=g) * 50], -1)
+    boxes[1] = torch.tensor([[10.0, 10, 60, 60], [100, 100, 150, 160]]).repeat(n // 2, 1) + torch.rand(n, 4, generator=g)
+    p = torch.rand(b, n, c, generator=g)
+    raw = RawPredictions(boxes, p, None, None, sizes)
+    cfg = InferenceConfig(score_thresh=0.05, topk_per_level=500, max_dets=100)
+    ours = select(raw, p, cfg)
+    for img in range(b):
+        start, keep_v, keep_i = 0, [], []
+        for size in sizes:
+            v, i = p[img, start:start + size].reshape(-1).topk(min(cfg.topk_per_level, size * c))
+            keep_v.append(v), keep_i.append(i + start * c)
+            start += size
+        v, i = torch.cat(keep_v), torch.cat(keep_i)
+        m = v > cfg.score_thresh
+        v, i = v[m], i[m]
+        bx, lab = boxes[img, i // c], i % c
+        keep = batched_nms(bx, v, lab, cfg.nms_iou)[: cfg.max_dets]
+        expected = sorted(zip(v[keep].tolist(), lab[keep].tolist(), map(tuple, bx[keep].tolist())))
+        got = sorted(zip(ours[img].scores.tolist(), ours[img].labels.tolist(), map(tuple, ours[img].boxes.tolist())))
+        assert got == expected, img
+    assert len(ours[1].scores) < 20  # suppression left few: the prefix grew to every candidate

@@ -160,6 +160,8 @@ CASES = [
      ["model.backbone.pretrained", "w.pth", "not found"]),
     ("gpus_on_a_cpu_machine", lambda c: ["validate", c.study(resources={"workers": 1, "gpus_per_worker": 1})],
      ["resources.gpus_per_worker", "0 GPUs"], pytest.mark.skipif(torch_cuda(), reason="this machine has a GPU")),
+    ("executor_tune_with_two_workers", lambda c: ["validate", c.study(resources={"workers": 2, "executor": "tune"})],
+     ["s.yaml", "resources", "executor", "'tune'", "workers: 2"]),
     ("more_cpus_than_the_machine", lambda c: ["run", c.study(resources={"workers": 2, "cpus_per_worker": 512})],
      ["resources", "1024 CPUs", "cpus_per_worker 512"]),
     ("empty_train_split", lambda c: ["validate", c.study_on({**c.coco({**GOOD_COCO, "images": [], "annotations": []})})],

@@ -45,8 +45,7 @@ def write_eval_outputs(out: Path, result) -> None:
     (out / METRICS_FILE).write_text(json.dumps(result.metrics, indent=1, sort_keys=True))
     (out / DETECTIONS_DIR).mkdir(exist_ok=True)
     for name, dets in result.detections.items():
-        (out / DETECTIONS_DIR / f"{variant_slug(name)}.json").write_text(json.dumps(
-            [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in dets]))
+        (out / DETECTIONS_DIR / f"{variant_slug(name)}.json").write_text(json.dumps(dets.coco_results()))
     (out / SCATTER_FILE).write_text(json.dumps(
         {name: {"confidence": list(map(float, c)), "iou_eval": list(map(float, i))}
          for name, (c, i) in result.scatter.items()}))
