@@ -1,13 +1,13 @@
 """Evaluation benchmark: the cost of an inference-variant sweep against one variant, in one run.
 
-Trains the smoke IoU-aware RetinaNet briefly on the synthetic set (or loads --checkpoint), then evaluates
+Trains an IoU-aware RetinaNet (ResNet-50 from scratch, the smoke profile's neck and head) briefly on the synthetic set (or loads --checkpoint), then evaluates
 it on the val split with one variant (cls) and with ten (cls, none, alpha 0.3 ... 1.0), at a score
 threshold low enough that every image keeps its full 100 detections, as a trained model's do. Prints each
 phase's seconds (forward: network + decoding; select: scoring, top-k, NMS; assemble: the result records;
 metrics: COCO / VOC and the correlations; bootstrap: the intervals), the sweep's ratio to one variant, and
 the post-processing rate of one variant (select + assemble, images/s).
 
-    python bench/eval.py [--images 200] [--size 256] [--epochs 1] [--metrics coco voc] [--checkpoint model.pt]
+    python bench/eval.py [--images 200] [--size 256] [--epochs 1] [--metrics coco] [--backbone resnet50] [--checkpoint model.pt]
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ SWEEP = ["cls", "none"] + [f"alpha={a / 10:.1f}" for a in range(3, 11)]
 def config(root: Path, args: argparse.Namespace) -> dict:
     smoke = yaml.safe_load(SMOKE.read_text())
     return deep_merge(smoke, {
-        "model": {"quality": {"branch": "iou"}},
+        "model": {"quality": {"branch": "iou"}, "backbone": {"name": args.backbone}},
         "data": {"root": str(root), "short": args.size, "long": args.size,
                  "synthetic": {"train": 200, "val": args.images, "size": args.size}},
         "train": {"epochs": args.epochs, "steps": [], "val_every": 0, "threads": torch.get_num_threads()},
@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200, help="val images")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=1, help="training before the evaluation (without --checkpoint)")
-    ap.add_argument("--metrics", nargs="+", default=["coco", "voc"])
+    ap.add_argument("--metrics", nargs="+", default=["coco"])
+    ap.add_argument("--backbone", default="resnet50", help="from scratch, with the smoke profile's neck and head")
     ap.add_argument("--checkpoint", help="a trial's model.pt (the smoke IoU-aware config) instead of training")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,6 @@
-"""Running a study: validate everything, start or join Ray, run the grid on Ray Tune with one Ray Train
-TorchTrainer per trial, mirror it into MLflow from this (driver) process, and summarise."""
+"""Running a study: validate everything, start or join Ray, run the grid on Ray Tune (each trial training in
+its own process, or on a Ray Train TorchTrainer's workers: trial.py), mirror it into MLflow from this (driver)
+process, and summarise."""
 from __future__ import annotations
 
 import atexit
@@ -153,8 +154,9 @@ def _embedded_cluster_auth() -> Path:
 
 
 def concurrency(plan: Plan) -> int:
-    """Trials that fit at once on the cluster's CPUs/GPUs (the trial driver itself holds no CPU), capped by
-    the study: a study never waits on resources that can never free up."""
+    """Trials that fit at once on the cluster's CPUs/GPUs (a trial holds its workers' resources: in its own
+    process, or on its Train workers while its driver holds none), capped by the study: a study never waits on
+    resources that can never free up."""
     import ray
 
     res = plan.study.resources_for(plan.profile)
@@ -376,8 +378,8 @@ def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, r
     if resume and tune.Tuner.can_restore(tune_dir):
         damage = _tune_state_damage(Path(tune_dir))
         if damage is None:
-            # A retried trial's driver starts its TorchTrainer under the same name, so Train restores the trial's
-            # last checkpoint (a trial that failed before its first one starts over).
+            # A retried trial finds its last checkpoint by its name (trial.py); one that failed before its first
+            # starts over.
             return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True,
                                       resume_errored=retry_failed, restart_errored=False)
         points = _rebuild_points(plan, tracking_uri, damage, retry_failed)
