@@ -1,6 +1,7 @@
 """The user's main path on studies/table3.yaml, from the README's Use lines as written: run the smoke profile end
 to end, print the paper's table, query it from Python, resume it, open the HTML report in headless Chromium, and
 browse the study's runs in the MLflow UI started with the command `ablab run` printed."""
+import html
 import os
 import re
 import shlex
@@ -59,9 +60,9 @@ def test_table3_smoke_runs_end_to_end_and_prints_its_table(table3):
 def test_the_queries_and_the_resume_of_the_use_lines_answer(table3):
     done = table3[3]
     frame = done[readme_line(USE, 'python -c "import ablab; print(ablab.results(')].stdout
-    assert "baseline" in frame and "iou_aware" in frame
+    assert "table3   smoke" in frame and "[5 rows x" in frame  # .head(): the first five trial x variant rows
     claims = done[readme_line(USE, 'python -c "import ablab; print(ablab.claims(')].stdout
-    assert len(re.findall(r"reproduced|contradicted|inconclusive", claims)) == 8
+    assert "[8 rows x" in claims  # the study's eight claims (pandas may fold the verdict column out of sight)
     resumed = done[readme_line(USE, "ablab resume ")].stderr
     assert "2 ok, 0 failed" in resumed and "open: http://127.0.0.1:5000/#/experiments/" in resumed
 
@@ -80,7 +81,7 @@ def test_plots_are_written_and_logged_on_the_launch_run(table3):
 
 
 def test_report_renders_table_and_images_in_headless_chromium(table3):
-    cwd, out, env, _ = table3
+    cwd, out, env, done = table3
     page = out / "dashboards" / "table3-smoke.html"
     index = out / "dashboards" / "index.html"
     assert page.is_file() and "table3-smoke.html" in index.read_text()
@@ -102,7 +103,8 @@ def test_report_renders_table_and_images_in_headless_chromium(table3):
         assert len(rows) == 10 and "/ 34.4" in rows[0].text  # ours / the paper's baseline AP
         assert len(driver.find_elements(By.CSS_SELECTOR, "table.claims tbody tr")) == 8
         runs = driver.find_element(By.CSS_SELECTOR, "a.mlflow-runs").get_attribute("href")
-        assert runs.endswith("?workflowType=machine_learning") and UI.split(" --backend")[0] in page.read_text()
+        assert runs == printed(done[RUN].stderr, "open")  # the UI's URL and command, as `ablab run` printed them
+        assert html.escape(printed(done[RUN].stderr, "browse")) in page.read_text()
         links = driver.find_elements(By.CSS_SELECTOR, "table.runs a")  # each trial's run page in that UI
         assert len(links) == 2 and all(a.get_attribute("href").startswith(runs.split("?")[0] + "/runs/") for a in links)
         driver.get(index.as_uri())
@@ -144,7 +146,8 @@ def test_the_mlflow_ui_opens_on_the_study_s_runs_as_printed(table3):
 
 def follow_the_ui(driver, url: str, launch: str, trials: list[str], final_metric: str) -> None:
     """At ``url``: the launch run is listed; its + shows every trial run; the last trial's page lists
-    ``final_metric`` with a value, and its Model metrics tab charts train/loss over the epochs."""
+    ``final_metric`` with a value, and its Model metrics tab, searched for train/loss (the charts of the final
+    metrics come first, and the UI draws only what is in view), charts it over the epochs."""
     driver.get(url)
     row = wait_until(lambda: driver.find_elements(By.LINK_TEXT, launch), 60, "launch run listed")[0]
     row.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]").find_element(By.TAG_NAME, "button").click()
@@ -156,6 +159,8 @@ def follow_the_ui(driver, url: str, launch: str, trials: list[str], final_metric
     tab = wait_until(lambda: [t for t in driver.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.text == "Model metrics"],
                      30, "Model metrics tab")[0]
     tab.click()
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"), 30,
+               "the chart search")[0].send_keys("train/loss")
     wait_until(lambda: f"{trials[-1]} (train/loss)" in body() and "Step" in body(), 60, "the per-epoch loss chart")
 
 

@@ -32,8 +32,9 @@ def check_name(field: str, value: str) -> str:
 
 JOB_OUTPUT_ROOT = "~/ablab-outputs"
 """Where a Ray job's outputs go by default: its working dir is a temporary copy that Ray deletes."""
-JOB_ENV = ("RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_JOB_SUBMISSION_ID", "RAY_JOB_ID")
-"""Set in a Ray job's entrypoint: Ray 2.60's job supervisor sets the first (and RAY_ADDRESS); older Rays the others."""
+JOB_ENV = ("RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_JOB_SUBMISSION_ID")
+"""Set in a Ray job's entrypoint: Ray 2.60's job supervisor sets the first (and RAY_ADDRESS), older Rays the second.
+(Not RAY_JOB_ID: Ray sets it in every worker process, job or not.)"""
 
 
 def in_ray_job() -> bool:
@@ -64,10 +65,10 @@ def results_root(study_id: str, explicit: Optional[str] = None) -> Optional[str]
     present in ~/ablab-outputs (a Ray job's results, seen from the user's checkout) is read from there, with a
     line on stderr that says so. Returns what to pass on as ``out_root``."""
     root = output_root(explicit)
-    if explicit or os.environ.get("ABLAB_OUTPUT_ROOT") or (root / study_id).is_dir():
+    if explicit or os.environ.get("ABLAB_OUTPUT_ROOT") or (root / check_name("study", study_id)).is_dir():
         return explicit
     jobs = Path(JOB_OUTPUT_ROOT).expanduser().resolve()
-    if jobs == root or not (jobs / check_name("study", study_id)).is_dir():
+    if jobs == root or not (jobs / study_id).is_dir():
         return explicit
     setup_logging()  # also for ablab.results() in a user's script: the line says which store it read
     log.info(f"reading {study_id} from {jobs} (where Ray jobs write; {root} has no {study_id}); --out-root picks another")
