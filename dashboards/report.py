@@ -15,7 +15,7 @@ from typing import Optional
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ablab.paths import output_root, resolve_tracking_uri, study_dir
+from ablab.paths import browse_hint, output_root, resolve_tracking_uri, results_root, run_url, study_dir
 from ablab.query import replicates, results
 from ablab.study import Study, load_study
 from ablab.evidence import effect_pairs
@@ -69,11 +69,6 @@ def _launch_run(client: MlflowClient, experiment_id: str, profile: str) -> Optio
     return runs[0].info.run_id if runs else None
 
 
-def _run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -106,6 +101,15 @@ def _page(study: Study, profile: str, df, table_html: str, images: list[Path], r
 """
 
 
+def _browse(tracking_uri: str, experiment_id: str) -> str:
+    """The paragraph that says how to open the study's runs in the MLflow UI (ablab.paths.browse_hint)."""
+    command, url = browse_hint(tracking_uri, experiment_id)
+    start = (f"Start the MLflow UI on the local store: <code>{html.escape(command)}</code>, then open "
+             if command else "The tracking server's UI: ")
+    return (f'{start}<a class="mlflow-runs" href="{html.escape(url)}">{html.escape(url)}</a>: the study\'s runs, each '
+            f"trial nested under its launch run (the + beside it expands it). Each trial below links to its run page.")
+
+
 def _runs_table(df, tracking_uri: str, experiment_id: str) -> str:
     if df.empty:
         return "<p>No runs.</p>"
@@ -114,7 +118,7 @@ def _runs_table(df, tracking_uri: str, experiment_id: str) -> str:
         r = group.iloc[0]
         status = html.escape(str(r["status"]))
         error = f'<br><span class="failed">{html.escape(str(r["error"])[:300])}</span>' if r.get("error") else ""
-        rows.append(f'<tr><td><a href="{_run_link(tracking_uri, experiment_id, run_id)}">{html.escape(str(r["trial_key"]))}</a>'
+        rows.append(f'<tr><td><a href="{run_url(tracking_uri, experiment_id, run_id)}">{html.escape(str(r["trial_key"]))}</a>'
                     f"</td><td>{status}{error}</td></tr>")
     return f'<table class="ablab-table runs"><thead><tr><th>trial</th><th>status</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -123,6 +127,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
                  out_root: Optional[str] = None, dashboards_dir: Optional[str] = None) -> Path:
     """Write <dashboards>/<study>-<profile>.html and refresh the index; returns the page's path."""
     study = load_study(study_path)
+    out_root = results_root(study.study, out_root)
     uri = resolve_tracking_uri(study.study, tracking_uri, out_root)
     df = results(study_path, profile=profile, tracking_uri=uri, out_root=out_root)
     client = MlflowClient(uri)
@@ -148,10 +153,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     if study.table_layout:  # the effect view first (what an ablation is read for), then the paper's table
         table_html = (effects_text(study, profile, df, "html", reps) if effect_pairs(study) else "") + \
             table_text(study, profile, df, "html", reps)
-    browse = (f'Tracking server: <a href="{html.escape(uri)}">{html.escape(uri)}</a>.'
-              if uri.startswith(("http://", "https://")) else
-              f"Local store: run <code>mlflow ui --backend-store-uri {html.escape(uri)}</code>, then the links below open.")
-    page = _page(study, profile, df, table_html, images, _runs_table(df, uri, experiment_id), browse)
+    page = _page(study, profile, df, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id))
 
     out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,29 @@ def write_study(path: Path, data_root: Path, trials=None, epochs: int = 1, max_i
     return path
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_block(heading: str) -> list[str]:
+    """The lines of the first indented code block under README.md's ``## heading``: the commands a test runs as
+    written, so that a README line cannot drift from what works."""
+    lines = README.read_text().splitlines()
+    block: list[str] = []
+    for line in lines[lines.index(f"## {heading}") + 1:]:
+        if line.startswith("## ") or (block and line.strip() and not line.startswith("    ")):
+            break
+        if line.startswith("    "):
+            block.append(line[4:])
+    assert block, f"README.md: no code block under '## {heading}'"
+    return block
+
+
+def readme_line(block: list[str], start: str) -> str:
+    """The one line of a README block that starts with ``start``."""
+    (line,) = [line for line in block if line.startswith(start)]
+    return line
+
+
 def ablab_env(out_root: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     return {**env, "ABLAB_OUTPUT_ROOT": str(out_root), "RAY_AUTH_MODE": "disabled", **extra}

@@ -77,3 +77,47 @@ def test_credentials_in_a_tracking_uri_move_to_the_environment(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-env")  # an explicit variable wins
     assert adopt_credentials("http://bob:other@h:1") == "http://h:1"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-env"
+
+
+def test_a_ray_job_is_known_by_its_supervisor_s_variable_or_its_unpacked_working_dir(tmp_path, monkeypatch):
+    """What Ray 2.60 gives a job's entrypoint (test_platform_jobs.py runs a real one): outputs go to ~/ablab-outputs."""
+    from ablab.paths import JOB_ENV, output_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in JOB_ENV + ("ABLAB_OUTPUT_ROOT",):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert output_root() == tmp_path / "outputs"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {}}')
+    assert output_root() == tmp_path / "home" / "ablab-outputs"
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    unpacked = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    unpacked.mkdir(parents=True)
+    monkeypatch.chdir(unpacked)
+    assert output_root() == tmp_path / "home" / "ablab-outputs"
+    assert output_root(str(tmp_path / "mine")) == tmp_path / "mine"  # --out-root still wins
+
+
+def test_a_checkout_reads_a_study_it_lacks_from_the_jobs_output_root(tmp_path, monkeypatch):
+    from ablab.paths import results_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ABLAB_OUTPUT_ROOT", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert results_root("s") is None  # nowhere yet: ./outputs, whose error says so
+    (tmp_path / "home" / "ablab-outputs" / "s").mkdir(parents=True)
+    assert results_root("s") == str(tmp_path / "home" / "ablab-outputs")
+    assert results_root("s", str(tmp_path / "x")) == str(tmp_path / "x")
+    (tmp_path / "outputs" / "s").mkdir(parents=True)
+    assert results_root("s") is None  # the checkout's own comes first
+
+
+def test_the_ui_hint_opens_the_study_s_runs_in_the_model_training_view():
+    from ablab.paths import browse_hint, browse_lines, run_url
+
+    assert browse_hint("sqlite:////o/s/mlflow.db", "4") == (
+        "mlflow ui --backend-store-uri sqlite:////o/s/mlflow.db --port 5000",
+        "http://127.0.0.1:5000/#/experiments/4?workflowType=machine_learning")
+    assert browse_lines("https://mlflow.example/", "4") == ["open: https://mlflow.example/#/experiments/4?workflowType=machine_learning"]
+    assert run_url("http://h:5000", "4", "abc") == "http://h:5000/#/experiments/4/runs/abc?workflowType=machine_learning"

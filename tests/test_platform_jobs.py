@@ -1,4 +1,6 @@
-"""Ray jobs against a real `ray start --head`, logging to a real `mlflow server` on 127.0.0.1."""
+"""Ray jobs against the README's `ray start --head`, with the README's job lines run as written; some jobs log to a
+real `mlflow server` on 127.0.0.1."""
+import shlex
 import shutil
 import subprocess
 import sys
@@ -8,30 +10,52 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform_helpers import ablab_env, free_port, wait_for_http, write_study
+from platform_helpers import ablab_env, free_port, readme_block, readme_line, wait_for_http, write_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+JOBS = readme_block("Ray clusters and jobs")
+HEAD = readme_line(JOBS, "ray start --head")
+DASHBOARD, GCS = "http://127.0.0.1:8265", 6379
+"""What `ray start --head` listens on by default: the README's job lines name the dashboard."""
+
+
+def port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    """An mlflow server and a Ray head (dashboard + job server), both on 127.0.0.1, torn down after."""
+    """An mlflow server, and the README's Ray head: its `ray start --head` line as written, in the foreground
+    (`--block`), on 2 CPUs, with its own temp folder and, where another Ray on this machine holds the default
+    ports, on free ones. The head has HOME in a temporary folder, so that a job's default outputs (~/ablab-outputs)
+    land there, and no tracking URI: a plain job logs to its default store. ``env`` is the user's shell (that
+    HOME, no tracking URI, no output root); ``server_env`` adds the server's URI."""
     tmp = tmp_path_factory.mktemp("services")
+    home = tmp / "home"
+    home.mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # AF_UNIX socket paths must stay under 108 bytes
-    mlflow_port, dash_port, gcs_port = free_port(), free_port(), free_port()
-    env = ablab_env(tmp / "out", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}")
+    mlflow_port = free_port()
+    env = {**ablab_env(tmp), "HOME": str(home)}
+    env.pop("ABLAB_OUTPUT_ROOT")
+    server_env = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    dashboard, ports = DASHBOARD, ["--dashboard-agent-listen-port", str(free_port())]
+    if port_taken(8265) or port_taken(GCS):  # someone else's Ray: ours moves, and the job lines follow it
+        dash_port = free_port()
+        dashboard, ports = f"http://127.0.0.1:{dash_port}", ports + ["--port", str(free_port()), "--dashboard-port", str(dash_port)]
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
                                "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
                                "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow.log", "w"))
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "2",
-                             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-                             "--temp-dir", ray_tmp], env=env, stdout=open(tmp / "ray.log", "w"),
-                            stderr=subprocess.STDOUT)
+    head = subprocess.Popen(shlex.split(HEAD.split("#")[0]) + ["--block", "--num-cpus", "2", "--temp-dir", ray_tmp, *ports],
+                            env=env, stdout=open(tmp / "ray.log", "w"), stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{mlflow_port}/health", 90)
-        wait_for_http(f"http://127.0.0.1:{dash_port}/api/version", 120)
-        yield {"mlflow": f"http://127.0.0.1:{mlflow_port}", "ray": f"http://127.0.0.1:{dash_port}", "env": env, "tmp": tmp}
+        wait_for_http(f"{dashboard}/api/version", 120)
+        yield {"mlflow": f"http://127.0.0.1:{mlflow_port}", "ray": dashboard, "env": env, "server_env": server_env,
+               "tmp": tmp, "home": home}
     finally:
         head.terminate()
         server.terminate()
@@ -59,20 +83,31 @@ def _job_runs(services, study):
     return client.search_runs([exp.experiment_id])
 
 
-def test_ray_job_submit_runs_a_study(services, synthetic_root):
-    wd = _working_dir(services["tmp"], synthetic_root, "job_cli")
-    r = subprocess.run(["ray", "job", "submit", "--address", services["ray"], "--working-dir", ".", "--",
-                        "ablab", "run", "studies/job_cli.yaml", "--profile", "smoke"],
-                       cwd=wd, capture_output=True, text=True, env=services["env"], timeout=900)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    jobs = [j for j in JobSubmissionClient(services["ray"]).list_jobs() if "studies/job_cli.yaml" in j.entrypoint]
-    assert len(jobs) == 1 and jobs[0].status == JobStatus.SUCCEEDED
-    runs = _job_runs(services, "job_cli")
-    trials = [x for x in runs if x.data.tags.get("ablab.role") == "trial"]
-    assert len(trials) == 1 and trials[0].info.status == "FINISHED"
-    assert "alpha_0.5/AP" in trials[0].data.metrics
+def test_the_readme_s_job_lines_keep_their_results_for_the_checkout(services, synthetic_root):
+    """The README's job lines after `ray start`, as written, in order, in a checkout whose studies/table3.yaml is
+    the suite's tiny two-trial study: the job writes to ~/ablab-outputs (not its temporary working dir) and its log
+    says so; `ablab table` and `ablab.results()` in the checkout read it from there; a resume job finds it."""
+    wd = services["tmp"] / "checkout"
+    (wd / "studies").mkdir(parents=True)
+    write_study(wd / "studies" / "table3.yaml", synthetic_root)
+    done = {}
+    for line in JOBS[1:]:
+        done[line] = subprocess.run(["bash", "-c", line.replace(DASHBOARD, services["ray"])], cwd=wd, capture_output=True,
+                                    text=True, env=services["env"], timeout=900)
+        assert done[line].returncode == 0, f"README: {line}\n{(done[line].stdout + done[line].stderr)[-3000:]}"
+    run, table, frame, resume = (done[line] for line in JOBS[1:])
+    root = services["home"] / "ablab-outputs"
+    assert (root / "table3" / "mlflow.db").is_file() and (root / "table3" / "smoke" / "launch.json").is_file()
+    assert not (wd / "outputs").exists()
+    assert "its working dir" in run.stdout and f"are in {root}" in run.stdout, run.stdout[-3000:]
+    assert f"reading table3 from {root}" in table.stderr
+    assert "| RetinaNet" in table.stdout and "| IoU-aware" in table.stdout
+    assert "baseline" in frame.stdout and "iou" in frame.stdout
+    assert "2 ok, 0 failed" in resume.stdout, resume.stdout[-3000:]
+    client = MlflowClient(f"sqlite:///{root / 'table3' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ablab/table3").experiment_id])
+    roles = sorted(r.data.tags["ablab.role"] for r in runs)
+    assert roles == ["launch", "trial", "trial"] and all(r.info.status == "FINISHED" for r in runs)  # resumed, not re-run
 
 
 def test_ablab_submit_fills_in_the_runtime_env_and_keeps_secrets_out_of_it(services, synthetic_root):
@@ -83,7 +118,7 @@ def test_ablab_submit_fills_in_the_runtime_env_and_keeps_secrets_out_of_it(servi
 
     secret = "hunter2-s3cret"
     wd = _working_dir(services["tmp"], synthetic_root, "job_submit")
-    env = {**services["env"], "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": secret}
+    env = {**services["server_env"], "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": secret}
     uri = services["mlflow"].replace("http://", f"http://alice:{secret}@")
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "submit", "studies/job_submit.yaml", "--address", services["ray"],
                         "--tracking-uri", uri, "--wait"], cwd=wd, capture_output=True, text=True, env=env, timeout=900)
@@ -102,7 +137,7 @@ def test_ablab_submit_fills_in_the_runtime_env_and_keeps_secrets_out_of_it(servi
     seen = {"ray job list": listing.stdout + listing.stderr, "GET /api/jobs/": api,
             "job logs": client.get_job_logs(job.submission_id), "submit output": r.stdout + r.stderr,
             "runtime env": json.dumps(job.runtime_env)}
-    out_root = Path(services["env"]["ABLAB_OUTPUT_ROOT"])
+    out_root = services["home"] / "ablab-outputs"  # a job's default, as for a plain `ray job submit`
     for path in (p for p in out_root.rglob("*") if p.is_file() and p.suffix in (".json", ".html", ".txt", ".log", ".csv")):
         seen[str(path)] = path.read_text(errors="replace")
     leaked = [where for where, text in seen.items() if secret in text]
@@ -124,7 +159,7 @@ def test_ray_job_stop_stops_a_study_that_a_resume_job_finishes(services, synthet
     write_study(wd / "studies" / "job_stop.yaml", synthetic_root, epochs=6, max_images=24, layout=None,
                 trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}])
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "submit", "studies/job_stop.yaml", "--address", services["ray"]],
-                       cwd=wd, capture_output=True, text=True, env=services["env"], timeout=300)
+                       cwd=wd, capture_output=True, text=True, env=services["server_env"], timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     job_id = re.search(r"submitted (\S+) to", r.stdout).group(1)
     client = JobSubmissionClient(services["ray"])

@@ -61,6 +61,7 @@ def test_two_trial_study_runs_and_is_tracked(finished_study):
     assert "browse: mlflow ui --backend-store-uri sqlite:///" in r.stderr
     client = MlflowClient(f"sqlite:///{out / 'two_trials' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ablab/two_trials")
+    assert "paper iou_aware, table test" in exp.tags["mlflow.note.content"] and "profile smoke" in exp.tags["mlflow.note.content"]
     runs = client.search_runs([exp.experiment_id])
     parents = [x for x in runs if x.data.tags.get("ablab.role") == "launch"]
     children = [x for x in runs if x.data.tags.get("ablab.role") == "trial"]

@@ -107,9 +107,15 @@ def cmd_submit(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from .query import results
+    from mlflow.tracking import MlflowClient
 
-    df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+    from .naming import EXPERIMENT_PREFIX
+    from .paths import browse_lines, resolve_tracking_uri, results_root
+    from .query import results, study_id_of
+
+    study = study_id_of(args.study)
+    out_root = results_root(study, args.out_root)
+    df = results(study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=out_root)
     if args.parquet:
         df.to_parquet(args.parquet, index=False)
         print(f"wrote {len(df)} rows to {args.parquet}")
@@ -119,16 +125,19 @@ def cmd_results(args) -> int:
     if not (args.parquet or args.csv):
         cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
         print(df[cols].to_string(index=False))
+    uri = resolve_tracking_uri(study, args.tracking_uri, out_root)
+    print("\n".join(browse_lines(uri, MlflowClient(uri).get_experiment_by_name(EXPERIMENT_PREFIX + study).experiment_id)))
     return 0
 
 
 def cmd_table(args) -> int:
-    from .paths import resolve_tracking_uri
+    from .paths import resolve_tracking_uri, results_root
     from .query import replicates, results
     from .study import load_study
     from .table import effects_text, table_text
 
     study = load_study(args.study)
+    args.out_root = results_root(study.study, args.out_root)
     df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
     if df.empty:
         raise ConfigError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from detector.config import ConfigError
+
+from .logs import log, setup_logging
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 _NAME = re.compile(NAME)
@@ -27,6 +30,24 @@ def check_name(field: str, value: str) -> str:
     return value
 
 
+JOB_OUTPUT_ROOT = "~/ablab-outputs"
+"""Where a Ray job's outputs go by default: its working dir is a temporary copy that Ray deletes."""
+JOB_ENV = ("RAY_JOB_CONFIG_JSON_ENV_VAR", "RAY_JOB_SUBMISSION_ID")
+"""Set in a Ray job's entrypoint: Ray 2.60's job supervisor sets the first (and RAY_ADDRESS), older Rays the second.
+(Not RAY_JOB_ID: Ray sets it in every worker process, job or not.)"""
+
+
+def in_ray_job() -> bool:
+    """Whether this process is a Ray job's entrypoint: by the job supervisor's variables, or by a working dir
+    inside Ray's runtime resources (where a job's uploaded working dir is unpacked)."""
+    if any(os.environ.get(k) for k in JOB_ENV):
+        return True
+    try:
+        return "/runtime_resources/working_dir_files/" in str(Path.cwd())
+    except OSError:  # a working dir that was deleted under us
+        return False
+
+
 def output_root(explicit: Optional[str] = None) -> Path:
     """--out-root > $ABLAB_OUTPUT_ROOT > ./outputs, except inside a Ray job whose working dir is a
     temporary copy: there ~/ablab-outputs, so results outlive the job."""
@@ -34,9 +55,24 @@ def output_root(explicit: Optional[str] = None) -> Path:
         return Path(explicit).expanduser().resolve()
     if os.environ.get("ABLAB_OUTPUT_ROOT"):
         return Path(os.environ["ABLAB_OUTPUT_ROOT"]).expanduser().resolve()
-    if os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID"):
-        return (Path.home() / "ablab-outputs").resolve()
+    if in_ray_job():
+        return Path(JOB_OUTPUT_ROOT).expanduser().resolve()
     return Path("outputs").resolve()
+
+
+def results_root(study_id: str, explicit: Optional[str] = None) -> Optional[str]:
+    """The output root to read a study from: as output_root, except that a study absent from ./outputs but
+    present in ~/ablab-outputs (a Ray job's results, seen from the user's checkout) is read from there, with a
+    line on stderr that says so. Returns what to pass on as ``out_root``."""
+    root = output_root(explicit)
+    if explicit or os.environ.get("ABLAB_OUTPUT_ROOT") or (root / check_name("study", study_id)).is_dir():
+        return explicit
+    jobs = Path(JOB_OUTPUT_ROOT).expanduser().resolve()
+    if jobs == root or not (jobs / study_id).is_dir():
+        return explicit
+    setup_logging()  # also for ablab.results() in a user's script: the line says which store it read
+    log.info(f"reading {study_id} from {jobs} (where Ray jobs write; {root} has no {study_id}); --out-root picks another")
+    return str(jobs)
 
 
 def under(root: Path, *parts: str) -> Path:
@@ -74,3 +110,33 @@ def adopt_credentials(uri: str) -> str:
         os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+UI_PORT = 5000
+"""The port of `mlflow ui` (its default) in the command ablab prints."""
+
+
+def browse_hint(tracking_uri: str, experiment_id: Optional[str]) -> tuple[Optional[str], str]:
+    """How to browse a study in the MLflow UI: the command that starts the UI on a local store (None for a
+    tracking server, which serves its own UI) and the URL of the study's runs. MLflow 3.17 opens an experiment
+    in its GenAI view (traces, no runs) unless the URL asks for the model-training one; no experiment tag changes
+    that."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base, command = tracking_uri.rstrip("/"), None
+    else:
+        base = f"http://127.0.0.1:{UI_PORT}"
+        command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port {UI_PORT}"
+    page = f"/#/experiments/{experiment_id}" if experiment_id else "/#/experiments"
+    return command, f"{base}{page}?workflowType=machine_learning"
+
+
+def browse_lines(tracking_uri: str, experiment_id: Optional[str]) -> list[str]:
+    """browse_hint for a terminal, a line each, so that either can be copied whole."""
+    command, url = browse_hint(tracking_uri, experiment_id)
+    return ([f"browse: {command}"] if command else []) + [f"open: {url}"]
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of one run (the UI of browse_hint)."""
+    page = browse_hint(tracking_uri, experiment_id)[1]
+    return page.replace("?", f"/runs/{run_id}?", 1)

@@ -13,12 +13,12 @@ from mlflow.tracking import MlflowClient
 
 from detector.config import ConfigError
 
-from .paths import check_name, resolve_tracking_uri
+from .paths import check_name, resolve_tracking_uri, results_root
 from .preflight import probe_tracking_server
 from .naming import BOOTSTRAP_FILE, EXPERIMENT_PREFIX, metric_key
 
 
-def _study_id(study: str) -> str:
+def study_id_of(study: str) -> str:
     """A study id, or the path of a study file (its ``study:`` field)."""
     if study.endswith((".yaml", ".yml")) and Path(study).is_file():
         from .study import load_study
@@ -41,7 +41,8 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
     run_id, status, error, precision and hardware as resolved where the trial trained, variant), config columns (the flattened trial config, typed), and metric
     columns (AP, AP50, ..., AP90, pearson, ...). ``filters``: column=value equality (dots as in the config,
     e.g. ``**{"model.quality.branch": "iou"}`` or ``trial="iou"``)."""
-    study_id = _study_id(study)
+    study_id = study_id_of(study)
+    out_root = results_root(study_id, out_root)
     if profile is not None:
         check_name("--profile", profile)  # it goes into MLflow's filter string
     uri = resolve_tracking_uri(study_id, tracking_uri, out_root)
@@ -114,6 +115,7 @@ def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = Non
     from .table import as_trained
 
     spec = load_study(study)
+    out_root = results_root(spec.study, out_root)
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
     return claims_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})
@@ -128,6 +130,7 @@ def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = No
     from .table import as_trained
 
     spec = load_study(study)
+    out_root = results_root(spec.study, out_root)
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
     return effects_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from detector.config import Config, ConfigError
 from detector.data import build_split
 
-from .paths import adopt_credentials, resolve_tracking_uri, study_dir
+from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking_uri, results_root, study_dir
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
 from .study import Study, load_study, resolve_configs
@@ -57,6 +57,8 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
     ``seeds``: run seeds 0..N-1 instead of the profile's (not on resume: it keeps the seeds its launch ran)."""
     study = load_study(study_path)
     study.profile(profile)
+    if resume:  # the launch where it is: a Ray job's, resumed from the checkout, is in ~/ablab-outputs
+        out_root = results_root(study.study, out_root)
     launch_file = study_dir(study.study, profile, out_root) / LAUNCH_FILE
     if seeds is not None:
         if seeds < 1:
@@ -274,9 +276,10 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     log.info(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per "
              f"trial, {max_conc} at a time")
     log.info(f"mlflow: {tracking_uri}")
-    if tracking_uri.startswith("sqlite:"):
-        log.info(f"browse: mlflow ui --backend-store-uri {tracking_uri}")
     log.info(f"outputs: {plan.out_dir}")
+    if in_ray_job() and not (out_root or os.environ.get("ABLAB_OUTPUT_ROOT")):
+        log.info(f"ray job: its working dir {Path.cwd()} is a temporary copy, so the outputs and the default MLflow "
+                 f"store are in {plan.out_dir.parents[1]} (ABLAB_OUTPUT_ROOT or --out-root to change)")
 
     tuner = _tuner(plan, tracking_uri, where == "local", max_conc, resume, retry_failed)
     t_fit = time.perf_counter()
@@ -486,4 +489,6 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
     log.info(f"results: ablab results {plan.study_path} --profile {plan.profile}   |   "
         f"python -c \"import ablab; print(ablab.results('{plan.study.study}', profile='{plan.profile}'))\"")
     log.info(f"mlflow: {tracking_uri}")
+    for line in browse_lines(tracking_uri, RunRegistry(plan.out_dir / "mlflow_runs.json").data.get("experiment")):
+        log.info(line)
     return failed, unfinished

@@ -19,6 +19,7 @@ from ray.tune import Callback
 
 from .journal import FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, unavailable
 from .logs import log
+from .paths import browse_lines
 from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, LAUNCH_FILE, TRIAL_FILES,
                      metric_key, point_key, point_of)
 
@@ -117,10 +118,23 @@ class MlflowStudyLogger(Callback):
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             name, artifact_location=artifact_location(self.tracking_uri),
             tags={"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table})
+        for key, value in self._experiment_tags().items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
         self.parent, existed = self._parent_run()
+        for line in browse_lines(self.tracking_uri, self.experiment_id):
+            log.info(line)
         self._journal = Journal(self.registry_path.parent, MlflowWriter(self.tracking_uri, self.registry_path).apply)
         if existed:  # after what an earlier launch left in the journal (its end of the launch run, say)
             self.journal.write("reopen", run=LAUNCH)
+
+    def _experiment_tags(self) -> dict[str, str]:
+        """The experiment's description in the UI (the profile of the latest launch) and its kind: MLflow shows a
+        custom-model-development experiment's runs where the UI follows the tag (3.17's workflow switch does not:
+        the URL ablab prints asks for the runs)."""
+        what = self.study.title or f"{self.study.paper} table {self.study.table}"
+        note = (f"ablab study {self.study.study}: paper {self.study.paper}, table {self.study.table} ({what}); "
+                f"latest launch: profile {self.profile}, run {self.study.study}:{self.profile} with a child run per trial")
+        return {"mlflow.note.content": note, "mlflow.experimentKind": "custom_model_development"}
 
     def _common_tags(self) -> dict[str, str]:
         return {"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table,
@@ -130,6 +144,9 @@ class MlflowStudyLogger(Callback):
         """The launch run's id, and whether it existed (a resume reopens it through the journal)."""
         registry = self.registry
         run_id = registry.data.get("parent")
+        if registry.data.get("experiment") != self.experiment_id:  # the end of `ablab run` prints the UI's URL from it
+            registry.data["experiment"] = self.experiment_id
+            registry.save()
         if run_id:
             return run_id, True
         run = self.client.create_run(self.experiment_id, run_name=f"{self.study.study}:{self.profile}",
