@@ -51,7 +51,7 @@ def _world() -> tuple[int, int]:
 def _finite_everywhere(nonfinite: torch.Tensor, world: int) -> bool:
     """Whether no DDP worker counted a non-finite loss (``nonfinite``: this worker's count, on its device):
     all of them stop together, none waits in an all-reduce. The one host sync of the check."""
-    bad = nonfinite.reshape(1).float()
+    bad = nonfinite.reshape(1).clone()  # all_reduce sums in place
     if world > 1:
         dist.all_reduce(bad)
     return bool(bad.item() == 0)
@@ -194,6 +194,9 @@ def build_training(cfg: Config, checkpoint: Optional[dict], log: Callable[[str],
         log(f"[train] resumed at epoch {state.epoch}, iteration {state.iteration}")
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if cfg.train.compile:
+        # A reused trial process compiles each trial's model anew: without a reset, the models of earlier
+        # trials fill dynamo's recompile limit and later ones silently run eager.
+        torch._dynamo.reset()
         net = torch.compile(net)  # state dicts stay the plain model's
     scaler = torch.amp.GradScaler(device.type) if precision.needs_grad_scaler else None
     shard = len(loader.sampler) if world > 1 else len(train_set)

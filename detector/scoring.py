@@ -89,15 +89,17 @@ def confidence(raw: RawPredictions, variant: VariantConfig) -> Tensor:
     return score
 
 
-def _class_wise_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float) -> Tensor:
+def _class_wise_nms(boxes: Tensor, groups: Tensor, iou: float) -> Tensor:
     """torchvision's NMS within each group at once (its coordinate trick: every group's boxes are moved
-    apart, so boxes of two groups never overlap): kept indices in decreasing score order. boxes (K, 4).
-    Moved in float64, where the shift is exact: in float32 it would round the coordinates and flip
-    overlaps that sit at the threshold."""
+    apart, so boxes of two groups never overlap) of K boxes (K, 4) already in score order: kept indices, in
+    that order. Moved in float64, where the shift is exact: in float32 it would round the coordinates and flip
+    overlaps that sit at the threshold. NMS is given ranks, not the scores, so that its own sort cannot reorder
+    tied scores (then a prefix of the candidates is decided as in the run over all of them)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     boxes = boxes.double()
-    return nms(boxes + (groups.double() * (boxes.max() + 1))[:, None], scores.double(), iou)
+    ranks = torch.arange(len(boxes), 0, -1, dtype=torch.float64, device=boxes.device)
+    return nms(boxes + (groups.double() * (boxes.max() + 1))[:, None], ranks, iou)
 
 
 def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Detections]:
@@ -125,7 +127,7 @@ def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Det
         m = min(count, 4 * cfg.max_dets)
         while True:
             bx = raw.boxes[img, priors_idx[img, :m]]
-            keep = _class_wise_nms(bx, values[img, :m], labels[img, :m], cfg.nms_iou)
+            keep = _class_wise_nms(bx, labels[img, :m], cfg.nms_iou)
             if len(keep) >= cfg.max_dets or m == count:
                 break
             m = min(count, 4 * m)

@@ -105,7 +105,9 @@ def make_loader(ds: DetectionSet, cfg: DataConfig, batch_size: int, train: bool,
     if distributed:
         sampler = DistributedSampler(images, shuffle=train, seed=seed, drop_last=False)
     gen = torch.Generator().manual_seed(seed)
-    # Pinned batches let Batch.to copy to a GPU without blocking (non_blocking=True).
+    # Pinned batches let Batch.to copy to a GPU without blocking (non_blocking=True). Workers are not kept
+    # across epochs: each epoch's start draws their seeds from ``gen`` (saved in checkpoints), so a resumed run
+    # loads and augments as the uninterrupted one; kept workers would draw them once per loader instead.
     return DataLoader(images, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=workers, collate_fn=collate, generator=gen, drop_last=False,
-                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available())

@@ -61,8 +61,8 @@ def _save_state(state, folder: Path) -> None:
         tmp = folder / f"{name}.tmp"
         try:
             write(tmp)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a full disk: no half file left beside the last good one
+        except (OSError, RuntimeError):  # torch.save's writer raises RuntimeError on a full disk
+            tmp.unlink(missing_ok=True)  # no half file left beside the last good one
             raise
         os.replace(tmp, folder / name)
 
@@ -162,7 +162,10 @@ def _fit_in_trial(config: dict[str, Any], trial_dir: Path, checkpoints: Path, re
         last.update(metrics)
         ray.tune.report(metrics)
 
-    run_trial(config, trial_dir, _load_state(checkpoints), 0, report)
+    # A launch from before trials trained in their own process left Train's checkpoint_*/ folders here.
+    earlier = sorted(checkpoints.glob("checkpoint_*"))
+    run_trial(config, trial_dir, _load_state(checkpoints) or (_load_state(earlier[-1]) if earlier else None), 0,
+              report)
     return last
 
 
