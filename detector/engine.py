@@ -369,7 +369,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
                 reps.update(coco_replicates(coco_matches(gt_dataset, results), draws))
             t_boot += time.perf_counter() - t
         if "voc" in cfg.inference.metrics:
-            matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset)
+            matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset, padded_gt)
             m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
             t = time.perf_counter()
             if intervals:

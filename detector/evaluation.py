@@ -6,7 +6,7 @@ import contextlib
 import copy
 import io
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 from scipy import stats
@@ -141,20 +141,25 @@ def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(ap)
 
 
-def _iou_with_own_gts(box: np.ndarray, gt_boxes: np.ndarray, offset: float = 0.0) -> np.ndarray:
-    """(D, 4) detections x (D, G, 4) the GT boxes of each one's image -> (D, G) IoU in float64, as
-    torchvision's box_iou computes it. ``offset`` (VOC_PIXEL_OFFSET) is added to every far corner: with 1 that
+def _iou_with_own_gts(box: np.ndarray, gt_boxes: np.ndarray, rows: np.ndarray, offset: float = 0.0,
+                      chunk: int = 1 << 14) -> np.ndarray:
+    """(D, 4) detections x the GT boxes of each one's image (``gt_boxes[rows]``: (I, G, 4) padded boxes, (D,)
+    image rows) -> (D, G) IoU in float64, as torchvision's box_iou computes it, ``chunk`` detections at a time
+    (the temporaries are (chunk, G, 4)). ``offset`` (VOC_PIXEL_OFFSET) is added to every far corner: with 1 that
     is mmdetection 1.x's IoU exactly, areas ``(x1 - x0 + 1) (y1 - y0 + 1)`` and overlap
     ``max(min(x1) - max(x0) + 1, 0)`` per side. A padding GT (zero box) overlaps nothing."""
-    a = box[:, None, :].astype(np.float64)
-    b = gt_boxes.astype(np.float64)
-    a_far, b_far = a[..., 2:] + offset, b[..., 2:] + offset
-    area_a = (a_far[..., 0] - a[..., 0]) * (a_far[..., 1] - a[..., 1])
-    area_b = (b_far[..., 0] - b[..., 0]) * (b_far[..., 1] - b[..., 1])
-    wh = np.clip(np.minimum(a_far, b_far) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nan_to_num(inter / (area_a + area_b - inter))
+    out = np.zeros((len(box), gt_boxes.shape[1]))
+    for lo in range(0, len(box), chunk):
+        a = box[lo:lo + chunk, None, :].astype(np.float64)
+        b = gt_boxes[rows[lo:lo + chunk]].astype(np.float64)
+        a_far, b_far = a[..., 2:] + offset, b[..., 2:] + offset
+        area_a = (a_far[..., 0] - a[..., 0]) * (a_far[..., 1] - a[..., 1])
+        area_b = (b_far[..., 0] - b[..., 0]) * (b_far[..., 1] - b[..., 1])
+        wh = np.clip(np.minimum(a_far, b_far) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+        inter = wh[..., 0] * wh[..., 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo:lo + chunk] = np.nan_to_num(inter / (area_a + area_b - inter))
+    return out
 
 
 def _match_class(score: np.ndarray, image_id: np.ndarray, iou: np.ndarray, gt_of_class: np.ndarray,
@@ -189,16 +194,18 @@ def _match_class(score: np.ndarray, image_id: np.ndarray, iou: np.ndarray, gt_of
     return tp, fp, n_pos, image_id
 
 
-def voc_class_matches(records, detections: DetectionTable, num_classes: int, pixel_offset: float = 0.0):
+def voc_class_matches(records, detections: DetectionTable, num_classes: int, pixel_offset: float = 0.0,
+                      gt: Optional[PaddedGroundTruth] = None):
     """_match_class of every class: (tp, fp, n_pos, ranked image ids) per class, 0-based labels.
-    ``pixel_offset``: VOC_PIXEL_OFFSET of the pixel convention (0: continuous boxes, as COCO's)."""
-    gt = PaddedGroundTruth.of(records)
+    ``pixel_offset``: VOC_PIXEL_OFFSET of the pixel convention (0: continuous boxes, as COCO's); ``gt``: the
+    records' PaddedGroundTruth, when already made."""
+    gt = gt or PaddedGroundTruth.of(records)
     rows = gt.row_of(detections.image_id)
     out = []
     for c in range(num_classes):
         m = detections.label == c
         r = rows[m]
-        iou = _iou_with_own_gts(detections.box[m], gt.boxes[r], pixel_offset)
+        iou = _iou_with_own_gts(detections.box[m], gt.boxes, r, pixel_offset)
         n_pos = int(((gt.labels == c) & ~gt.ignore).sum())
         out.append(_match_class(detections.score[m], detections.image_id[m], iou, gt.labels[r] == c, gt.ignore[r],
                                 n_pos, VOC_THRESHOLDS))
@@ -233,14 +240,10 @@ def correlations(confidence: np.ndarray, iou_eval: np.ndarray) -> dict[str, floa
             "spearman": float(stats.spearmanr(confidence, iou_eval).statistic)}
 
 
-def iou_eval_of(gt: PaddedGroundTruth, detections: DetectionTable, chunk: int = 1 << 16) -> np.ndarray:
+def iou_eval_of(gt: PaddedGroundTruth, detections: DetectionTable) -> np.ndarray:
     """(D,) IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image (0 if
-    none), ``chunk`` detections at a time (a (chunk, G, 4) array)."""
-    out = np.zeros(len(detections))
+    none)."""
     rows = gt.row_of(detections.image_id)
-    for lo in range(0, len(detections), chunk):
-        r, sl = rows[lo:lo + chunk], slice(lo, lo + chunk)
-        iou = _iou_with_own_gts(detections.box[sl], gt.boxes[r])
-        same = (gt.labels[r] == detections.label[sl, None]) & ~gt.ignore[r]
-        out[sl] = np.where(same, iou, 0.0).max(axis=1, initial=0.0)
-    return out
+    iou = _iou_with_own_gts(detections.box, gt.boxes, rows)
+    same = (gt.labels[rows] == detections.label[:, None]) & ~gt.ignore[rows]
+    return np.where(same, iou, 0.0).max(axis=1, initial=0.0)
