@@ -282,3 +282,19 @@ class MlflowWriter:
             self.client.set_tag(run_id, "ablab.attempts", str(len(previous) + 1))
             self.client.delete_tag(run_id, "ablab.error")
         self.client.update_run(run_id, status="RUNNING")
+
+
+def finished_trials(tracking_uri: str, registry_path: Path) -> frozenset[str]:
+    """The trial keys whose MLflow run has FINISHED: a resume never runs them again, even where Ray Tune's
+    saved state (written every few seconds) had not yet recorded their end. Empty if the store cannot say."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    done = set()
+    for key, run_id in RunRegistry(registry_path).data["trials"].items():
+        try:
+            if client.get_run(run_id).info.status == "FINISHED":
+                done.add(key)
+        except Exception:  # noqa: BLE001 - a store that is down, a run deleted: the trial runs, as without this
+            continue
+    return frozenset(done)

@@ -26,7 +26,7 @@ from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
 from .study import Study, load_study, resolve_configs
-from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, pending_entries
+from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, finished_trials, pending_entries
 from .logs import log, setup_logging
 from .naming import ERROR_FILE, LAUNCH_FILE, POINT, point_key, point_of
 from .trial import set_train_env
@@ -178,7 +178,7 @@ def concurrency(plan: Plan) -> int:
     return max(1, min(fits, len(plan.points)))
 
 
-def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool):
+def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool, finished: frozenset[str] = frozenset()):
     from ray import tune
 
     from .tracking import MlflowStudyLogger
@@ -189,7 +189,7 @@ def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool):
     trainable = tune.with_parameters(trial_driver, configs=configs, resources=res.model_dump(),
                                      storage_path=str(plan.out_dir / "train"),
                                      artifacts_root=str(plan.out_dir / "trials"), in_trial=res.in_trial,
-                                     embedded=embedded)
+                                     finished=finished, embedded=embedded)
     if res.in_trial:  # the trial trains in its own process: it holds the worker's resources
         needs = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     else:
@@ -372,7 +372,8 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
 def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, resume: bool, retry_failed: bool):
     from ray import tune
 
-    trainable, logger = _tuner_parts(plan, tracking_uri, embedded=embedded)
+    finished = finished_trials(tracking_uri, plan.out_dir / "mlflow_runs.json") if resume else frozenset()
+    trainable, logger = _tuner_parts(plan, tracking_uri, embedded=embedded, finished=finished)
     tune_dir = str(plan.out_dir / "tune")
     points = plan.points
     if retry_failed:  # asked to, a trial that stopped on a non-finite loss trains again too (trial.py)
@@ -423,11 +424,8 @@ def _rebuild_points(plan: Plan, tracking_uri: str, damage: str, retry_failed: bo
     if not retry_failed:
         raise ConfigError(f"{tune_dir}: Ray Tune's saved state is damaged ({damage}; written on a full disk?): "
                           f"{advice} runs every trial that has not finished again, from its last checkpoint")
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    runs = RunRegistry(plan.out_dir / "mlflow_runs.json").data["trials"]
-    finished = {key for key, run_id in runs.items() if client.get_run(run_id).info.status == "FINISHED"}
+    finished = finished_trials(tracking_uri, plan.out_dir / "mlflow_runs.json")
     points = [p for p in plan.points if point_key(p) not in finished]
     if not points:
         raise ConfigError(f"nothing to resume: every trial of {plan.out_dir} has finished (its Ray Tune state is "

@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from .journal import FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, unavailable
+from .journal import FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, finished_trials, unavailable
 from .logs import log
 from .paths import browse_lines
 from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, LAUNCH_FILE, TRIAL_FILES,
@@ -79,6 +79,7 @@ class MlflowStudyLogger(Callback):
         self._started: set[str] = set()  # trial keys whose run this process made or reopened (or queued so)
         self._tagged: dict[tuple[str, str], str] = {}  # (key, tag) -> value written by this process
         self._errors: dict[str, str] = {}  # trial key -> the failure its driver reported
+        self._finished_before: frozenset[str] = frozenset()  # trials FINISHED in MLflow before this launch
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -124,6 +125,9 @@ class MlflowStudyLogger(Callback):
         for line in browse_lines(self.tracking_uri, self.experiment_id):
             log.info(line)
         self._journal = Journal(self.registry_path.parent, MlflowWriter(self.tracking_uri, self.registry_path).apply)
+        # Their runs stay as they ended: a restored Tune state may hold them unfinished (trial.py reports them
+        # again without training), and reopening would move their end.
+        self._finished_before = finished_trials(self.tracking_uri, self.registry_path) if existed else frozenset()
         if existed:  # after what an earlier launch left in the journal (its end of the launch run, say)
             self.journal.write("reopen", run=LAUNCH)
 
@@ -175,7 +179,7 @@ class MlflowStudyLogger(Callback):
     def start_trial(self, key: str, point: dict[str, Any]) -> None:
         """Once per trial and process: its run is made, or (resume, --retry-failed) reopened: one run per trial
         either way."""
-        if key in self._started:
+        if key in self._started or key in self._finished_before:
             return
         self._started.add(key)
         queued = any(e["op"] == "create" for e in self.journal.entries_for(key))  # by a launch that died
@@ -206,6 +210,8 @@ class MlflowStudyLogger(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = point_key(point_of(trial.config))
+        if key in self._finished_before:
+            return
         self.start_trial(key, point_of(trial.config))
         if result.get("error"):  # the trial's failure, as its driver saw it (kept for _finish)
             self._errors[key] = str(result["error"])
@@ -275,6 +281,8 @@ class MlflowStudyLogger(Callback):
 
     def _finish(self, trial, failed: bool) -> None:
         key = point_key(point_of(trial.config))
+        if key in self._finished_before:
+            return
         self.start_trial(key, point_of(trial.config))
         trial_dir = self.artifacts_root / key
         error_file = trial_dir / ERROR_FILE

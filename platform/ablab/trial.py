@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .naming import ERROR_FILE, HISTORY_FILE, MODEL_FILE, point_key, point_of, write_eval_outputs
+from .naming import ERROR_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, point_key, point_of, write_eval_outputs
 
 
 NON_FINITE = "NonFiniteLoss"
@@ -207,15 +207,22 @@ def _refuse_known_failure(trial_dir: Path) -> None:
 
 
 def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources: dict[str, Any],
-                 storage_path: str, artifacts_root: str, in_trial: bool, embedded: bool = False) -> None:
+                 storage_path: str, artifacts_root: str, in_trial: bool, finished: frozenset[str] = frozenset(),
+                 embedded: bool = False) -> None:
     """The Tune trainable of every trial: trains this trial's config in this process (``in_trial``) or on a
-    TorchTrainer's workers. ``embedded``: the cluster is this machine alone, so torch.distributed stays on
-    127.0.0.1 (ablab.loopback)."""
+    TorchTrainer's workers. A trial in ``finished`` (its MLflow run FINISHED before this resume) only reports
+    its final metrics again, marked ``finished_before``, for Tune's table. ``embedded``: the cluster is this
+    machine alone, so torch.distributed stays on 127.0.0.1 (ablab.loopback)."""
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
     key = point_key(point_of(params))
     trial_dir = Path(artifacts_root) / key
+    if key in finished:
+        metrics = json.loads((trial_dir / METRICS_FILE).read_text()) if (trial_dir / METRICS_FILE).is_file() else {}
+        ray.tune.report({**metrics, "done": 1.0, "finished_before": 1.0,
+                         "epoch": float(configs[key]["train"]["epochs"])})
+        return
     trial_dir.mkdir(parents=True, exist_ok=True)
     _refuse_known_failure(trial_dir)
     config = configs[key]
