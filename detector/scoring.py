@@ -123,6 +123,8 @@ def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Det
     priors_idx, labels = torch.cat(priors_idx, 1).gather(1, order), torch.cat(labels, 1).gather(1, order)
     candidates = (values > cfg.score_thresh).sum(1).tolist()  # a prefix of each row
     results = []
+    # One NMS call per image, not one for the batch: NMS compares every kept box with every later candidate,
+    # so a single call over B images' candidates costs B times the per-image calls together.
     for img, count in enumerate(candidates):
         m = min(count, 4 * cfg.max_dets)
         while True:

@@ -145,7 +145,7 @@ class Journal:
                 self._disk_ok = self._rewrite()  # all written out (or the disk is back): the file is the queue
             else:
                 try:
-                    _write_atomic(self.applied_path, str(self._applied + 1))
+                    write_atomic(self.applied_path, str(self._applied + 1))
                     self._applied += 1
                 except OSError:
                     self._disk_ok = False
@@ -158,7 +158,7 @@ class Journal:
             self.applied_path.unlink(missing_ok=True)
             self._applied = 0
             if self._entries:
-                _write_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self._entries))
+                write_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self._entries))
             else:
                 self.path.unlink(missing_ok=True)
             return True
@@ -188,10 +188,11 @@ def _read_applied(path: Path) -> int:
         return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """``path`` replaced whole by ``data``: a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
     except OSError:
         tmp.unlink(missing_ok=True)  # a full disk leaves it cut short: never a half file beside the real one
         raise
@@ -206,7 +207,7 @@ class RunRegistry:
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"parent": None, "trials": {}}
 
     def save(self) -> None:
-        _write_atomic(self.path, json.dumps(self.data, indent=1))
+        write_atomic(self.path, json.dumps(self.data, indent=1))
 
 
 LAUNCH = "launch"

@@ -6,14 +6,17 @@ Nothing here writes MLflow: workers report through Ray; the study driver is the 
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 import time
 import traceback
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable, Optional
 
+from .journal import write_atomic
 from .naming import ERROR_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, point_key, point_of, write_eval_outputs
 
 
@@ -51,20 +54,15 @@ STATE_FILE = "state.pt"
 
 
 def _save_state(state, folder: Path) -> None:
-    """The training state and its history into ``folder``, each file replaced whole (a reader never sees half
-    of one): the history first, so the state never claims epochs the history lacks."""
+    """The training state and its history into ``folder``, each file replaced whole: the history first, so the
+    state never claims epochs the history lacks."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name, write in ((HISTORY_FILE, lambda f: f.write_text(json.dumps(state.history))),
-                        (STATE_FILE, lambda f: torch.save(state.checkpoint(), f))):
-        tmp = folder / f"{name}.tmp"
-        try:
-            write(tmp)
-        except (OSError, RuntimeError):  # torch.save's writer raises RuntimeError on a full disk
-            tmp.unlink(missing_ok=True)  # no half file left beside the last good one
-            raise
-        os.replace(tmp, folder / name)
+    write_atomic(folder / HISTORY_FILE, json.dumps(state.history))
+    buffer = io.BytesIO()
+    torch.save(state.checkpoint(), buffer)
+    write_atomic(folder / STATE_FILE, buffer.getvalue())
 
 
 def _load_state(folder: Path) -> Optional[dict[str, Any]]:
@@ -146,8 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_trial(loop_config["config"], Path(loop_config["trial_dir"]), resume, rank, report)
 
 
-def _fit_in_trial(config: dict[str, Any], trial_dir: Path, checkpoints: Path, resources: dict[str, Any],
-                  embedded: bool) -> dict[str, Any]:
+def _fit_in_trial(config: dict[str, Any], trial_dir: Path, checkpoints: Path) -> dict[str, Any]:
     """Train in this (Tune trial) process: no worker processes to start. The checkpoint lives in the trial's
     own folder ``checkpoints``, found by name on a retry, a resume or a rebuilt Tune run alike."""
     import ray.tune
@@ -227,10 +224,10 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
     _refuse_known_failure(trial_dir)
     config = configs[key]
     config = {**config, "train": {**config["train"], "threads": max(1, int(resources["cpus_per_worker"]))}}
-    fit = _fit_in_trial if in_trial else _fit_with_train
+    fit = _fit_in_trial if in_trial else partial(_fit_with_train, resources=resources, embedded=embedded)
     try:
         # Stable per trial: a retry, a resume or a rebuilt Tune run finds the trial's checkpoint by this name.
-        metrics = fit(config, trial_dir, Path(storage_path) / f"train-{key}", resources, embedded)
+        metrics = fit(config, trial_dir, Path(storage_path) / f"train-{key}")
     except Exception:
         reason = traceback.format_exc()[-4000:]
         _write_reason(trial_dir / ERROR_FILE, reason)
