@@ -102,39 +102,67 @@ def _class_wise_nms(boxes: Tensor, groups: Tensor, iou: float) -> Tensor:
     return nms(boxes + (groups.double() * (boxes.max() + 1))[:, None], ranks, iou)
 
 
+def _ranked(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Top-k output (..., K) re-ranked so that tied scores keep index order (prior, then class): top-k's own
+    order of ties is unspecified, and bf16 scores tie often."""
+    index, by_index = index.sort(dim=-1)
+    values, order = values.gather(-1, by_index).sort(dim=-1, descending=True, stable=True)
+    return values, index.gather(-1, order)
+
+
+def _best_candidates(score: Tensor, level_sizes: list[int], classes: int, m: int, topk_per_level: int
+                     ) -> tuple[Tensor, Tensor]:
+    """Each image's ``m`` best candidates, best first: (values (..., m), flat index prior * C + class (..., m)).
+    score: (..., N * C). The candidates are each level's ``topk_per_level`` best (as torchvision and mmdetection
+    take them); while ``m <= topk_per_level`` the image's m best overall are all among them, so one top-k
+    over the image gives them."""
+    if m <= topk_per_level:
+        return _ranked(*score.topk(min(m, score.shape[-1])))
+    values, index, start = [], [], 0
+    for n in level_sizes:
+        v, i = score[..., start * classes:(start + n) * classes].topk(min(topk_per_level, n * classes))
+        values.append(v), index.append(i + start * classes)
+        start += n
+    values, index = _ranked(torch.cat(values, -1), torch.cat(index, -1))
+    return values[..., :m], index[..., :m]
+
+
 def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Detections]:
     """Per-level top-k, score threshold, class-wise NMS and max_dets per image. score: (B, N, C).
 
     Greedy NMS keeps a box or not from the boxes scored above it alone, so NMS over an image's ``m`` best
-    candidates keeps exactly the first boxes that NMS over all of them keeps: once it keeps max_dets (or
-    ``m`` covers every candidate), the rest cannot change the result. ``m`` starts at 4 x max_dets and
-    grows for an image that needs more, so NMS never compares the thousands of low-scored candidates."""
-    b, _, c = score.shape
-    values, priors_idx, labels = [], [], []
-    start = 0
-    for n in raw.level_sizes:
-        s = score[:, start:start + n].reshape(b, -1)
-        v, i = s.topk(min(cfg.topk_per_level, s.shape[1]), dim=1)
-        values.append(v)
-        priors_idx.append(i // c + start)
-        labels.append(i % c)
-        start += n
-    values, order = torch.cat(values, 1).sort(dim=1, descending=True, stable=True)  # (B, K) each image's best first
-    priors_idx, labels = torch.cat(priors_idx, 1).gather(1, order), torch.cat(labels, 1).gather(1, order)
-    candidates = (values > cfg.score_thresh).sum(1).tolist()  # a prefix of each row
+    candidates keeps exactly the first boxes that NMS over all of them keeps: once it keeps max_dets (or the
+    candidates run out), the rest cannot change the result. ``m`` starts at 4 x max_dets and doubles for an
+    image that needs more, and each round runs NMS over the boxes kept so far (which keep each other) and the
+    new candidates only. So NMS never compares the thousands of low-scored candidates, and the per-level
+    top-k runs only for an image that needs more than ``topk_per_level`` candidates."""
+    b, n, c = score.shape
+    flat = score.reshape(b, n * c)
+    fetched = max(min(cfg.topk_per_level, n * c), 4 * cfg.max_dets)  # enough for most images' NMS
+    values, index = _best_candidates(flat, raw.level_sizes, c, fetched, cfg.topk_per_level)  # (B, <= fetched)
     results = []
     # One NMS call per image, not one for the batch: NMS compares every kept box with every later candidate,
     # so a single call over B images' candidates costs B times the per-image calls together.
-    for img, count in enumerate(candidates):
-        m = min(count, 4 * cfg.max_dets)
+    for img in range(b):
+        v, i, asked = values[img], index[img], fetched
+        m, decided, kept = 4 * cfg.max_dets, 0, index.new_zeros(0)
         while True:
-            bx = raw.boxes[img, priors_idx[img, :m]]
-            keep = _class_wise_nms(bx, labels[img, :m], cfg.nms_iou)
-            if len(keep) >= cfg.max_dets or m == count:
-                break
-            m = min(count, 4 * m)
-        keep = keep[: cfg.max_dets]
-        results.append(Detections(bx[keep], values[img, keep], labels[img, keep]))
+            complete = len(v) < asked or len(v) == n * c  # v holds every candidate
+            upto = min(m, len(v))
+            passing = int((v[:upto] > cfg.score_thresh).sum())  # a prefix
+            ready = passing
+            if upto == len(v) and not complete and passing == upto:
+                ready = int((v > v[-1]).sum())  # more of the last score may follow beyond v
+            candidates = torch.cat([kept, i[decided:ready]])
+            kept = candidates[_class_wise_nms(raw.boxes[img, candidates // c], candidates % c, cfg.nms_iou)]
+            if len(kept) >= cfg.max_dets or passing < upto or (upto == len(v) and complete):
+                break  # enough kept, or no candidate is left above the threshold
+            decided, m = ready, 2 * m
+            if m > len(v):
+                asked = m
+                v, i = _best_candidates(flat[img], raw.level_sizes, c, m, cfg.topk_per_level)
+        kept = kept[: cfg.max_dets]
+        results.append(Detections(raw.boxes[img, kept // c], flat[img, kept], kept % c))
     return results
 
 

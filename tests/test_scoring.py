@@ -100,10 +100,15 @@ def test_iou_truth_is_taken_over_the_boxes_that_are_scored_not_crowd():
         assert raw.iou_truth[0, 100].item() == pytest.approx(expected)
 
 
-def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps():
+@pytest.mark.parametrize("topk_per_level, max_dets, quantized", [
+    (500, 100, False),  # the prefix grows within one top-k over the image
+    (500, 100, True),   # bf16-like scores: many ties, ranked by index
+    (60, 40, True),     # more candidates than topk_per_level: the per-level top-k
+])
+def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps(topk_per_level, max_dets, quantized):
     """NMS over each image's best candidates only (growing where suppression leaves fewer than max_dets) keeps
-    the detections that torchvision's batched_nms over all of them keeps, image by image. Image 1 holds
-    hundreds of near-copies of few boxes: its first candidates NMS down to a handful."""
+    the detections that NMS over all of them keeps, image by image, tied scores ranked by index (prior, then
+    class). Image 1 holds hundreds of near-copies of few boxes: its first candidates NMS down to a handful."""
     import torch
     from torchvision.ops import batched_nms
 
@@ -114,8 +119,10 @@ def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps():
     boxes = torch.cat([xy, xy + 10 + torch.rand(b, n, 2, generator=g) * 50], -1)
     boxes[1] = torch.tensor([[10.0, 10, 60, 60], [100, 100, 150, 160]]).repeat(n // 2, 1) + torch.rand(n, 4, generator=g)
     p = torch.rand(b, n, c, generator=g)
+    if quantized:
+        p = (p * 64).round() / 64
     raw = RawPredictions(boxes, p, None, None, sizes)
-    cfg = InferenceConfig(score_thresh=0.05, topk_per_level=500, max_dets=100)
+    cfg = InferenceConfig(score_thresh=0.05, topk_per_level=topk_per_level, max_dets=max_dets)
     ours = select(raw, p, cfg)
     for img in range(b):
         start, keep_v, keep_i = 0, [], []
@@ -123,12 +130,14 @@ def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps():
             v, i = p[img, start:start + size].reshape(-1).topk(min(cfg.topk_per_level, size * c))
             keep_v.append(v), keep_i.append(i + start * c)
             start += size
-        v, i = torch.cat(keep_v), torch.cat(keep_i)
+        i, by_index = torch.cat(keep_i).sort()
+        v, order = torch.cat(keep_v)[by_index].sort(descending=True, stable=True)
+        i = i[order]
         m = v > cfg.score_thresh
         v, i = v[m], i[m]
         bx, lab = boxes[img, i // c], i % c
-        keep = batched_nms(bx, v, lab, cfg.nms_iou)[: cfg.max_dets]
-        expected = sorted(zip(v[keep].tolist(), lab[keep].tolist(), map(tuple, bx[keep].tolist())))
-        got = sorted(zip(ours[img].scores.tolist(), ours[img].labels.tolist(), map(tuple, ours[img].boxes.tolist())))
-        assert got == expected, img
+        ranks = torch.arange(len(v), 0, -1, dtype=torch.float64)  # ties broken by index, as select ranks them
+        keep = batched_nms(bx.double(), ranks, lab, cfg.nms_iou)[: cfg.max_dets]
+        assert torch.equal(ours[img].scores, v[keep]) and torch.equal(ours[img].labels, lab[keep]), img
+        assert torch.equal(ours[img].boxes, bx[keep]), img
     assert len(ours[1].scores) < 20  # suppression left few: the prefix grew to every candidate
