@@ -41,6 +41,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from detector.benchmark import MAX_STEPS
 from detector.config import Config, ConfigError, format_validation_error, read_yaml_mapping
 from detector.data import build_split
 
@@ -62,6 +63,10 @@ on a TorchTrainer (its six fresh processes) (README "Measured here", bench/orche
 STUDY_OVERHEAD_S = 12.0
 """Seconds a study costs beyond its trials: Ray's start, Tune's setup and end, the claims' check. bench/orchestration.py
 measured `ablab run` at 3.0 s per trial more than its trials alone, over 4 trials (README "Measured here")."""
+
+MAX_BENCH_SHARE = 0.05
+"""`ablab run` measures only where its benchmark's training steps are at most this share of the study's (a
+table3 smoke run: 8 of 1,600); the fixed part, ~3 s of torch's import and each config's setup, comes on top."""
 
 BENCH_BUDGET_S = 10.0
 """Each distinct config's timed steps stop at about this many seconds (at least one step after the warm-up)."""
@@ -393,7 +398,7 @@ class Pricing:
 
 
 def price(plan, gpu_throughput: Optional[float] = None, table_path: Optional[Path] = None,
-          at_once: Optional[int] = None) -> Pricing:
+          at_once: Optional[int] = None, images: Optional[dict[str, tuple[int, int]]] = None) -> Pricing:
     """The cost of each distinct config of ``plan`` (runner.Plan): a GPU profile is measured on this machine's GPU
     where it has one (unless a table or a figure is given), else costed from the throughput table; a CPU profile
     is measured here, in as many copies at once as trials fit on this machine (``at_once`` caps it: the
@@ -403,10 +408,7 @@ def price(plan, gpu_throughput: Optional[float] = None, table_path: Optional[Pat
     for key, cfg in plan.configs.items():
         groups.setdefault(cost_key(cfg, res), []).append(key)
     firsts = [plan.configs[keys[0]] for keys in groups.values()]
-    # Counted first: opening a split writes a missing synthetic set, which is no part of a step.
-    counts: dict[tuple, int] = {}
-    images = {key: (_images(counts, cfg, cfg.data.train_split), _images(counts, cfg, cfg.data.val_split))
-              for key, cfg in plan.configs.items()}
+    images = split_images(plan) if images is None else images  # first: it may write a missing synthetic set
     t0 = time.perf_counter()
     given = gpu_throughput is not None or table_path is not None
     if res.gpus_per_worker and (given or not machine_resources()["GPU"]):
@@ -443,12 +445,25 @@ def estimate_study(plan, pricing: Pricing, concurrency: int, cluster: str,
     return est
 
 
-def _images(counts: dict[tuple, int], cfg: Config, split: str) -> int:
-    """Images in a split as the trial reads it (``data.max_images`` applied), each split counted once."""
-    key = (cfg.data.kind, cfg.data.root, split, cfg.data.max_images)
-    if key not in counts:
-        counts[key] = len(build_split(cfg.data, split))
-    return counts[key]
+def split_images(plan) -> dict[str, tuple[int, int]]:
+    """Trial key -> (train, val) images as it reads them (``data.max_images`` applied), each split opened once."""
+    counts: dict[tuple, int] = {}
+
+    def count(cfg: Config, split: str) -> int:
+        key = (cfg.data.kind, cfg.data.root, split, cfg.data.max_images)
+        if key not in counts:
+            counts[key] = len(build_split(cfg.data, split))
+        return counts[key]
+
+    return {key: (count(cfg, cfg.data.train_split), count(cfg, cfg.data.val_split)) for key, cfg in plan.configs.items()}
+
+
+def benchmark_share(plan, images: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(steps the benchmark trains, steps the study trains): a warm-up and MAX_STEPS per distinct config."""
+    res = plan.study.resources_for(plan.profile)
+    distinct = len({cost_key(cfg, res) for cfg in plan.configs.values()})
+    study = sum(cfg.train.epochs * math.ceil(images[key][0] / cfg.train.batch_size) for key, cfg in plan.configs.items())
+    return distinct * (1 + MAX_STEPS), study
 
 
 # ---- the commands -------------------------------------------------------------------------------------------------
@@ -494,8 +509,18 @@ class RunEstimate:
         self.pricing: Optional[Pricing] = None
         self.estimate: Optional[StudyEstimate] = None
         if not skip:
-            self.pricing = self._advice(lambda: price(plan))
+            self.pricing = self._advice(lambda: self._price_if_cheap(plan))
         self.started = time.perf_counter()
+
+    @staticmethod
+    def _price_if_cheap(plan) -> Optional[Pricing]:
+        images = split_images(plan)
+        bench, study = benchmark_share(plan, images)
+        if plan.study.resources_for(plan.profile).gpus_per_worker == 0 and bench > MAX_BENCH_SHARE * study:
+            log.info(f"estimate: not measured: its benchmark ({bench} training steps) would be more than "
+                     f"{MAX_BENCH_SHARE:.0%} of the study's {study}; `ablab plan` measures it anyway")
+            return None
+        return price(plan, images=images)
 
     @staticmethod
     def _advice(make):
