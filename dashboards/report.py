@@ -75,7 +75,19 @@ def _img(path: Path) -> str:
             f"<figcaption>{html.escape(path.stem.replace('_', ' '))}</figcaption></figure>")
 
 
-def _page(study: Study, profile: str, df, table_html: str, images: list[Path], runs_html: str, browse: str) -> str:
+def _cost(client: MlflowClient, launch: Optional[str]) -> str:
+    """The launch's estimate beside its wall time (ablab.estimate), as `ablab run` printed them at its end."""
+    if not launch:
+        return ""
+    tags = client.get_run(launch).data.tags
+    if "ablab.estimate" not in tags:
+        return ""
+    return (f'<p class="estimate">Cost of the latest launch: {html.escape(tags["ablab.estimate"])}; step costs '
+            f'{html.escape(tags.get("ablab.estimate_source", "?"))} (<code>ablab plan</code> prints the estimate).</p>')
+
+
+def _page(study: Study, profile: str, df, table_html: str, images: list[Path], runs_html: str, browse: str,
+          cost: str = "") -> str:
     title = f"{study.study} ({profile}): {setting(study, profile, df)}"
     paper_setting = study.title or study.paper + " table " + study.table
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -89,6 +101,7 @@ def _page(study: Study, profile: str, df, table_html: str, images: list[Path], r
 <p>Paper <code>{html.escape(study.paper)}</code>, table {html.escape(study.table)} (the paper's setting:
 {html.escape(paper_setting)}); alpha convention
 <code>{study.alpha_convention}</code>. Built {stamp} from MLflow.</p>
+{cost}
 <h2>Effects, the paper's table, and its claims</h2>
 {table_html}
 <h2>Plots</h2>
@@ -153,7 +166,8 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
     if study.table_layout:  # the effect view first (what an ablation is read for), then the paper's table
         table_html = (effects_text(study, profile, df, "html", reps) if effect_pairs(study) else "") + \
             table_text(study, profile, df, "html", reps)
-    page = _page(study, profile, df, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id))
+    page = _page(study, profile, df, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id),
+                 _cost(client, launch))
 
     out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"
     out.mkdir(parents=True, exist_ok=True)

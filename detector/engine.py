@@ -348,7 +348,8 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")
     if not val_set.labelled:
         log(f"[eval] {val_set.name} has no annotations (e.g. COCO test-dev): detections written, no metrics")
-        return EvalResult({f"{v.name}/num_detections": float(len(dets[v.name])) for v in variants}, dets, {})
+        return EvalResult({f"{v.name}/num_detections": float(len(dets[v.name])) for v in variants}, dets, {},
+                          seconds=seconds)
     gt_dataset = _evaluated_gt((val_set.coco_gt or records_to_coco(val_set)).dataset, val_set)
     padded_gt = PaddedGroundTruth.of(val_set.records)
     metrics: dict[str, float] = {}

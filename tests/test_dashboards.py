@@ -2,6 +2,7 @@
 to end, print the paper's table, query it from Python, resume it, open the HTML report in headless Chromium, and
 browse the study's runs in the MLflow UI started with the command `ablab run` printed."""
 import html
+import json
 import os
 import re
 import shlex
@@ -65,6 +66,26 @@ def test_the_queries_and_the_resume_of_the_use_lines_answer(table3):
     assert "[8 rows x" in claims  # the study's eight claims (pandas may fold the verdict column out of sight)
     resumed = done[readme_line(USE, "ablab resume ")].stderr
     assert "2 ok, 0 failed" in resumed and "open: http://127.0.0.1:5000/#/experiments/" in resumed
+
+
+def test_run_printed_an_estimate_within_2x_of_its_wall_and_recorded_both(table3):
+    """The estimate `ablab run` prints at its start (a benchmark of each distinct model, measured here) against
+    the wall it took, on this real smoke study: in launch.json, on the launch run and in the report."""
+    cwd, out, env, done = table3
+    run = done[RUN].stderr
+    assert "estimate: " in run and "step costs measured here" in run and "baseline_seed0" in run
+    launch = json.loads((out / "table3" / "smoke" / "launch.json").read_text())  # kept by the resume after it
+    estimate, wall = launch["estimate"]["wall_s"], launch["wall_s"]
+    assert 0.5 <= wall / estimate <= 2.0, f"estimate {estimate:.0f}s, took {wall:.0f}s"
+    assert re.search(r"estimate \S+, took \S+ \(\d+\.\d\dx\); step costs measured here", run)
+    client = MlflowClient(f"sqlite:///{out / 'table3' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ablab/table3")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`ablab.role` = 'launch'")
+    assert parent.data.metrics["estimate/wall_s"] == pytest.approx(estimate, abs=0.1)
+    assert parent.data.metrics["wall_s"] == pytest.approx(wall, abs=0.1)
+    assert parent.data.tags["ablab.estimate"].startswith("estimate ")
+    page = (out / "dashboards" / "table3-smoke.html").read_text()
+    assert f"Cost of the latest launch: {html.escape(parent.data.tags['ablab.estimate'])}" in page
 
 
 def test_plots_are_written_and_logged_on_the_launch_run(table3):

@@ -59,6 +59,13 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .estimate import plan_command
+
+    return plan_command(args.study, args.profile, args.address, args.seeds, args.gpu_throughput,
+                        args.throughput_table)
+
+
 def cmd_show(args) -> int:
     from .provenance import PROFILE, show_lines
     from .study import load_study
@@ -222,6 +229,18 @@ def _study_commands(sub) -> None:
         if name == "resume":
             r.add_argument("--retry-failed", action="store_true",
                            help="run the failed trials again (from their last checkpoint), in their MLflow runs")
+
+    pl = _command(sub, "plan", cmd_plan, "what a study will cost before it runs: its trials, what each needs, the "
+                                         "concurrency, and the wall time and CPU-/GPU-hours from a short benchmark")
+    pl.add_argument("study")
+    pl.add_argument("--profile", default="smoke")
+    pl.add_argument("--address", help="Ray cluster whose resources set the concurrency (default $RAY_ADDRESS, else "
+                                      "this machine as the embedded cluster sees it)")
+    pl.add_argument("--seeds", type=int, metavar="N", help="as for `ablab run`")
+    pl.add_argument("--gpu-throughput", type=float, metavar="IMAGES_PER_S",
+                    help="a GPU profile's training images/s per GPU at its image size, instead of the table's")
+    pl.add_argument("--throughput-table", metavar="FILE", help="per-GPU throughput table to use instead of "
+                                                               "studies/profiles/gpu_throughput.yaml")
 
     sh = _command(sub, "show", cmd_show, "a study's paper profile resolved, each setting with its source: the paper, "
                                          "the authors' config, or ours with the reason (studies/profiles/provenance/)")

@@ -22,6 +22,7 @@ from typing import Any, Optional
 from detector.config import Config, ConfigError
 from detector.data import build_split
 
+from .estimate import RunEstimate
 from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking_uri, results_root, study_dir
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
@@ -155,14 +156,15 @@ def _embedded_cluster_auth() -> Path:
     return temp_dir
 
 
-def concurrency(plan: Plan) -> int:
+def concurrency(plan: Plan, total: Optional[dict[str, float]] = None) -> int:
     """Trials that fit at once on the cluster's CPUs/GPUs (a trial holds its workers' resources: in its own
     process, or on its Train workers while its driver holds none), capped by the study: a study never waits on
-    resources that can never free up."""
-    import ray
+    resources that can never free up. ``total``: the cluster's resources (default: ask the connected cluster)."""
+    if total is None:
+        import ray
 
+        total = ray.cluster_resources()
     res = plan.study.resources_for(plan.profile)
-    total = ray.cluster_resources()
     per_trial_cpu = res.workers * res.cpus_per_worker
     if per_trial_cpu > total.get("CPU", 0):
         raise ConfigError(f"resources: a trial needs {per_trial_cpu:g} CPUs ({res.workers} workers x {res.cpus_per_worker:g}) "
@@ -260,6 +262,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     t0 = time.perf_counter()
     plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid, seeds=seeds, resume=resume)
     tracking_uri = _launch(plan, address, tracking_uri, out_root, resume)
+    forecast = RunEstimate(plan, skip=resume)  # its benchmark runs before Ray starts, on idle cores
 
     # Importing MLflow and opening the store (a new SQLite file: schema migrations) take ~2.5 s: done in a
     # thread while Ray starts.
@@ -277,6 +280,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
              f"trial, {max_conc} at a time")
     log.info(f"mlflow: {tracking_uri}")
     log.info(f"outputs: {plan.out_dir}")
+    forecast.announce(max_conc, f"ray {where}")
     if in_ray_job() and not (out_root or os.environ.get("ABLAB_OUTPUT_ROOT")):
         log.info(f"ray job: its working dir {Path.cwd()} is a temporary copy, so the outputs and the default MLflow "
                  f"store are in {plan.out_dir.parents[1]} (ABLAB_OUTPUT_ROOT or --out-root to change)")
@@ -304,6 +308,8 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         log.warning(f"tracking: {pending} MLflow writes are not in {tracking_uri} yet (it did not answer); they are "
                     f"kept in {plan.out_dir / JOURNAL_FILE}, beside the trials' own files: "
                     f"`ablab sync {study_path} --profile {profile}` writes them once it answers")
+    if not unfinished:
+        forecast.finish(None if pending else tracking_uri)
     return Outcome(failed, tracking_uri, interrupted=bool(unfinished), tracking_pending=pending)
 
 
@@ -364,7 +370,8 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
         if resume and not explicit and "tracking URI" in str(err):
             raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
         raise
-    launch_file.write_text(json.dumps({"study": plan.study_path, "profile": plan.profile,
+    kept = json.loads(launch_file.read_text()) if resume else {}  # e.g. the launch's estimate and wall
+    launch_file.write_text(json.dumps({**kept, "study": plan.study_path, "profile": plan.profile,
                                        "tracking_uri": tracking_uri, "seeds": plan.study.seeds_for(plan.profile)}, indent=1))
     return tracking_uri
 
