@@ -1,5 +1,5 @@
-"""The names ablab gives things, in one place: MLflow experiment names and metric keys, a launch's and a trial's key, and
-the files a trial (or ``ablab train`` / ``evaluate``) writes. No Ray, no MLflow, no torch: ``ablab.results``
+"""The names ablab gives things, in one place: MLflow experiment names and metric keys, a launch's and a trial's
+key, and the files a trial (or ``ablab train`` / ``evaluate``) writes. No Ray, no MLflow, no torch: ``ablab.results``
 and the reports import it."""
 from __future__ import annotations
 

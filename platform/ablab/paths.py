@@ -88,7 +88,8 @@ def under(root: Path, *parts: str) -> Path:
 def study_dir(study_id: str, profile: str, root: Optional[str] = None, sets: Optional[dict[str, Any]] = None) -> Path:
     """The folder of one launch of a study profile: ``<output root>/<study>/<profile>``, or with ``--set``
     overrides ``<output root>/<study>/<profile>+set-<digest>`` (naming.launch_key)."""
-    return under(output_root(root), check_name("study", study_id), launch_key(check_name("profile", profile), sets or {}))
+    launch = launch_key(check_name("profile", profile), sets or {})
+    return under(output_root(root), check_name("study", study_id), launch)
 
 
 def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:

@@ -57,7 +57,8 @@ class MlflowStudyLogger(Callback):
     The experiment and the launch run are made when the study starts (the store was checked just before);
     every later write goes through the study's :class:`~ablab.journal.Journal`, so no trial and no Tune
     callback waits on an MLflow write, and an outage costs nothing but delay (the one read left is a trial's
-    logged epochs, once per trial and process)."""
+    logged epochs, once per trial and process). ``profile`` is the launch's key (naming.launch_key): the runs'
+    ``ablab.profile`` tag."""
 
     def __init__(self, tracking_uri: str, study, profile: str, configs: dict[str, dict], artifacts_root: Path,
                  registry_path: Path):
