@@ -10,18 +10,18 @@ import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablab.paths import browse_hint, output_root, resolve_tracking_uri, results_root, run_url, study_dir
 from ablab.query import replicates, results
-from ablab.study import Study, load_study
+from ablab.study import Study, load_launch
 from ablab.evidence import effect_pairs
 from ablab.table import as_trained, effects_text, setting, table_text
 from ablab.logs import log
-from ablab.naming import EXPERIMENT_PREFIX, SCATTER_FILE
+from ablab.naming import EXPERIMENT_PREFIX, SCATTER_FILE, launch_key
 
 from . import plots
 
@@ -88,13 +88,14 @@ def _cost(client: MlflowClient, launch: Optional[str]) -> str:
 
 def _page(study: Study, profile: str, df, table_html: str, images: list[Path], runs_html: str, browse: str,
           cost: str = "") -> str:
-    title = f"{study.study} ({profile}): {setting(study, profile, df)}"
+    key = launch_key(profile, study.overrides(profile))
+    title = f"{study.study} ({key}): {setting(study, profile, df)}"
     paper_setting = study.title or study.paper + " table " + study.table
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = "".join(_img(p) for p in images) or "<p>No plots for this study yet.</p>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="ablab-study" content="{html.escape(study.study)}"><meta name="ablab-profile" content="{html.escape(profile)}">
+<meta name="ablab-study" content="{html.escape(study.study)}"><meta name="ablab-profile" content="{html.escape(key)}">
 <style>{STYLE}</style></head>
 <body><p><a href="{INDEX}">all studies</a></p>
 <h1>{html.escape(title)}</h1>
@@ -137,16 +138,19 @@ def _runs_table(df, tracking_uri: str, experiment_id: str) -> str:
 
 
 def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
-                 out_root: Optional[str] = None, dashboards_dir: Optional[str] = None) -> Path:
-    """Write <dashboards>/<study>-<profile>.html and refresh the index; returns the page's path."""
-    study = load_study(study_path)
+                 out_root: Optional[str] = None, dashboards_dir: Optional[str] = None,
+                 overrides: Sequence[str] = ()) -> Path:
+    """Write <dashboards>/<study>-<launch key>.html (the key: the profile, with a digest of the launch's
+    ``--set`` ``overrides`` where it had some) and refresh the index; returns the page's path."""
+    study = load_launch(study_path, profile, overrides)
+    sets = study.overrides(profile)
     out_root = results_root(study.study, out_root)
     uri = resolve_tracking_uri(study.study, tracking_uri, out_root)
-    df = results(study_path, profile=profile, tracking_uri=uri, out_root=out_root)
+    df = results(study_path, profile=profile, tracking_uri=uri, out_root=out_root, overrides=overrides)
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT_PREFIX + study.study).experiment_id
 
-    plot_dir = study_dir(study.study, profile, out_root) / "plots"
+    plot_dir = study_dir(study.study, profile, out_root, sets) / "plots"
     images = []
     reps = replicates(df, uri) if not df.empty else {}
     study = as_trained(study, profile)  # labels and legends name the backbones this profile trained
@@ -157,7 +161,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
                               plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
                               None if effects else plots.ap_vs_iou(study, df, plot_dir),
                               plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
-    launch = _launch_run(client, experiment_id, profile)
+    launch = _launch_run(client, experiment_id, launch_key(profile, sets))
     if launch:
         for p in images:
             client.log_artifact(launch, str(p), "plots")
@@ -171,7 +175,7 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
 
     out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{study.study}-{profile}.html"
+    path = out / f"{study.study}-{launch_key(profile, sets)}.html"
     path.write_text(page)
     write_index(out)
     log.info(f"[report] {path} ({len(images)} plots, {0 if df.empty else df['run_id'].nunique()} runs); index: {out / INDEX}")

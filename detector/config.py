@@ -5,8 +5,10 @@ errors that name the field path (``model.quality.loss``) before any compute is s
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -383,6 +385,57 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any, _done: str = "") ->
     else:
         out[head] = value
     return out
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as {dotted key: value}, in the order given, each VALUE read as YAML (safe: a
+    python/... tag is refused, never constructed): ``train.steps=[8,11]`` gives ``[8, 11]``. A field given twice,
+    or inside another one given (``model.backbone`` and ``model.backbone.name``), is refused: which wins would hang
+    on the order, and a study launch is named by its overrides as a set (ablab.naming.launch_key)."""
+    sets: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(err)}") from None
+        check_tree(value, f"--set {item!r}")
+        try:  # launch.json and MLflow keep it as JSON: a YAML date or a non-text key would come back changed
+            if json.loads(json.dumps(value)) != value:
+                raise TypeError
+        except TypeError:
+            raise ConfigError(f"--set {item!r}: YAML reads the value as {shown_value(value)}, which a config field "
+                              f"cannot hold (quote it to pass text)") from None
+        clash = next((k for k in sets if k == key or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        if clash is not None:
+            raise ConfigError(f"--set {item!r}: {key} is also set by --set {set_text(clash, sets[clash])}: give "
+                              f"each field once")
+        sets[key] = value
+    return sets
+
+
+def set_text(key: str, value: Any) -> str:
+    """One override as ``--set`` reads it back (parse_sets): ``train.steps=[8, 11]``, the value in YAML's flow
+    style (quoted where YAML would read it as something else)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip()
+    return f"{key}={text.removesuffix('...').strip()}"  # a lone scalar is dumped as a document: `2\n...`
+
+
+def apply_sets(raw: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with parse_sets's overrides set in order (set_dotted); an error names the ``--set`` it comes from."""
+    for key, value in sets.items():
+        try:
+            raw = set_dotted(raw, key, value)
+        except ConfigError as err:
+            raise ConfigError(f"--set {set_text(key, value)}: {err}") from None
+    return raw
+
+
+def sets_source(source: str, sets: dict[str, Any]) -> str:
+    """``source`` (a file, a trial) named with the overrides its config was resolved under, for errors."""
+    return (f"{source} with " + " ".join(f"--set {set_text(k, v)}" for k, v in sets.items())) if sets else source
 
 
 def parse_variant(spec: str, convention: str = "iou_aware") -> VariantConfig:

@@ -50,3 +50,21 @@ TRIAL_PROCESS = {"tune": "ImplicitFunc", "train": "RayTrainWorker"}
 @pytest.fixture(params=EXECUTORS)
 def executor(request) -> str:
     return request.param
+
+
+class RayStarted(BaseException):
+    """Raised by the stand-in for start_ray: outside Exception, so no handler in ablab can swallow it."""
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """``ablab run`` / ``resume`` stop where Ray would start (RayStarted): what a command checks and writes
+    before it is all that happens."""
+    from ablab import runner
+
+    def refuse(*args, **kwargs):
+        raise RayStarted("a user error reached start_ray")
+
+    monkeypatch.setattr(runner, "start_ray", refuse)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

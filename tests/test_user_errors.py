@@ -19,24 +19,9 @@ import psutil
 import pytest
 import yaml
 
-from ablab import runner
 from ablab.cli import main
 from platform_helpers import write_study
 from conftest import tiny_config
-
-
-class RayStarted(BaseException):
-    """Raised by the stand-in for start_ray: outside Exception, so no handler in ablab can swallow it."""
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise RayStarted("a user error reached start_ray")
-
-    monkeypatch.setattr(runner, "start_ray", refuse)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def torch_cuda() -> bool:
@@ -195,6 +180,25 @@ CASES = [
     ("set_without_equals", lambda c: ["train", c.config(), "--set", "train.lr"], ["--set", "key=value"]),
     ("set_bad_value", lambda c: ["train", c.config(), "--set", "model.quality.loss=hinge"],
      ["cfg.yaml", "model.quality.loss", "'hinge'"]),
+    # --- --set on the study commands: named with the key and the value, before Ray starts
+    ("run_set_unknown_key", lambda c: ["run", c.study(), "--set", "train.stepz=[9]"],
+     ["s.yaml", "--set train.stepz=[9]", "train.stepz", "Extra inputs", "[9]"]),
+    ("run_set_bad_value", lambda c: ["run", c.study(), "--set", "model.quality.loss=hinge"],
+     ["s.yaml", "--set model.quality.loss=hinge", "model.quality.loss", "'hinge'"]),
+    ("run_set_python_tag", lambda c: ["run", c.study(), "--set", "train.lr=!!python/object/apply:os.system ['true']"],
+     ["--set", "train.lr=", "not valid YAML", "python/object/apply:os.system"]),
+    ("run_set_below_a_number", lambda c: ["run", c.study(), "--set", "train.lr.x=1"],
+     ["--set train.lr.x=1", "train.lr", "valid number"]),
+    ("run_set_a_field_twice", lambda c: ["run", c.study(), "--set", "train.lr=0.1", "--set", "train=[]"],
+     ["--set 'train=[]'", "also set by --set train.lr=0.1", "once"]),
+    ("run_set_a_date", lambda c: ["run", c.study(), "--set", "train.lr=2024-01-01"],
+     ["--set 'train.lr=2024-01-01'", "datetime.date", "quote it"]),
+    ("run_set_the_seed_axis", lambda c: ["run", c.study(), "--set", "train.seed=3"],
+     ["--set train.seed=3", "seed axis", "--seeds"]),
+    ("validate_set_a_grid_axis", lambda c: ["validate", c.study(grid={"train.lr": [0.1, 0.2]}), "--set", "train.lr=1"],
+     ["--set train.lr=1", "train.lr is a grid axis"]),
+    ("run_set_a_section_above_an_axis", lambda c: ["run", c.study(), "--set", "train={lr: 1}"],
+     ["--set train={lr: 1}", "train.seed", "seed axis"]),
     ("train_out_is_a_file", lambda c: ["train", c.config(), "--out", c.file("occupied")], ["--out", "is a file"]),
     # --- data sets
     ("coco_top_level_list", lambda c: ["validate", c.study_on(c.coco([GOOD_COCO]))],

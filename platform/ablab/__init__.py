@@ -2,6 +2,7 @@
 
     import ablab
     df = ablab.results("table5", profile="smoke")   # one row per trial x inference variant
+    ablab.results("table5", profile="paper", overrides=["train.steps=[9]"])   # the launch run with that --set
     ablab.claims("studies/table5.yaml", profile="smoke")   # each claim of the paper: ours, its interval, a verdict
     ablab.effects("studies/table5.yaml", profile="smoke")  # each change vs its baseline, per column
 """

@@ -8,10 +8,11 @@ import sys
 import traceback
 from typing import Callable, Optional
 
-from detector.config import ConfigError
+from detector.config import ConfigError, parse_sets
 from detector.data import DatasetError
 
 from .logs import log, setup_logging
+from .naming import launch_args
 
 USER_ERRORS = (ConfigError, DatasetError, OSError)
 """Bad input or an environment that refuses it (a missing, read-only or full path): exit 2 and one line.
@@ -51,10 +52,11 @@ def cmd_validate(args) -> int:
     from .paths import resolve_tracking_uri
     from .runner import plan_study, preflight
 
-    plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid, seeds=args.seeds)
+    plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid, seeds=args.seeds,
+                      overrides=args.overrides)
     preflight(plan, args.address, resolve_tracking_uri(plan.study.study, args.tracking_uri, args.out_root),
               explicit_uri=bool(args.tracking_uri), create=False)
-    print(f"{args.study}: valid; profile {args.profile}: {len(plan.points)} trials, "
+    print(f"{args.study}: valid; {plan.args}: {len(plan.points)} trials, "
           f"{len(plan.study.variant_configs()) or 1} variants; data found; outputs -> {plan.out_dir}")
     return 0
 
@@ -81,7 +83,8 @@ def cmd_run(args) -> int:
 
     outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
                         resume=args.command == "resume", allow_large_grid=args.allow_large_grid,
-                        retry_failed=getattr(args, "retry_failed", False), seeds=getattr(args, "seeds", None))
+                        retry_failed=getattr(args, "retry_failed", False), seeds=getattr(args, "seeds", None),
+                        overrides=args.overrides)
     if outcome.interrupted:
         return 130  # as a shell reports Ctrl-C; the report waits for the resumed study
     if outcome.tracking_pending:
@@ -89,8 +92,8 @@ def cmd_run(args) -> int:
     try:
         _report(args, outcome.tracking_uri)
     except Exception as err:  # the study's results are safe in MLflow; `ablab report` can retry
-        log.warning("the report was not built (%s: %s); retry with `ablab report %s --profile %s`",
-                    type(err).__name__, err, args.study, args.profile)
+        log.warning("the report was not built (%s: %s); retry with `ablab report %s %s`",
+                    type(err).__name__, err, args.study, launch_args(args.profile, parse_sets(args.overrides)))
     return 1 if outcome.failed else 0
 
 
@@ -103,14 +106,14 @@ def cmd_doctor(args) -> int:
 def cmd_sync(args) -> int:
     from .runner import sync_study
 
-    return 1 if sync_study(args.study, args.profile, args.tracking_uri, args.out_root) else 0
+    return 1 if sync_study(args.study, args.profile, args.tracking_uri, args.out_root, args.overrides) else 0
 
 
 def cmd_submit(args) -> int:
     from .submit import submit
 
     return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait,
-                  args.allow_large_grid, args.seeds)
+                  args.allow_large_grid, args.seeds, args.overrides)
 
 
 def cmd_results(args) -> int:
@@ -122,7 +125,8 @@ def cmd_results(args) -> int:
 
     study = study_id_of(args.study)
     out_root = results_root(study, args.out_root)
-    df = results(study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=out_root)
+    df = results(study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=out_root,
+                 overrides=args.overrides)
     if args.parquet:
         df.to_parquet(args.parquet, index=False)
         print(f"wrote {len(df)} rows to {args.parquet}")
@@ -140,15 +144,17 @@ def cmd_results(args) -> int:
 def cmd_table(args) -> int:
     from .paths import resolve_tracking_uri, results_root
     from .query import replicates, results
-    from .study import load_study
+    from .study import load_launch
     from .table import effects_text, table_text
 
-    study = load_study(args.study)
+    study = load_launch(args.study, args.profile, args.overrides)
     args.out_root = results_root(study.study, args.out_root)
-    df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root)
+    df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root,
+                 overrides=args.overrides)
     if df.empty:
-        raise ConfigError(f"{args.study}: no runs of profile {args.profile!r} in MLflow yet; "
-                          f"`ablab run {args.study} --profile {args.profile}` makes them")
+        named = launch_args(args.profile, study.overrides(args.profile))
+        raise ConfigError(f"{args.study}: no runs of {named} in MLflow yet; `ablab run {args.study} {named}` makes "
+                          f"them (a launch is named by its profile and its --set)")
     reps = replicates(df, resolve_tracking_uri(study.study, args.tracking_uri, args.out_root))
     if args.effects:
         if study.table_layout is None:
@@ -170,7 +176,19 @@ def _report(args, tracking_uri: Optional[str] = None) -> None:
     from dashboards.report import build_report
 
     build_report(args.study, args.profile, tracking_uri or args.tracking_uri, args.out_root,
-                 getattr(args, "dashboards", None))
+                 getattr(args, "dashboards", None), args.overrides)
+
+
+SET_HELP = ("override a config field of every trial, after the profile and the trials' own `set`, so it wins "
+            "(repeatable; VALUE is YAML: --set train.steps=[8,11]). The overrides name the launch with the profile: "
+            "its folder is <out-root>/<study>/<profile>+set-<digest> and its runs' ablab.profile tag the same, so a "
+            "trial trained with them is never resumed, skipped or tabulated as one trained without; resume, sync, "
+            "table, results and report take the same --set to find it")
+
+
+def _add_set(parser: argparse.ArgumentParser, text: str = SET_HELP) -> None:
+    """``--set KEY=VALUE`` (repeatable), parsed by detector.config.parse_sets wherever it is used."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text)
 
 
 def _command(sub, name: str, handler: Callable, text: str) -> argparse.ArgumentParser:
@@ -194,8 +212,7 @@ def _single_process_commands(sub) -> None:
     tr = _command(sub, "train", cmd_train, "train and evaluate one config in this process (no Ray, no MLflow)")
     tr.add_argument("config")
     tr.add_argument("--out", help="output folder (default runs/<config name>)")
-    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field, e.g. --set train.epochs=2")
+    _add_set(tr, "override a config field (repeatable; VALUE is YAML), e.g. --set train.epochs=2")
 
     ev = _command(sub, "evaluate", cmd_evaluate, "evaluate a checkpoint under any inference variants, from one pass")
     ev.add_argument("config")
@@ -205,7 +222,7 @@ def _single_process_commands(sub) -> None:
     ev.add_argument("--convention", choices=["iou_aware", "conf"], default="iou_aware",
                     help="what alpha weighs: iou_aware (paper 000) p^a q^(1-a); conf (paper 004) q^a p^(1-a)")
     ev.add_argument("--out")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_set(ev, "override a config field (repeatable; VALUE is YAML), e.g. --set inference.nms_iou=0.6")
 
 
 def _study_commands(sub) -> None:
@@ -229,6 +246,10 @@ def _study_commands(sub) -> None:
         if name == "resume":
             r.add_argument("--retry-failed", action="store_true",
                            help="run the failed trials again (from their last checkpoint), in their MLflow runs")
+            _add_set(r, "the --set of the launch to resume, as it was run (none: the profile's launch without "
+                        "overrides); its finished trials were trained with exactly those")
+        else:
+            _add_set(r)
 
     pl = _command(sub, "plan", cmd_plan, "what a study will cost before it runs: its trials, what each needs, the "
                                          "concurrency, and the wall time and CPU-/GPU-hours from a short benchmark")
@@ -253,6 +274,7 @@ def _study_commands(sub) -> None:
     sy.add_argument("--profile", default="smoke")
     sy.add_argument("--tracking-uri", help="MLflow URI to write to (default: the launch's, from launch.json)")
     sy.add_argument("--out-root", help="as for `ablab run`")
+    _add_set(sy, "the --set of the launch to sync, as it was run")
 
     sb = _command(sub, "submit", cmd_submit, "submit `ablab run` as a Ray job with the runtime env filled in")
     sb.add_argument("study")
@@ -264,6 +286,7 @@ def _study_commands(sub) -> None:
     sb.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
     sb.add_argument("--allow-large-grid", action="store_true", help="as for `ablab run`")
     sb.add_argument("--seeds", type=int, metavar="N", help="as for `ablab run`")
+    _add_set(sb, "as for `ablab run` (checked here, then passed on to the job's `ablab run`)")
 
 
 def _query_commands(sub) -> None:
@@ -282,6 +305,8 @@ def _query_commands(sub) -> None:
         parser.add_argument("--profile", default=None if parser is rs else "smoke")
         parser.add_argument("--tracking-uri")
         parser.add_argument("--out-root")
+        _add_set(parser, "the --set of the launch to read, as it was run (none: the profile's launch without "
+                         "overrides)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,19 +1,44 @@
-"""The names ablab gives things, in one place: MLflow experiment names and metric keys, a trial's key, and
-the files a trial (or ``ablab train`` / ``evaluate``) writes. No Ray, no MLflow, no torch: ``ablab.results``
+"""The names ablab gives things, in one place: MLflow experiment names and metric keys, a launch's and a trial's
+key, and the files a trial (or ``ablab train`` / ``evaluate``) writes. No Ray, no MLflow, no torch: ``ablab.results``
 and the reports import it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
+
+from detector.config import set_text
 
 EXPERIMENT_PREFIX = "ablab/"
 """A study's MLflow experiment is ``ablab/<study>``."""
 
 LAUNCH_FILE = "launch.json"
-"""In a study profile's folder: the study file, the profile and the tracking URI (without credentials) it
-logs to; resume reads it, ``--tracking-uri`` on resume rewrites it."""
+"""In a launch's folder: the study file, the profile, its ``--set`` overrides (``set``: {key: value}), the seeds
+and the tracking URI (without credentials) it logs to; resume reads it, ``--tracking-uri`` on resume rewrites it."""
+SET_TAG = "ablab.set"
+"""On a launch's runs (the launch run and every trial's): its ``--set`` overrides as JSON {key: value}."""
+
+
+def launch_key(profile: str, sets: dict[str, Any]) -> str:
+    """What names a launch of a study profile: its folder (``<output root>/<study>/<key>``) and its runs'
+    ``ablab.profile`` tag. The profile's name, and where ``--set`` overrides change its trial configs, a digest of
+    them as a set: ``paper+set-1a2b3c4d`` (``+`` is in no profile name). A folder or run trained under other
+    overrides is never resumed, skipped or tabulated as this launch's, and launches of one profile with and
+    without an override keep their results side by side. (The trial keys, which the rows read, stay the same.)"""
+    if not sets:
+        return profile
+    canonical = json.dumps(sorted(sets.items()), separators=(",", ":"), sort_keys=True)
+    return f"{profile}+set-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
+
+
+def launch_args(profile: str, sets: dict[str, Any]) -> str:
+    """The arguments that name a launch on the command line, quoted for a shell:
+    ``--profile paper --set 'train.steps=[9]'``."""
+    return " ".join(shlex.quote(a) for a in ["--profile", profile, *[w for k, v in sets.items()
+                                                                       for w in ("--set", set_text(k, v))]])
 HISTORY_FILE = "history.json"
 """Per-epoch training metrics, in a trial's folder and in each Train checkpoint."""
 CONFIG_FILE, METRICS_FILE, SCATTER_FILE, MODEL_FILE, ERROR_FILE, BOOTSTRAP_FILE = (

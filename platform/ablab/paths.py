@@ -11,12 +11,13 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from detector.config import ConfigError
 
 from .logs import log, setup_logging
+from .naming import launch_key
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 _NAME = re.compile(NAME)
@@ -84,9 +85,11 @@ def under(root: Path, *parts: str) -> Path:
     return path
 
 
-def study_dir(study_id: str, profile: str, root: Optional[str] = None) -> Path:
-    """The folder of one study profile's launch: ``<output root>/<study>/<profile>``."""
-    return under(output_root(root), check_name("study", study_id), check_name("profile", profile))
+def study_dir(study_id: str, profile: str, root: Optional[str] = None, sets: Optional[dict[str, Any]] = None) -> Path:
+    """The folder of one launch of a study profile: ``<output root>/<study>/<profile>``, or with ``--set``
+    overrides ``<output root>/<study>/<profile>+set-<digest>`` (naming.launch_key)."""
+    launch = launch_key(check_name("profile", profile), sets or {})
+    return under(output_root(root), check_name("study", study_id), launch)
 
 
 def resolve_tracking_uri(study_id: str, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> str:

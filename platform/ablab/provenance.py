@@ -3,7 +3,8 @@
 The records live beside the profiles, in ``profiles/provenance/`` next to the study file: one file per paper
 (``iou_aware.yaml``, ``pseudo_iou.yaml``, ``retinanet_conf.yaml``) and ``common.yaml``. A paper's file is a list
 of sections; each maps dotted config fields to ``{value, source}`` (and ``other`` where the paper and the
-authors' config disagree: the value the profile does not take and the ``--set`` that gives it), for the
+authors' config disagree: the value the profile does not take and the ``--set`` that gives it, which ``ablab
+show`` prints as the ``ablab run`` command that trains it), for the
 studies it names (all of the paper's when it names none); a later section overrides an earlier one.
 ``common.yaml`` has the records every paper shares (``settings``, which the papers' sections override) and,
 under ``unchecked``, the fields that change no number of a table (threads, logging), each with the reason.
@@ -14,12 +15,15 @@ its source, and its value is not compared with the record's.
 from __future__ import annotations
 
 import math
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from detector.config import Config, ConfigError, read_yaml_mapping
+from detector.config import Config, ConfigError, parse_sets, read_yaml_mapping
 
+from .naming import launch_args
 from .study import Study
 
 PROFILE = "paper"
@@ -37,6 +41,17 @@ class Record:
     value: Any = None
     other: Optional[str] = None
     checked: bool = True
+
+    @property
+    def other_sets(self) -> list[str]:
+        """The ``--set KEY=VALUE`` items that ``other`` names (the run that takes the other value)."""
+        return re.findall(r"--set (\S+)", self.other or "")
+
+
+def other_command(study: Study, rec: Record) -> str:
+    """The command that runs ``study``'s paper profile with the record's other value: ``ablab run STUDY --profile
+    paper --set KEY=VALUE ...``, quoted for a shell (parse_sets checks the items on the way)."""
+    return f"ablab run {shlex.quote(study.source)} {launch_args(PROFILE, parse_sets(rec.other_sets))}"
 
 
 def flat_settings(cfg: Config) -> dict[str, Any]:
@@ -153,4 +168,6 @@ def show_lines(study: Study) -> list[str]:
         lines.append(f"{field:<{width}}  {shown}  <- {source}")
         if rec.other:
             lines.append(f"{'':<{width}}  other: {rec.other}")
+            if rec.other_sets:
+                lines.append(f"{'':<{width}}  run it: {other_command(study, rec)}")
     return lines

@@ -4,18 +4,18 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from detector.config import ConfigError
+from detector.config import ConfigError, parse_sets
 
 from .paths import check_name, resolve_tracking_uri, results_root
 from .preflight import probe_tracking_server
-from .naming import BOOTSTRAP_FILE, EXPERIMENT_PREFIX, metric_key
+from .naming import BOOTSTRAP_FILE, EXPERIMENT_PREFIX, launch_key, metric_key
 
 
 def study_id_of(study: str) -> str:
@@ -36,15 +36,21 @@ def _cast(value: str) -> Any:
 
 
 def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
-            out_root: Optional[str] = None, include_failed: bool = True, **filters: Any) -> pd.DataFrame:
-    """One row per trial x inference variant: identity columns (study, profile, trial, seed, trial_key,
+            out_root: Optional[str] = None, include_failed: bool = True, overrides: Sequence[str] = (),
+            **filters: Any) -> pd.DataFrame:
+    """One row per trial x inference variant of a launch: ``profile`` with ``overrides`` (the ``--set`` items it
+    was run with; every launch of every profile if ``profile`` is None). Identity columns (study, profile: the
+    launch's key, ``paper+set-1a2b3c4d`` where it had overrides, trial, seed, trial_key,
     run_id, status, error, precision and hardware as resolved where the trial trained, variant), config columns (the flattened trial config, typed), and metric
     columns (AP, AP50, ..., AP90, pearson, ...). ``filters``: column=value equality (dots as in the config,
     e.g. ``**{"model.quality.branch": "iou"}`` or ``trial="iou"``)."""
     study_id = study_id_of(study)
     out_root = results_root(study_id, out_root)
+    sets = parse_sets(overrides)
     if profile is not None:
-        check_name("--profile", profile)  # it goes into MLflow's filter string
+        profile = launch_key(check_name("--profile", profile), sets)  # it goes into MLflow's filter string
+    elif sets:
+        raise ConfigError("--set names a launch of a profile: give --profile too")
     uri = resolve_tracking_uri(study_id, tracking_uri, out_root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise FileNotFoundError(f"no MLflow store for study {study_id} at {uri}; run the study or pass tracking_uri")
@@ -106,31 +112,30 @@ def replicates(frame: pd.DataFrame, tracking_uri: str) -> dict[str, dict[str, di
 
 
 def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
-           out_root: Optional[str] = None) -> pd.DataFrame:
-    """Every claim of a study file against its runs in MLflow: the paper's difference, ours with its 95%
-    interval, and the verdict (ablab.evidence.claims_frame)."""
+           out_root: Optional[str] = None, overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Every claim of a study file against its runs in MLflow (of the launch ``profile`` with ``overrides``): the
+    paper's difference, ours with its 95% interval, and the verdict (ablab.evidence.claims_frame)."""
     from .evidence import claims_frame
-    from .study import load_study
-
+    from .study import load_launch
     from .table import as_trained
 
-    spec = load_study(study)
+    spec = load_launch(study, profile, overrides)
     out_root = results_root(spec.study, out_root)
-    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
+    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
     return claims_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})
 
 
 def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
-            out_root: Optional[str] = None) -> pd.DataFrame:
+            out_root: Optional[str] = None, overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Each change of a study file against its baseline, per column (ablab.evidence.effects_frame), with the
-    row labels naming what the profile trained."""
+    row labels naming what the profile trained (in the launch with ``overrides``)."""
     from .evidence import effects_frame
-    from .study import load_study
+    from .study import load_launch
     from .table import as_trained
 
-    spec = load_study(study)
+    spec = load_launch(study, profile, overrides)
     out_root = results_root(spec.study, out_root)
-    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root)
+    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
     return effects_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})

@@ -17,19 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from detector.config import Config, ConfigError
+from detector.config import Config, ConfigError, set_text
 from detector.data import build_split
 
 from .estimate import RunEstimate
 from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking_uri, results_root, study_dir
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
-from .study import Study, load_study, resolve_configs
+from .study import Study, load_launch, resolve_configs
 from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, finished_trials, pending_entries
 from .logs import log, setup_logging
-from .naming import ERROR_FILE, LAUNCH_FILE, POINT, point_key, point_of
+from .naming import ERROR_FILE, LAUNCH_FILE, POINT, launch_args, launch_key, point_key, point_of
 from .trial import set_train_env
 
 @dataclass
@@ -42,6 +42,23 @@ class Plan:
     points: list[dict[str, Any]]
     configs: dict[str, Config]
     out_dir: Path
+    sets: dict[str, Any]
+    """The launch's ``--set`` overrides (in every config above); with the profile they name the launch."""
+
+    @property
+    def key(self) -> str:
+        """The launch's name: its folder's, and its runs' ``ablab.profile`` tag (naming.launch_key)."""
+        return launch_key(self.profile, self.sets)
+
+    @property
+    def args(self) -> str:
+        """``--profile P [--set K=V ...]``: what names this launch in the commands the log suggests."""
+        return launch_args(self.profile, self.sets)
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` items, as the commands (and ablab.results) take them."""
+        return [set_text(k, v) for k, v in self.sets.items()]
 
 
 MAX_TRIALS = 10_000
@@ -51,16 +68,19 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True,
-               allow_large_grid: bool = False, seeds: Optional[int] = None, resume: bool = False) -> Plan:
+               allow_large_grid: bool = False, seeds: Optional[int] = None, resume: bool = False,
+               overrides: Sequence[str] = ()) -> Plan:
     """Validate the study and every trial config, find every weights file, and open every data split once
     (which also writes the synthetic set if missing): a bad study, missing weights or data fail here,
     before Ray starts. ``check_data=False`` (submit) leaves files to the cluster that will read them.
-    ``seeds``: run seeds 0..N-1 instead of the profile's (not on resume: it keeps the seeds its launch ran)."""
-    study = load_study(study_path)
-    study.profile(profile)
+    ``seeds``: run seeds 0..N-1 instead of the profile's (not on resume: it keeps the seeds its launch ran).
+    ``overrides``: ``--set KEY=VALUE`` items, applied to every trial config last (Study.override); they name
+    the launch with the profile (its folder, its runs' profile tag), so a resume gives the launch's."""
+    study = load_launch(study_path, profile, overrides)
+    sets = study.overrides(profile)
     if resume:  # the launch where it is: a Ray job's, resumed from the checkout, is in ~/ablab-outputs
         out_root = results_root(study.study, out_root)
-    launch_file = study_dir(study.study, profile, out_root) / LAUNCH_FILE
+    launch_file = study_dir(study.study, profile, out_root, sets) / LAUNCH_FILE
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds: {seeds} must be at least 1")
@@ -76,7 +96,7 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
         raise ConfigError(f"{study_path}: profile {profile}: no trials")
     points = [p for p, _ in resolved]
     configs = {point_key(p): c for p, c in resolved}
-    out_dir = study_dir(study.study, profile, out_root)
+    out_dir = study_dir(study.study, profile, out_root, sets)
     if check_data:
         seen = set()
         for key, cfg in configs.items():
@@ -89,7 +109,7 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
                     raise ConfigError(f"{study_path} (trial {key}): data.train_split: {split!r} has no "
                                       f"annotations to train on")
         _check_weights(study_path, configs)
-    return Plan(study_path, study, profile, points, configs, out_dir)
+    return Plan(study_path, study, profile, points, configs, out_dir, sets)
 
 
 def _check_weights(study_path: str, configs: dict[str, Config]) -> None:
@@ -199,7 +219,7 @@ def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool, finished: frozen
         # is), so that losing a worker node costs the Train workers on it, which Train restarts elsewhere.
         needs = {"CPU": 0, "memory": 1 << 20, HEAD_NODE_RESOURCE: 0.001}
     trainable = tune.with_resources(trainable, needs)
-    logger = MlflowStudyLogger(tracking_uri, plan.study, plan.profile, configs, plan.out_dir / "trials",
+    logger = MlflowStudyLogger(tracking_uri, plan.study, plan.key, configs, plan.out_dir / "trials",
                                plan.out_dir / "mlflow_runs.json")
     return trainable, logger
 
@@ -254,13 +274,15 @@ def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_ur
 
 def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
               tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False,
-              allow_large_grid: bool = False, retry_failed: bool = False, seeds: Optional[int] = None) -> Outcome:
+              allow_large_grid: bool = False, retry_failed: bool = False, seeds: Optional[int] = None,
+              overrides: Sequence[str] = ()) -> Outcome:
     """Run (or resume) a study. ``retry_failed`` (with resume): run the failed trials again, each from its last
     checkpoint when it has one, in the same MLflow run. ``tracking_uri`` on resume replaces launch.json's.
-    ``seeds``: seeds 0..N-1 instead of the study's."""
+    ``seeds``: seeds 0..N-1 instead of the study's. ``overrides``: ``--set`` items (plan_study)."""
     setup_logging()
     t0 = time.perf_counter()
-    plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid, seeds=seeds, resume=resume)
+    plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid, seeds=seeds, resume=resume,
+                      overrides=overrides)
     tracking_uri = _launch(plan, address, tracking_uri, out_root, resume)
     forecast = RunEstimate(plan, skip=resume)  # its benchmark runs before Ray starts, on idle cores
 
@@ -274,7 +296,7 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     t_ray = time.perf_counter() - t_ray
     res = plan.study.resources_for(profile)
     max_conc = concurrency(plan)
-    log.info(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), profile {profile}: "
+    log.info(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), {plan.args}: "
              f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
     log.info(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per "
              f"trial, {max_conc} at a time")
@@ -293,21 +315,21 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         except Exception:
             if shutil.disk_usage(plan.out_dir).free < 1 << 20:  # e.g. Tune's error files truncated by a full disk
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the study stopped, its trials' reasons are in "
-                                            f"MLflow; free space, then `ablab resume {study_path} --profile {profile} "
+                                            f"MLflow; free space, then `ablab resume {study_path} {plan.args} "
                                             f"--retry-failed`", str(plan.out_dir)) from None
             raise
     t_fit = time.perf_counter() - t_fit
     failed, unfinished = summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit)
     if unfinished:
         log.info(f"interrupted: {unfinished} trial(s) stopped at their last checkpoint; "
-                 f"`ablab resume {study_path} --profile {profile}` finishes the study")
+                 f"`ablab resume {study_path} {plan.args}` finishes the study")
     pending = len(pending_entries(plan.out_dir))
     if plan.study.claims and not pending:
         _check_claims(plan, tracking_uri)
     if pending:
         log.warning(f"tracking: {pending} MLflow writes are not in {tracking_uri} yet (it did not answer); they are "
                     f"kept in {plan.out_dir / JOURNAL_FILE}, beside the trials' own files: "
-                    f"`ablab sync {study_path} --profile {profile}` writes them once it answers")
+                    f"`ablab sync {study_path} {plan.args}` writes them once it answers")
     if not unfinished:
         forecast.finish(None if pending else tracking_uri)
     return Outcome(failed, tracking_uri, interrupted=bool(unfinished), tracking_pending=pending)
@@ -319,21 +341,22 @@ def _check_claims(plan: Plan, tracking_uri: str) -> None:
     from .tracking import log_claims
 
     try:
-        frame = log_claims(plan.study_path, plan.profile, tracking_uri, plan.out_dir / "mlflow_runs.json")
+        frame = log_claims(plan.study_path, plan.profile, tracking_uri, plan.out_dir / "mlflow_runs.json",
+                           plan.overrides)
     except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost
         log.warning(f"claims: not checked ({type(err).__name__}: {str(err)[:200]}); `ablab table` checks them")
         return
     counts = frame["verdict"].value_counts()
     log.info(f"claims of the paper: {', '.join(f'{n} {v}' for v, n in counts.items())} "
-             f"(`ablab table {plan.study_path} --profile {plan.profile}` shows each)")
+             f"(`ablab table {plan.study_path} {plan.args}` shows each)")
 
 
 def sync_study(study_path: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
-               out_root: Optional[str] = None) -> int:
-    """Write the MLflow writes a launch could not make (its journal) to its store, without Ray; returns how
-    many are still waiting (0: MLflow holds everything)."""
+               out_root: Optional[str] = None, overrides: Sequence[str] = ()) -> int:
+    """Write the MLflow writes a launch (the profile's, with ``overrides``) could not make (its journal) to its
+    store, without Ray; returns how many are still waiting (0: MLflow holds everything)."""
     setup_logging()
-    plan = plan_study(study_path, profile, out_root, check_data=False)
+    plan = plan_study(study_path, profile, out_root, check_data=False, overrides=overrides)
     entries = pending_entries(plan.out_dir)
     if not entries:
         log.info(f"nothing to sync: every MLflow write of {plan.out_dir} is in its store")
@@ -355,14 +378,17 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
     explicit = tracking_uri is not None
     if resume:
         if not launch_file.is_file():
-            raise ConfigError(f"nothing to resume: {launch_file} not found (run the study first)")
+            others = [f"`ablab resume {plan.study_path} {args}`" for args in other_launches(plan)]
+            raise ConfigError(f"nothing to resume: no launch of {plan.args} ({launch_file} not found; run the study "
+                              f"first)" + ("; the profile's launches there, each named by its --set: "
+                                           + ", ".join(others) if others else ""))
         # launch.json holds the URI without credentials: they come back from the environment (or --tracking-uri).
         tracking_uri = adopt_credentials(tracking_uri or json.loads(launch_file.read_text())["tracking_uri"])
     else:
         tracking_uri = resolve_tracking_uri(plan.study.study, tracking_uri, out_root)
         if (plan.out_dir / "tune").exists():
             raise ConfigError(f"{plan.out_dir} already holds a run of this study: `ablab resume {plan.study_path}"
-                              f" --profile {plan.profile}` finishes it (add --retry-failed to run its failed trials "
+                              f" {plan.args}` finishes it (add --retry-failed to run its failed trials "
                               f"again); delete the folder to start over")
     try:
         preflight(plan, address, tracking_uri, explicit_uri=explicit, check_cluster=check_cluster)
@@ -371,9 +397,17 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
             raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
         raise
     kept = json.loads(launch_file.read_text()) if resume else {}  # e.g. the launch's estimate and wall
-    launch_file.write_text(json.dumps({**kept, "study": plan.study_path, "profile": plan.profile,
+    launch_file.write_text(json.dumps({**kept, "study": plan.study_path, "profile": plan.profile, "set": plan.sets,
                                        "tracking_uri": tracking_uri, "seeds": plan.study.seeds_for(plan.profile)}, indent=1))
     return tracking_uri
+
+
+def other_launches(plan: Plan) -> list[str]:
+    """``--profile P [--set ...]`` of every launch of the plan's profile in its study's folder but the plan's own
+    (read from their launch.json: a launch without a ``set`` there has none)."""
+    folders = [plan.out_dir.with_name(plan.profile), *plan.out_dir.parent.glob(f"{plan.profile}+set-*")]
+    return [launch_args(plan.profile, json.loads((f / LAUNCH_FILE).read_text()).get("set", {}))
+            for f in sorted(folders) if f != plan.out_dir and (f / LAUNCH_FILE).is_file()]
 
 
 def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, resume: bool, retry_failed: bool):
@@ -427,7 +461,7 @@ def _rebuild_points(plan: Plan, tracking_uri: str, damage: str, retry_failed: bo
     a damaged one (kept beside it): each trial's driver finds its Train checkpoints by name, and its run in
     the run registry, so nothing done is lost or run twice."""
     tune_dir = plan.out_dir / "tune"
-    advice = f"`ablab resume {plan.study_path} --profile {plan.profile} --retry-failed`"
+    advice = f"`ablab resume {plan.study_path} {plan.args} --retry-failed`"
     if not retry_failed:
         raise ConfigError(f"{tune_dir}: Ray Tune's saved state is damaged ({damage}; written on a full disk?): "
                           f"{advice} runs every trial that has not finished again, from its last checkpoint")
@@ -436,7 +470,7 @@ def _rebuild_points(plan: Plan, tracking_uri: str, damage: str, retry_failed: bo
     points = [p for p in plan.points if point_key(p) not in finished]
     if not points:
         raise ConfigError(f"nothing to resume: every trial of {plan.out_dir} has finished (its Ray Tune state is "
-                          f"damaged: {damage}); `ablab table {plan.study_path} --profile {plan.profile}` shows them")
+                          f"damaged: {damage}); `ablab table {plan.study_path} {plan.args}` shows them")
     aside = tune_dir.with_name(f"tune.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     tune_dir.rename(aside)
     log.warning(f"ray tune: its saved state is damaged ({damage}); it is kept in {aside}, and a new Tune run takes "
@@ -491,8 +525,9 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
              f"{failed} failed{stopped}")
     for line in lines:
         log.info(line)
-    log.info(f"results: ablab results {plan.study_path} --profile {plan.profile}   |   "
-        f"python -c \"import ablab; print(ablab.results('{plan.study.study}', profile='{plan.profile}'))\"")
+    overrides = f", overrides={plan.overrides!r}" if plan.sets else ""
+    log.info(f"results: ablab results {plan.study_path} {plan.args}   |   python -c \"import ablab; "
+             f"print(ablab.results('{plan.study.study}', profile='{plan.profile}'{overrides}))\"")
     log.info(f"mlflow: {tracking_uri}")
     for line in browse_lines(tracking_uri, RunRegistry(plan.out_dir / "mlflow_runs.json").data.get("experiment")):
         log.info(line)

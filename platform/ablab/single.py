@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import yaml
 
-from detector.config import (Config, ConfigError, VariantConfig, check_tree, load_config, parse_config, parse_variant,
-                             set_dotted, yaml_problem)
+from detector.config import (Config, ConfigError, VariantConfig, apply_sets, load_config, parse_config, parse_sets,
+                             parse_variant, sets_source)
 from detector.data import build_split
 from detector.engine import evaluate, model_from_checkpoint, read_checkpoint, train
 
@@ -18,22 +18,9 @@ from .preflight import check_output_dir
 
 
 def config_with_overrides(path: str, overrides: list[str]) -> Config:
-    """Load a config file and apply ``a.b.c=value`` overrides (values parsed as YAML)."""
-    cfg = load_config(path)
-    raw: dict[str, Any] = cfg.model_dump()
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
-        try:
-            parsed = yaml.safe_load(value)  # safe: a python/... tag is refused, never constructed
-            check_tree(parsed, f"--set {item!r}")
-            raw = set_dotted(raw, key, parsed)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(err)}") from None
-        except ConfigError as err:
-            raise ConfigError(f"--set {item!r}: {err}") from None
-    return parse_config(raw, source=f"{path} with --set")
+    """Load a config file and apply ``a.b.c=value`` overrides (detector.config.parse_sets)."""
+    sets = parse_sets(overrides)
+    return parse_config(apply_sets(load_config(path).model_dump(), sets), source=sets_source(path, sets))
 
 
 def metrics_table(metrics: dict[str, float], keys: tuple[str, ...] = ("AP", "AP50", "AP75", "AP90", "mAP", "pearson")) -> str:

@@ -12,12 +12,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from detector.config import (Config, ConfigError, VariantConfig, deep_merge, format_validation_error, parse_config,
-                             parse_variant, read_yaml_mapping, set_dotted)
+from detector.config import (Config, ConfigError, VariantConfig, apply_sets, deep_merge, format_validation_error,
+                             parse_config, parse_sets, parse_variant, read_yaml_mapping, set_dotted, set_text, sets_source)
 
 from .naming import variant_slug
 from .paths import NAME, check_name
@@ -176,6 +176,8 @@ class Study(Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     _source: str = PrivateAttr("study")
+    _sets: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+    """Profile -> the command line's ``--set`` overrides for it (``override``)."""
 
     @property
     def source(self) -> str:
@@ -279,6 +281,28 @@ class Study(Strict):
             raise ConfigError(f"profile {name!r} not in study {self.study} (has: {sorted(self.profiles)})")
         return self.profiles[name]
 
+    def override(self, profile: str, sets: dict[str, Any]) -> None:
+        """Apply ``sets`` (the command line's ``--set``, detector.config.parse_sets) to every trial config of
+        ``profile``, after the profile and the trials' own ``set`` / ``profiles`` overrides: they win. A study
+        axis is refused (the seeds, a grid key, the variants): its values are the trials' keys and the table's
+        rows, which one value for all would make lie."""
+        self.profile(profile)
+        axes = {"train.seed": "the study's seed axis (--seeds N sets the seeds)",
+                **{k: "a grid axis of the study" for k in self.grid},
+                **{k: f"a grid axis of trial {t.name}" for t in self.trials for k in t.grid}}
+        if self.variants:
+            axes["inference.variants"] = "the study's inference axis (its variants)"
+        for key, value in sets.items():
+            for axis, what in axes.items():
+                if key == axis or axis.startswith(key + ".") or key.startswith(axis + "."):
+                    raise ConfigError(f"--set {set_text(key, value)}: {axis} is {what} in {self.source}: edit the "
+                                      f"study to change it")
+        self._sets[profile] = dict(sets)
+
+    def overrides(self, profile: str) -> dict[str, Any]:
+        """The ``--set`` overrides of ``profile`` (``override``); empty if none."""
+        return self._sets.get(profile, {})
+
     def resources_for(self, profile: str) -> Resources:
         return self.profile(profile).resources or self.resources
 
@@ -309,7 +333,7 @@ class Study(Strict):
         return points
 
     def trial_config(self, profile: str, point: dict[str, Any]) -> Config:
-        """The full detector config of one training point."""
+        """The full detector config of one training point, with the profile's ``--set`` overrides (``override``)."""
         raw = deep_merge(self.base, self.profile(profile).base)
         spec = next(t for t in self.trials if t.name == point["trial"])
         overrides = {**spec.set, **spec.profiles.get(profile, {}),
@@ -321,6 +345,13 @@ class Study(Strict):
             except ConfigError as err:
                 raise ConfigError(f"{source}: {err}") from None
         raw = set_dotted(raw, "train.seed", point["seed"])
+        sets = self.overrides(profile)
+        if sets:  # before the variants: which apply depends on the quality branch, which they may set
+            try:
+                raw = apply_sets(raw, sets)
+            except ConfigError as err:
+                raise ConfigError(f"{source}: {err}") from None
+            source = sets_source(source, sets)
         variants = self.variant_configs()
         if variants:
             branch = parse_config(raw, source=source).model.quality.branch
@@ -364,6 +395,13 @@ def load_study(path: str | Path) -> Study:
                 raise ConfigError(f"profiles.{name}.extends: file not found: {shared}")
             profile.base = deep_merge(read_yaml_mapping(shared, f"profiles.{name}.extends"), profile.base)
             profile.extends = None  # merged: a Study is self-contained once loaded
+    return study
+
+
+def load_launch(path: str | Path, profile: str, overrides: Sequence[str] = ()) -> Study:
+    """The study of one launch: ``load_study`` with the launch's ``--set`` items (parse_sets) on ``profile``."""
+    study = load_study(path)
+    study.override(profile, parse_sets(overrides))
     return study
 
 

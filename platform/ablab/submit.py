@@ -5,13 +5,13 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from detector.config import ConfigError
 
 from .paths import adopt_credentials
 from .preflight import check_job_server, check_tracking_uri
-from .runner import plan_study
+from .runner import Plan, plan_study
 from .trial import TRAIN_ENV
 
 # Environment that a study's job needs from the submitting machine when set there. Never credentials: a job's
@@ -39,11 +39,24 @@ def runtime_env(working_dir: str, tracking_uri: Optional[str], pip: list[str]) -
     return env
 
 
+def entrypoint(study: str, plan: Plan, allow_large_grid: bool, seeds: Optional[int]) -> str:
+    """The job's command: ``ablab run`` of ``study`` (relative to the working dir) with the plan's launch (its
+    profile and ``--set`` overrides, as parse_sets reads them back) and flags, quoted for the job's shell."""
+    command = f"python -m ablab.cli run {shlex.quote(study)} {plan.args}"
+    if allow_large_grid:
+        command += " --allow-large-grid"
+    if seeds is not None:
+        command += f" --seeds {int(seeds)}"
+    return command
+
+
 def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[str], working_dir: str,
-           pip: list[str], wait: bool, allow_large_grid: bool = False, seeds: Optional[int] = None) -> int:
+           pip: list[str], wait: bool, allow_large_grid: bool = False, seeds: Optional[int] = None,
+           overrides: Sequence[str] = ()) -> int:
     """Validate the study here (its data and weights are the cluster's to check), then submit its run."""
     check_job_server(address)
-    plan_study(study_path, profile, check_data=False, allow_large_grid=allow_large_grid, seeds=seeds)
+    plan = plan_study(study_path, profile, check_data=False, allow_large_grid=allow_large_grid, seeds=seeds,
+                      overrides=overrides)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         check_tracking_uri(adopt_credentials(uri), "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")
@@ -52,18 +65,14 @@ def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[s
     rel = os.path.relpath(Path(study_path).resolve(), Path(working_dir).resolve())
     if rel.startswith(".."):
         raise ConfigError(f"study {study_path} must live inside the working dir {working_dir}")
-    entrypoint = f"python -m ablab.cli run {shlex.quote(rel)} --profile {shlex.quote(profile)}"
-    if allow_large_grid:
-        entrypoint += " --allow-large-grid"
-    if seeds is not None:
-        entrypoint += f" --seeds {int(seeds)}"
+    command = entrypoint(rel, plan, allow_large_grid, seeds)
     env = runtime_env(working_dir, tracking_uri, pip)
     if any(os.environ.get(k) for k in CREDENTIAL_ENV):
         print("note: MLflow credentials are not sent with the job (its runtime env is readable through the job API); "
               "the job uses MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the cluster nodes' environment")
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env)
-    print(f"submitted {job_id} to {address}: {entrypoint}")
+    job_id = client.submit_job(entrypoint=command, runtime_env=env)
+    print(f"submitted {job_id} to {address}: {command}")
     print(f"follow: ray job logs --address {address} --follow {job_id}")
     if not wait:
         return 0

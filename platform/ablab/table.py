@@ -13,6 +13,8 @@ from typing import Optional
 
 import pandas as pd
 
+from detector.config import sets_source
+
 from .study import Row, Study
 
 
@@ -103,7 +105,8 @@ def as_trained(study: Study, profile: str) -> Study:
 
 def setting(study: Study, profile: str, results: Optional[pd.DataFrame] = None) -> str:
     """What a profile trained: data, val images, image size, backbones and their initialisation, epochs, seeds
-    (e.g. "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"), from its
+    (e.g. "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"), and the launch's
+    ``--set`` overrides (e.g. "... 1 seed with --set train.steps=[9]"), from its
     resolved configs and, where ``results`` hold them, the runs' own counts of val images and seeds."""
     configs = [study.trial_config(profile, p) for p in study.trial_points(profile)]
     data = configs[0].data
@@ -124,8 +127,9 @@ def setting(study: Study, profile: str, results: Optional[pd.DataFrame] = None) 
         c.model.backbone.pretrained, "initialised from a weights file") for c in configs}))
     epochs = sorted({c.train.epochs for c in configs})
     seeds = done["seed"].nunique() if done is not None and "seed" in done else len(study.seeds_for(profile))
-    return (f"{data.kind} {data.val_split}{images}, {size}, {', '.join(names)} {init_text}, "
-            f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, {seeds} seed{'s' if seeds != 1 else ''}")
+    return sets_source(f"{data.kind} {data.val_split}{images}, {size}, {', '.join(names)} {init_text}, "
+                       f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, "
+                       f"{seeds} seed{'s' if seeds != 1 else ''}", study.overrides(profile))
 
 
 def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None,

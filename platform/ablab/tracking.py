@@ -20,8 +20,8 @@ from ray.tune import Callback
 from .journal import FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, finished_trials, unavailable
 from .logs import log
 from .paths import browse_lines
-from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, LAUNCH_FILE, TRIAL_FILES,
-                     metric_key, point_key, point_of)
+from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, LAUNCH_FILE, SET_TAG,
+                     TRIAL_FILES, metric_key, point_key, point_of)
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """A nested config as MLflow params: dotted keys, each value JSON (``ablab.results`` reads it back typed)."""
@@ -57,7 +57,8 @@ class MlflowStudyLogger(Callback):
     The experiment and the launch run are made when the study starts (the store was checked just before);
     every later write goes through the study's :class:`~ablab.journal.Journal`, so no trial and no Tune
     callback waits on an MLflow write, and an outage costs nothing but delay (the one read left is a trial's
-    logged epochs, once per trial and process)."""
+    logged epochs, once per trial and process). ``profile`` is the launch's key (naming.launch_key): the runs'
+    ``ablab.profile`` tag."""
 
     def __init__(self, tracking_uri: str, study, profile: str, configs: dict[str, dict], artifacts_root: Path,
                  registry_path: Path):
@@ -80,6 +81,7 @@ class MlflowStudyLogger(Callback):
         self._tagged: dict[tuple[str, str], str] = {}  # (key, tag) -> value written by this process
         self._errors: dict[str, str] = {}  # trial key -> the failure its driver reported
         self._finished_before: frozenset[str] = frozenset()  # trials FINISHED in MLflow before this launch
+        self._sets: dict[str, Any] = {}  # the launch's --set overrides (launch.json), tagged on its runs
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -108,7 +110,8 @@ class MlflowStudyLogger(Callback):
         # one (resume may have replaced it with --tracking-uri).
         launch = self.registry_path.parent / LAUNCH_FILE
         if launch.is_file():
-            self.tracking_uri, self._client = json.loads(launch.read_text())["tracking_uri"], None
+            record = json.loads(launch.read_text())
+            self.tracking_uri, self._client, self._sets = record["tracking_uri"], None, record.get("set", {})
         # A request to a server that is down fails in seconds instead of MLflow's two minutes of retries: the
         # journal tries again itself.
         for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
@@ -141,8 +144,10 @@ class MlflowStudyLogger(Callback):
         return {"mlflow.note.content": note, "mlflow.experimentKind": "custom_model_development"}
 
     def _common_tags(self) -> dict[str, str]:
+        """``ablab.profile`` is the launch's key (naming.launch_key): the profile, and a digest of ``--set``."""
         return {"ablab.study": self.study.study, "ablab.paper": self.study.paper, "ablab.table": self.study.table,
-                "ablab.profile": self.profile, "mlflow.source.git.commit": self.commit}
+                "ablab.profile": self.profile, "mlflow.source.git.commit": self.commit,
+                **({SET_TAG: json.dumps(self._sets)} if self._sets else {})}
 
     def _parent_run(self) -> tuple[str, bool]:
         """The launch run's id, and whether it existed (a resume reopens it through the journal)."""
@@ -334,7 +339,7 @@ class MlflowStudyLogger(Callback):
                         f"they wait in {self.journal.path}")
 
 
-def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: Path):
+def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: Path, overrides: list[str]):
     """Check the study's claims against its finished runs (ablab.query.claims) and put them on the launch run:
     metrics ``claim/<i>/ours``, ``/lo``, ``/hi``, ``/paper`` and tags ``ablab.claim.<i>`` (verdict: the pair)
     and ``ablab.claims`` (the count of each verdict). Returns the claims frame."""
@@ -342,7 +347,7 @@ def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: 
 
     from .query import claims
 
-    frame = claims(study_path, profile=profile, tracking_uri=tracking_uri)
+    frame = claims(study_path, profile=profile, tracking_uri=tracking_uri, overrides=overrides)
     run_id = RunRegistry(registry_path).data["parent"]
     now = int(time.time() * 1000)
     metrics, tags = [], []
