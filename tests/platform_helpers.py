@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -56,6 +58,12 @@ def readme_line(block: list[str], start: str) -> str:
     """The one line of a README block that starts with ``start``."""
     (line,) = [line for line in block if line.startswith(start)]
     return line
+
+
+def run_cli(*args: str, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``ablab ARGS`` as a user runs it, in a fresh process (its output captured as text)."""
+    return subprocess.run([sys.executable, "-m", "ablab.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
 
 
 def ablab_env(out_root: Path, **extra) -> dict:

@@ -1,6 +1,5 @@
 """A real study end to end: local Ray cluster, Ray Tune x Ray Train, MLflow (SQLite), results()."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,14 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from detector.precision import hardware_summary, resolve_precision
 
-from platform_helpers import ablab_env, run_watching_listeners, write_study
+from platform_helpers import ablab_env, run_cli, run_watching_listeners, write_study
 
 pytestmark = pytest.mark.slow
-
-
-def run_cli(*args, env, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ablab.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")

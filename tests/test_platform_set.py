@@ -2,23 +2,16 @@
 trained trial's config in MLflow, the launch is named by it, and the reading commands find it with the same
 --set (and only with it)."""
 import json
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from ablab.naming import launch_key
-from platform_helpers import ablab_env, write_study
+from platform_helpers import ablab_env, run_cli, write_study
 
 pytestmark = pytest.mark.slow
 
 SETS = ["train.lr=0.005", "train.steps=[1]"]
-
-
-def ablab(*args, env, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ablab.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def launched(synthetic_root, tmp_path_factory):
     study = write_study(tmp / "set_study.yaml", synthetic_root, trials=[{"name": "iou", "set": {"model.quality.branch": "iou"}}],
                         layout=layout)
     env = ablab_env(tmp / "out")
-    r = ablab("run", str(study), "--profile", "smoke", *[w for s in SETS for w in ("--set", s)], env=env)
+    r = run_cli("run", str(study), "--profile", "smoke", *[w for s in SETS for w in ("--set", s)], env=env)
     return str(study), tmp / "out", env, r
 
 
@@ -58,15 +51,15 @@ def test_the_reading_commands_find_the_launch_by_the_same_set(launched):
 
     study, out, env, r = launched
     assert r.returncode == 0, r.stderr[-3000:]
-    table = ablab("table", study, "--profile", "smoke", "--set", SETS[1], "--set", SETS[0], env=env)  # any order
+    table = run_cli("table", study, "--profile", "smoke", "--set", SETS[1], "--set", SETS[0], env=env)  # any order
     assert table.returncode == 0, table.stderr
     assert "IoU-aware" in table.stdout and "1 seed with --set train.steps=[1] --set train.lr=0.005" in table.stdout
     df = api.results(study, profile="smoke", overrides=SETS, out_root=str(out))
     assert set(df["variant"]) == {"cls", "alpha=0.5"} and set(df["train.lr"]) == {0.005}
     assert set(df["profile"]) == {launch_key("smoke", {"train.lr": 0.005, "train.steps": [1]})}
     assert api.results(study, profile="smoke", out_root=str(out)).empty  # the launch without --set never ran
-    plain = ablab("table", study, "--profile", "smoke", env=env)
+    plain = run_cli("table", study, "--profile", "smoke", env=env)
     assert plain.returncode == 2 and "no runs of --profile smoke in MLflow yet" in plain.stderr
-    resumed = ablab("resume", study, "--profile", "smoke", "--set", "train.lr=0.01", env=env, timeout=120)
+    resumed = run_cli("resume", study, "--profile", "smoke", "--set", "train.lr=0.01", env=env, timeout=120)
     assert resumed.returncode == 2 and "no launch of --profile smoke --set train.lr=0.01" in resumed.stderr
     assert "--profile smoke --set train.lr=0.005 --set 'train.steps=[1]'" in resumed.stderr
