@@ -59,7 +59,7 @@ def test_the_reading_commands_find_the_launch_by_the_same_set(launched):
     assert set(df["profile"]) == {launch_key("smoke", {"train.lr": 0.005, "train.steps": [1]})}
     assert api.results(study, profile="smoke", out_root=str(out)).empty  # the launch without --set never ran
     plain = run_cli("table", study, "--profile", "smoke", env=env)
-    assert plain.returncode == 2 and "no runs of --profile smoke in MLflow yet" in plain.stderr
+    assert plain.returncode == 2 and "no runs of profile 'smoke' in MLflow yet" in plain.stderr
     resumed = run_cli("resume", study, "--profile", "smoke", "--set", "train.lr=0.01", env=env, timeout=120)
     assert resumed.returncode == 2 and "no launch of --profile smoke --set train.lr=0.01" in resumed.stderr
     assert "--profile smoke --set train.lr=0.005 --set 'train.steps=[1]'" in resumed.stderr

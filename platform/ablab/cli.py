@@ -152,9 +152,10 @@ def cmd_table(args) -> int:
     df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root,
                  overrides=args.overrides)
     if df.empty:
-        named = launch_args(args.profile, study.overrides(args.profile))
-        raise ConfigError(f"{args.study}: no runs of {named} in MLflow yet; `ablab run {args.study} {named}` makes "
-                          f"them (a launch is named by its profile and its --set)")
+        sets = study.overrides(args.profile)
+        named = launch_args(args.profile, sets)
+        what = f"{named} (a launch is named by its profile and its --set)" if sets else f"profile {args.profile!r}"
+        raise ConfigError(f"{args.study}: no runs of {what} in MLflow yet; `ablab run {args.study} {named}` makes them")
     reps = replicates(df, resolve_tracking_uri(study.study, args.tracking_uri, args.out_root))
     if args.effects:
         if study.table_layout is None:
