@@ -151,8 +151,8 @@ def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Det
             upto = min(m, len(v))
             passing = int((v[:upto] > cfg.score_thresh).sum())  # a prefix
             ready = passing
-            if upto == len(v) and not complete and passing == upto:
-                ready = int((v > v[-1]).sum())  # more of the last score may follow beyond v
+            if not complete and passing == upto and v[upto - 1] == v[-1]:
+                ready = int((v > v[-1]).sum())  # more of the last score may follow beyond v, some of lower index
             candidates = torch.cat([kept, i[decided:ready]])
             kept = candidates[_class_wise_nms(raw.boxes[img, candidates // c], candidates % c, cfg.nms_iou)]
             if len(kept) >= cfg.max_dets or passing < upto or (upto == len(v) and complete):

@@ -34,6 +34,8 @@ def test_a_trial_is_steps_x_epochs_plus_validation_evaluation_and_overhead():
     assert overhead == pytest.approx(TRIAL_OVERHEAD_S["tune"] + 1.0)
     two_workers = Resources(workers=2)
     assert trial_seconds(cfg, two_workers, cost, 100, 50)[3] == pytest.approx(TRIAL_OVERHEAD_S["train"] + 1.0)
+    # 3 workers of 8 // 3 = 2 images each (the engine's split): ceil(ceil(100 / 3) / 2) = 17 steps per epoch
+    assert trial_seconds(cfg, Resources(workers=3), cost, 100, 50)[0] == pytest.approx(4 * 17 * 0.5)
 
 
 def test_gpu_table_figures_scale_by_pixels_and_an_override_replaces_them():
@@ -142,6 +144,8 @@ def test_a_gpu_profile_without_a_figure_is_one_line_naming_the_table_and_backbon
     assert "'resnet18'" in error and "--gpu-throughput" in error
     bad = plan(str(study), "--gpu-throughput", "-3", env=ablab_env(tmp_path / "out"))
     assert bad.returncode == 2 and "--gpu-throughput: -3 images/s must be positive" in bad.stderr
+    nan = plan(str(study), "--gpu-throughput", "nan", env=ablab_env(tmp_path / "out"))
+    assert nan.returncode == 2 and nan.stderr.startswith("ablab: error: --gpu-throughput: nan")
 
 
 

@@ -141,3 +141,16 @@ def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps(top
         assert torch.equal(ours[img].scores, v[keep]) and torch.equal(ours[img].labels, lab[keep]), img
         assert torch.equal(ours[img].boxes, bx[keep]), img
     assert len(ours[1].scores) < 20  # suppression left few: the prefix grew to every candidate
+
+
+@pytest.mark.parametrize("max_dets", [1, 3])
+def test_tied_scores_are_kept_in_index_order_even_past_the_first_top_k(max_dets):
+    """2000 priors of one class, every score 0.5, no two boxes overlapping: the image's first top-k returns
+    1000 of the ties in no particular order; select keeps the first max_dets priors by index."""
+    n = 2000
+    x = torch.arange(n, dtype=torch.float32)[:, None] * 20
+    boxes = torch.cat([x, torch.zeros(n, 1), x + 10, torch.full((n, 1), 10.0)], 1)[None]
+    p = torch.full((1, n, 1), 0.5)
+    raw = RawPredictions(boxes, p, None, None, [1000, 1000])
+    got = select(raw, p, InferenceConfig(score_thresh=0.05, topk_per_level=1000, max_dets=max_dets))[0]
+    assert got.boxes[:, 0].tolist() == [20.0 * k for k in range(max_dets)]

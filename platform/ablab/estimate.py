@@ -34,12 +34,13 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from detector.benchmark import MAX_STEPS
 from detector.config import Config, ConfigError, format_validation_error, read_yaml_mapping
@@ -158,17 +159,27 @@ def measure(configs: list[dict[str, Any]], gpu: bool, copies: int = 1) -> list[C
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    job = json.dumps({"budget_s": BENCH_BUDGET_S, "configs": configs})
-    children = [subprocess.Popen([sys.executable, "-m", "detector.benchmark"], text=True, env=env,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                for _ in range(max(1, copies))]
+    children = []
+    with tempfile.TemporaryDirectory() as tmp:  # every copy reads its job from the file at once: they run together
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"budget_s": BENCH_BUDGET_S, "configs": configs}))
+        for _ in range(max(1, copies)):
+            with job.open() as stdin:
+                children.append(subprocess.Popen([sys.executable, "-m", "detector.benchmark"], text=True, env=env,
+                                                 stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     runs = []
-    for child in children:
-        out, err = child.communicate(job)
-        if child.returncode != 0:
-            tail = " ".join(err.strip().splitlines()[-1:])[:400]
-            raise ConfigError(f"the benchmark of the study's configs failed (exit {child.returncode}): {tail}")
-        runs.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        for child in children:
+            out, err = child.communicate()
+            if child.returncode != 0:
+                tail = " ".join(err.strip().splitlines()[-1:])[:400]
+                raise ConfigError(f"the benchmark of the study's configs failed (exit {child.returncode}): {tail}")
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:  # a failed copy (or Ctrl-C) leaves no other copy running beside the study
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     costs = []
     for timings in zip(*runs):
         mean = {k: sum(t[k] for t in timings) / len(timings) for k in ("step_s", "forward_s_per_image", "setup_s")}
@@ -188,8 +199,8 @@ class _Strict(BaseModel):
 
 class _Reference(_Strict):
     gpu: str
-    train_size: tuple[int, int]
-    test_size: tuple[int, int]
+    train_size: tuple[PositiveInt, PositiveInt]
+    test_size: tuple[PositiveInt, PositiveInt]
 
 
 class _Entry(_Strict):
@@ -263,11 +274,17 @@ class TrialEstimate:
         return self.train_s + self.val_s + self.eval_s + self.overhead_s
 
 
+def steps_per_epoch(cfg: Config, res: Resources, train_images: int) -> int:
+    """Steps of one epoch: each worker takes its share of the images, ``worker_batch`` at a time (the engine's
+    ``batch_size // workers``)."""
+    return math.ceil(math.ceil(train_images / res.workers) / worker_batch(cfg, res))
+
+
 def trial_seconds(cfg: Config, res: Resources, cost: Cost, train_images: int, val_images: int
                   ) -> tuple[float, float, float, float]:
     """(train, per-epoch validation, final evaluation, overhead) seconds of one trial: the module's formula."""
     t = cfg.train
-    train = t.epochs * math.ceil(train_images / t.batch_size) * cost.step_s
+    train = t.epochs * steps_per_epoch(cfg, res, train_images) * cost.step_s
     val_passes = t.epochs // t.val_every if t.val_every else 0
     val = val_passes * min(t.val_images, val_images) * (cost.forward_s_per_image + POST_S)
     evaluate = val_images * (cost.forward_s_per_image + len(cfg.variants()) * POST_S)
@@ -361,11 +378,12 @@ def duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def machine_resources() -> dict[str, float]:
-    """The CPUs and GPUs the embedded cluster would see on this machine, without starting Ray."""
+def machine_resources(count_gpus: bool = True) -> dict[str, float]:
+    """The CPUs and GPUs the embedded cluster would see on this machine, without starting Ray.
+    ``count_gpus=False`` leaves the GPUs uncounted (0), so that a CPU profile's driver never imports torch."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     gpus = 0
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
+    if count_gpus and os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
         import torch
 
         gpus = torch.cuda.device_count()
@@ -418,7 +436,7 @@ def price(plan, gpu_throughput: Optional[float] = None, table_path: Optional[Pat
         return Pricing(list(groups.values()), costs, images, 0.0)
     copies = 1
     if not res.gpus_per_worker:  # one GPU is one trial's: copies would share what trials never share
-        copies = min(cluster_concurrency(plan, machine_resources(), "")[0], at_once or len(plan.configs))
+        copies = min(cluster_concurrency(plan, machine_resources(count_gpus=False), "")[0], at_once or len(plan.configs))
     costs = measure([benchmark_config(cfg, res) for cfg in firsts], gpu=res.gpus_per_worker > 0, copies=copies)
     return Pricing(list(groups.values()), costs, images, time.perf_counter() - t0)
 
@@ -462,7 +480,7 @@ def benchmark_share(plan, images: dict[str, tuple[int, int]]) -> tuple[int, int]
     """(steps the benchmark trains, steps the study trains): a warm-up and MAX_STEPS per distinct config."""
     res = plan.study.resources_for(plan.profile)
     distinct = len({cost_key(cfg, res) for cfg in plan.configs.values()})
-    study = sum(cfg.train.epochs * math.ceil(images[key][0] / cfg.train.batch_size) for key, cfg in plan.configs.items())
+    study = sum(cfg.train.epochs * steps_per_epoch(cfg, res, images[key][0]) for key, cfg in plan.configs.items())
     return distinct * (1 + MAX_STEPS), study
 
 
@@ -485,7 +503,7 @@ def plan_command(study_path: str, profile: str, address: Optional[str], seeds: O
     else:
         total, where = machine_resources(), "this machine, as the embedded cluster sees it"
     conc, cluster, notes = cluster_concurrency(plan, total, where)
-    if gpu_throughput is not None and gpu_throughput <= 0:
+    if gpu_throughput is not None and not (math.isfinite(gpu_throughput) and gpu_throughput > 0):
         raise ConfigError(f"--gpu-throughput: {gpu_throughput:g} images/s must be positive")
     table = Path(throughput_table) if throughput_table else None
     res = plan.study.resources_for(profile)

@@ -406,8 +406,15 @@ def other_launches(plan: Plan) -> list[str]:
     """``--profile P [--set ...]`` of every launch of the plan's profile in its study's folder but the plan's own
     (read from their launch.json: a launch without a ``set`` there has none)."""
     folders = [plan.out_dir.with_name(plan.profile), *plan.out_dir.parent.glob(f"{plan.profile}+set-*")]
-    return [launch_args(plan.profile, json.loads((f / LAUNCH_FILE).read_text()).get("set", {}))
-            for f in sorted(folders) if f != plan.out_dir and (f / LAUNCH_FILE).is_file()]
+    out = []
+    for f in sorted(folders):
+        if f == plan.out_dir or not (f / LAUNCH_FILE).is_file():
+            continue
+        try:
+            out.append(launch_args(plan.profile, json.loads((f / LAUNCH_FILE).read_text()).get("set", {})))
+        except (OSError, ValueError):  # a damaged launch.json: that folder is not offered
+            continue
+    return out
 
 
 def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, resume: bool, retry_failed: bool):
