@@ -134,6 +134,10 @@ def test_a_gpu_profile_planned_without_a_gpu_uses_the_table_and_says_so(syntheti
     mine = plan(str(study), "--throughput-table", str(tmp_path / "mine.yaml"), env=env)
     assert mine.returncode == 0 and "table mine.yaml: resnet50 1000 images/s" in mine.stdout
     assert _wall(mine.stdout) != _wall(r.stdout)
+    half = plan(str(study), "--set", "train.epochs=50", env=env)  # the launch `ablab run --set` would make
+    assert half.returncode == 0 and _wall(half.stdout) != _wall(r.stdout)
+    trials = [line for line in half.stdout.splitlines() if "executor train" in line]
+    assert trials and all(" 50 " in line for line in trials)
 
 
 def test_a_gpu_profile_without_a_figure_is_one_line_naming_the_table_and_backbone(synthetic_root, tmp_path):

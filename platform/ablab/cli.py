@@ -65,7 +65,7 @@ def cmd_plan(args) -> int:
     from .estimate import plan_command
 
     return plan_command(args.study, args.profile, args.address, args.seeds, args.gpu_throughput,
-                        args.throughput_table)
+                        args.throughput_table, args.overrides)
 
 
 def cmd_show(args) -> int:
@@ -259,6 +259,7 @@ def _study_commands(sub) -> None:
     pl.add_argument("--address", help="Ray cluster whose resources set the concurrency (default $RAY_ADDRESS, else "
                                       "this machine as the embedded cluster sees it)")
     pl.add_argument("--seeds", type=int, metavar="N", help="as for `ablab run`")
+    _add_set(pl, "as for `ablab run`: the launch it will cost")
     pl.add_argument("--gpu-throughput", type=float, metavar="IMAGES_PER_S",
                     help="a GPU profile's training images/s per GPU at its image size, instead of the table's")
     pl.add_argument("--throughput-table", metavar="FILE", help="per-GPU throughput table to use instead of "

@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
@@ -487,12 +487,13 @@ def benchmark_share(plan, images: dict[str, tuple[int, int]]) -> tuple[int, int]
 # ---- the commands -------------------------------------------------------------------------------------------------
 
 def plan_command(study_path: str, profile: str, address: Optional[str], seeds: Optional[int] = None,
-                 gpu_throughput: Optional[float] = None, throughput_table: Optional[str] = None) -> int:
+                 gpu_throughput: Optional[float] = None, throughput_table: Optional[str] = None,
+                 overrides: Sequence[str] = ()) -> int:
     """``ablab plan``: print the trials, what each needs, the concurrency and the estimate."""
     from .preflight import check_ray_address
     from .runner import plan_study, start_ray
 
-    plan = plan_study(study_path, profile, check_data=False, seeds=seeds)
+    plan = plan_study(study_path, profile, check_data=False, seeds=seeds, overrides=overrides)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
