@@ -100,6 +100,14 @@ def cost_key(cfg: Config, res: Resources) -> str:
     return json.dumps({"network": network, "data": data, "step": step}, sort_keys=True)
 
 
+def distinct_configs(plan, res: Resources) -> dict[str, list[str]]:
+    """``cost_key`` -> the keys of the trials (runner.Plan's, in grid order) that share its benchmark."""
+    groups: dict[str, list[str]] = {}
+    for key, cfg in plan.configs.items():
+        groups.setdefault(cost_key(cfg, res), []).append(key)
+    return groups
+
+
 def worker_batch(cfg: Config, res: Resources) -> int:
     return max(1, cfg.train.batch_size // res.workers)
 
@@ -422,9 +430,7 @@ def price(plan, gpu_throughput: Optional[float] = None, table_path: Optional[Pat
     is measured here, in as many copies at once as trials fit on this machine (``at_once`` caps it: the
     cluster's concurrency)."""
     res = plan.study.resources_for(plan.profile)
-    groups: dict[str, list[str]] = {}
-    for key, cfg in plan.configs.items():
-        groups.setdefault(cost_key(cfg, res), []).append(key)
+    groups = distinct_configs(plan, res)
     firsts = [plan.configs[keys[0]] for keys in groups.values()]
     images = split_images(plan) if images is None else images  # first: it may write a missing synthetic set
     t0 = time.perf_counter()
@@ -479,7 +485,7 @@ def split_images(plan) -> dict[str, tuple[int, int]]:
 def benchmark_share(plan, images: dict[str, tuple[int, int]]) -> tuple[int, int]:
     """(steps the benchmark trains, steps the study trains): a warm-up and MAX_STEPS per distinct config."""
     res = plan.study.resources_for(plan.profile)
-    distinct = len({cost_key(cfg, res) for cfg in plan.configs.values()})
+    distinct = len(distinct_configs(plan, res))
     study = sum(cfg.train.epochs * steps_per_epoch(cfg, res, images[key][0]) for key, cfg in plan.configs.items())
     return distinct * (1 + MAX_STEPS), study
 
@@ -576,13 +582,12 @@ class RunEstimate:
             log.warning(f"estimate: not logged on the launch run ({type(err).__name__}: {str(err)[:200]})")
 
     def _write_launch(self, values: dict[str, Any]) -> None:
+        from .journal import write_atomic
         from .naming import LAUNCH_FILE
 
         path = self.plan.out_dir / LAUNCH_FILE
-        try:
-            data = json.loads(path.read_text())
-            data.update(values)
-            path.write_text(json.dumps(data, indent=1))
+        try:  # replaced whole: resume reads this file
+            write_atomic(path, json.dumps({**json.loads(path.read_text()), **values}, indent=1))
         except (OSError, ValueError) as err:
             log.warning(f"estimate: not written to {path} ({err})")
 
@@ -594,8 +599,9 @@ def _log_on_launch_run(plan, tracking_uri: str, est: StudyEstimate, wall: float,
     from mlflow.tracking import MlflowClient
 
     from .journal import RunRegistry
+    from .naming import REGISTRY_FILE
 
-    run_id = RunRegistry(plan.out_dir / "mlflow_runs.json").data["parent"]
+    run_id = RunRegistry(plan.out_dir / REGISTRY_FILE).data["parent"]
     now = int(time.time() * 1000)
     values = {"estimate/wall_s": est.wall_s, "estimate/cpu_hours": est.cpu_hours, "estimate/gpu_hours": est.gpu_hours,
               "wall_s": wall, "wall_over_estimate": wall / est.wall_s}

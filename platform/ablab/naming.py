@@ -18,6 +18,8 @@ EXPERIMENT_PREFIX = "ablab/"
 LAUNCH_FILE = "launch.json"
 """In a launch's folder: the study file, the profile, its ``--set`` overrides (``set``: {key: value}), the seeds
 and the tracking URI (without credentials) it logs to; resume reads it, ``--tracking-uri`` on resume rewrites it."""
+REGISTRY_FILE = "mlflow_runs.json"
+"""In a launch's folder: its MLflow experiment, launch run and each trial's run id (journal.RunRegistry)."""
 SET_TAG = "ablab.set"
 """On a launch's runs (the launch run and every trial's): its ``--set`` overrides as JSON {key: value}."""
 

@@ -29,7 +29,7 @@ from .preflight import (check_embedded_resources, check_output_dir, check_ray_ad
 from .study import Study, load_launch, resolve_configs
 from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, finished_trials, pending_entries
 from .logs import log, setup_logging
-from .naming import ERROR_FILE, LAUNCH_FILE, POINT, launch_args, launch_key, point_key, point_of
+from .naming import ERROR_FILE, LAUNCH_FILE, POINT, REGISTRY_FILE, launch_args, launch_key, point_key, point_of
 from .trial import set_train_env
 
 @dataclass
@@ -220,7 +220,7 @@ def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool, finished: frozen
         needs = {"CPU": 0, "memory": 1 << 20, HEAD_NODE_RESOURCE: 0.001}
     trainable = tune.with_resources(trainable, needs)
     logger = MlflowStudyLogger(tracking_uri, plan.study, plan.key, configs, plan.out_dir / "trials",
-                               plan.out_dir / "mlflow_runs.json")
+                               plan.out_dir / REGISTRY_FILE)
     return trainable, logger
 
 
@@ -341,7 +341,7 @@ def _check_claims(plan: Plan, tracking_uri: str) -> None:
     from .tracking import log_claims
 
     try:
-        frame = log_claims(plan.study_path, plan.profile, tracking_uri, plan.out_dir / "mlflow_runs.json",
+        frame = log_claims(plan.study_path, plan.profile, tracking_uri, plan.out_dir / REGISTRY_FILE,
                            plan.overrides)
     except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost
         log.warning(f"claims: not checked ({type(err).__name__}: {str(err)[:200]}); `ablab table` checks them")
@@ -362,7 +362,7 @@ def sync_study(study_path: str, profile: str = "smoke", tracking_uri: Optional[s
         log.info(f"nothing to sync: every MLflow write of {plan.out_dir} is in its store")
         return 0
     tracking_uri = _launch(plan, None, tracking_uri, out_root, resume=True, check_cluster=False)
-    writer = MlflowWriter(tracking_uri, registry_path=plan.out_dir / "mlflow_runs.json")
+    writer = MlflowWriter(tracking_uri, registry_path=plan.out_dir / REGISTRY_FILE)
     journal = Journal(plan.out_dir, writer.apply)
     left = journal.drain(FLUSH_WAIT_S)
     log.info(f"sync: {len(entries) - left} of {len(entries)} MLflow writes made to {tracking_uri}"
@@ -420,7 +420,7 @@ def other_launches(plan: Plan) -> list[str]:
 def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, resume: bool, retry_failed: bool):
     from ray import tune
 
-    finished = finished_trials(tracking_uri, plan.out_dir / "mlflow_runs.json") if resume else frozenset()
+    finished = finished_trials(tracking_uri, plan.out_dir / REGISTRY_FILE) if resume else frozenset()
     trainable, logger = _tuner_parts(plan, tracking_uri, embedded=embedded, finished=finished)
     tune_dir = str(plan.out_dir / "tune")
     points = plan.points
@@ -473,7 +473,7 @@ def _rebuild_points(plan: Plan, tracking_uri: str, damage: str, retry_failed: bo
         raise ConfigError(f"{tune_dir}: Ray Tune's saved state is damaged ({damage}; written on a full disk?): "
                           f"{advice} runs every trial that has not finished again, from its last checkpoint")
 
-    finished = finished_trials(tracking_uri, plan.out_dir / "mlflow_runs.json")
+    finished = finished_trials(tracking_uri, plan.out_dir / REGISTRY_FILE)
     points = [p for p in plan.points if point_key(p) not in finished]
     if not points:
         raise ConfigError(f"nothing to resume: every trial of {plan.out_dir} has finished (its Ray Tune state is "
@@ -536,6 +536,6 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
     log.info(f"results: ablab results {plan.study_path} {plan.args}   |   python -c \"import ablab; "
              f"print(ablab.results('{plan.study.study}', profile='{plan.profile}'{overrides}))\"")
     log.info(f"mlflow: {tracking_uri}")
-    for line in browse_lines(tracking_uri, RunRegistry(plan.out_dir / "mlflow_runs.json").data.get("experiment")):
+    for line in browse_lines(tracking_uri, RunRegistry(plan.out_dir / REGISTRY_FILE).data.get("experiment")):
         log.info(line)
     return failed, unfinished
