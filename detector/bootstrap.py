@@ -51,7 +51,8 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
     NaN where the class has no GT that counts.
 
     Only true-positive ranks matter: recall rises there only, and the best precision of a run of ranks at one
-    recall is at its first rank, a true positive. So the sums are gathered at those ranks alone."""
+    recall is at its first rank, a true positive. So the sums are gathered at those ranks alone. Weights are
+    integers, so every sum is exact and the comparisons are the unweighted metric's."""
     reps, thresholds = weights.shape[0], m.tp.shape[0]
     n_pos = weights @ m.gt_count  # (R,)
     ap = np.zeros((reps, thresholds))
@@ -70,15 +71,30 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
             counted = counted - ig_cum[:, upto]
         precision = tp / (counted + np.spacing(1))  # COCO's guard against 0 / 0
         envelope = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
-        recall = tp / np.maximum(n_pos, 1e-12)[:, None]
-        # The first hit whose recall reaches each point (recall rises along each row; one search per replicate
-        # keeps COCO's exact comparisons).
-        first = np.stack([np.searchsorted(row, recalls, side="left") for row in recall])
+        first = _first_reaching(tp, np.maximum(n_pos, 1e-12), recalls)
         reached = first < hits.size
         values = np.take_along_axis(envelope, np.minimum(first, hits.size - 1), axis=1) * reached
         ap[:, t] = values.mean(axis=1)
     ap[n_pos == 0] = np.nan
     return ap
+
+
+def _first_reaching(tp: np.ndarray, n_pos: np.ndarray, recalls: np.ndarray) -> np.ndarray:
+    """(R, P) ``np.searchsorted(tp[r] / n_pos[r], recalls, side="left")`` for every row r at once, with the same
+    float comparisons. tp: (R, H) non-decreasing integer-valued counts; n_pos: (R,).
+
+    Division by n_pos is monotone, so each row's search is one for the least count k with ``k / n >= x`` (as
+    floats); k is ceil(x n) moved by the odd one where the rounding crosses x, and all rows are searched in one
+    call with row r's counts and targets offset by r times a bound past both (exact: integers in float64)."""
+    n = n_pos[:, None]
+    k = np.ceil(recalls[None, :] * n)
+    for _ in range(2):  # the rounding of x n and of k / n move k by at most one each
+        k = np.where((k - 1) / n >= recalls, k - 1, k)
+        k = np.where(k / n < recalls, k + 1, k)
+    span = max(float(tp.max(initial=0.0)), float(k.max(initial=0.0))) + 1
+    offset = np.arange(len(tp))[:, None] * span
+    found = np.searchsorted((tp + offset).ravel(), (k + offset).ravel(), side="left").reshape(k.shape)
+    return found - np.arange(len(tp))[:, None] * tp.shape[1]
 
 
 CHUNK = 20_000_000
@@ -127,100 +143,7 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
     return float(lo), float(hi)
 
 
-# ---- matching, once per evaluation ----
-
-def _iou_xywh(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """(..., D, 4) x (..., G, 4) xywh -> (..., D, G) IoU as pycocotools computes it: a crowd GT's overlap is
-    the intersection over the detection's area."""
-    dx0, dy0 = dets[..., :, None, 0], dets[..., :, None, 1]
-    dx1, dy1 = dx0 + dets[..., :, None, 2], dy0 + dets[..., :, None, 3]
-    gx0, gy0 = gts[..., None, :, 0], gts[..., None, :, 1]
-    gx1, gy1 = gx0 + gts[..., None, :, 2], gy0 + gts[..., None, :, 3]
-    inter = np.clip(np.minimum(dx1, gx1) - np.maximum(dx0, gx0), 0, None) * \
-        np.clip(np.minimum(dy1, gy1) - np.maximum(dy0, gy0), 0, None)
-    d_area = dets[..., :, None, 2] * dets[..., :, None, 3]
-    union = np.where(crowd[..., None, :], d_area, d_area + gts[..., None, :, 2] * gts[..., None, :, 3] - inter)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def coco_matches(gt_dataset: dict, detections: np.ndarray, max_dets: int = 100) -> list[ClassMatches]:
-    """COCO's matching (pycocotools ``evaluateImg``, area 'all', ``max_dets`` per image and class), one
-    ClassMatches per category of ``gt_dataset`` in id order. detections: (D, 7) COCO results (image_id, x, y,
-    w, h, score, category_id: evaluation.DetectionTable.coco_array).
-
-    Greedy, as pycocotools: each detection in score order takes the unmatched GT of best IoU >= t (a crowd GT
-    may be taken again), a non-crowd GT before any crowd one; all (image, class) groups advance one detection
-    rank at a time, as arrays."""
-    image_ids = np.array(sorted(img["id"] for img in gt_dataset["images"]), np.int64)
-    image_index = {int(i): n for n, i in enumerate(image_ids)}
-    cat_ids = sorted(c["id"] for c in gt_dataset["categories"])
-    thr = np.minimum(COCO_THRESHOLDS, 1 - 1e-10)
-    gts: dict[tuple[int, int], list[dict]] = {}
-    for a in gt_dataset["annotations"]:
-        gts.setdefault((a["category_id"], image_index[a["image_id"]]), []).append(a)
-    # Each (class, image) group's detections, best first (a stable sort, as pycocotools'), its first max_dets.
-    detections = np.asarray(detections, np.float64).reshape(-1, 7)
-    cat, image = detections[:, 6].astype(np.int64), np.searchsorted(image_ids, detections[:, 0].astype(np.int64))
-    order = np.lexsort((-detections[:, 5], image, cat))
-    detections, cat, image = detections[order], cat[order], image[order]
-    group_keys, starts, counts = np.unique(np.stack([cat, image], 1), axis=0, return_index=True, return_counts=True)
-    dts = {(int(c), int(n)): slice(lo, lo + min(k, max_dets)) for (c, n), lo, k in zip(group_keys, starts, counts)}
-    out = []
-    for c in cat_ids:
-        gt_count = np.zeros(len(image_ids), np.int64)
-        groups = []  # (image, scores (D,), boxes (D, 4), gt boxes (G, 4), gt crowd (G,)), GTs non-crowd first
-        for n in range(len(image_ids)):
-            g = gts.get((c, n), [])
-            crowd = np.array([bool(a.get("iscrowd", 0)) for a in g], bool)
-            gt_count[n] = int((~crowd).sum())
-            d = dts.get((c, n))
-            if d is None:
-                continue
-            gorder = np.argsort(crowd, kind="mergesort")
-            groups.append((n, detections[d, 5], detections[d, 1:5],
-                           np.array([g[i]["bbox"] for i in gorder], np.float64).reshape(-1, 4), crowd[gorder]))
-        out.append(_match_groups(groups, gt_count, thr))
-    return out
-
-
-def _match_groups(groups, gt_count: np.ndarray, thr: np.ndarray) -> ClassMatches:
-    """One class's greedy matching over its (image, detections, GTs) groups, concatenated in image order and
-    ranked by score as COCO accumulates them (a stable sort: ties keep image order)."""
-    T = len(thr)
-    if not groups:
-        return ClassMatches(np.zeros(0, np.int64), np.zeros((T, 0), bool), np.zeros((T, 0), bool), gt_count)
-    n_det = np.array([len(g[1]) for g in groups])
-    n_gt = np.array([len(g[3]) for g in groups])
-    Gr, D, G = len(groups), int(n_det.max()), max(1, int(n_gt.max()))
-    det_boxes, gt_boxes = np.zeros((Gr, D, 4)), np.zeros((Gr, G, 4))
-    crowd, valid_gt = np.zeros((Gr, G), bool), np.zeros((Gr, G), bool)
-    for i, (_, _, boxes, g_boxes, g_crowd) in enumerate(groups):
-        det_boxes[i, :len(boxes)], gt_boxes[i, :len(g_boxes)] = boxes, g_boxes
-        crowd[i, :len(g_crowd)], valid_gt[i, :len(g_crowd)] = g_crowd, True
-    iou = np.where(valid_gt[:, None, :], _iou_xywh(det_boxes, gt_boxes, crowd), -1.0)  # (Gr, D, G)
-    taken = np.zeros((Gr, T, G), bool)
-    tp, ignored = np.zeros((Gr, T, D), bool), np.zeros((Gr, T, D), bool)
-    rows = np.arange(Gr)[:, None]
-    for d in range(D):
-        alive = n_det > d
-        cand = (iou[:, d, None, :] >= thr[None, :, None]) & ~(taken & ~crowd[:, None, :])  # (Gr, T, G)
-        regular = cand & ~crowd[:, None, :]
-        pool = np.where(regular.any(axis=2, keepdims=True), regular, cand & crowd[:, None, :])
-        score = np.where(pool, iou[:, d, None, :], -np.inf)
-        best = G - 1 - np.argmax(score[:, :, ::-1], axis=2)  # the last of equal IoUs, as pycocotools' scan
-        hit = pool.any(axis=2) & alive[:, None]  # (Gr, T)
-        on_crowd = crowd[rows, best]
-        tp[:, :, d] = hit & ~on_crowd
-        ignored[:, :, d] = hit & on_crowd
-        gi, ti = np.nonzero(hit)
-        taken[gi, ti, best[gi, ti]] = True
-    keep = np.arange(D)[None, :] < n_det[:, None]  # (Gr, D)
-    scores = np.concatenate([g[1] for g in groups])
-    image = np.repeat([g[0] for g in groups], n_det)
-    order = np.argsort(-scores, kind="mergesort")
-    return ClassMatches(image[order], tp.transpose(1, 0, 2)[:, keep][:, order],
-                        ignored.transpose(1, 0, 2)[:, keep][:, order], gt_count)
-
+# ---- VOC's matching as ClassMatches (COCO's: detector.coco) ----
 
 def voc_matches(records, class_matches) -> list[ClassMatches]:
     """VOC's matching as ClassMatches, from evaluation.voc_class_matches (the one voc_metrics scores, in the

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from .config import Config, ConfigError, VariantConfig
 from .data.datasets import DetectionSet, build_split, category_ids, records_to_coco
 from .data.loader import make_loader
-from .bootstrap import (coco_matches, coco_replicates, image_draws, percentile_interval, voc_matches,
-                        voc_replicates)
-from .evaluation import (VOC_PIXEL_OFFSET, VOC_THRESHOLDS, DetectionTable, PaddedGroundTruth, coco_metrics,
-                         correlations, iou_eval_of, voc_class_matches, voc_metrics)
+from . import coco
+from .bootstrap import coco_replicates, image_draws, percentile_interval, voc_matches, voc_replicates
+from .evaluation import (VOC_PIXEL_OFFSET, VOC_THRESHOLDS, DetectionTable, PaddedGroundTruth, correlations,
+                         iou_eval_of, voc_class_matches, voc_metrics)
 from .model import Detector, build_detector
 from .precision import Precision, hardware_summary, resolve_precision
 from .scoring import Detections, detect, raw_predictions
@@ -358,16 +358,19 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     draws = image_draws(len(val_set.records)) if intervals else None
     t_metrics, t_boot = time.perf_counter(), 0.0
     voc_offset = VOC_PIXEL_OFFSET[cfg.inference.voc_pixels]
+    coco_results = {}
+    if "coco" in cfg.inference.metrics:  # every variant in one pass over the ground truth
+        coco_results = dict(zip(dets, coco.evaluate(coco.CocoGroundTruth.of(gt_dataset),
+                                                    [d.coco_array() for d in dets.values()])))
     for v in variants:
         d = dets[v.name]
         m: dict[str, float] = {}
         reps: dict[str, np.ndarray] = {}
-        if "coco" in cfg.inference.metrics:
-            results = d.coco_array()
-            m.update(coco_metrics(gt_dataset, results))
+        if v.name in coco_results:
+            m.update(coco_results[v.name].stats)
             t = time.perf_counter()
             if intervals:
-                reps.update(coco_replicates(coco_matches(gt_dataset, results), draws))
+                reps.update(coco_replicates(coco_results[v.name].matches, draws))
             t_boot += time.perf_counter() - t
         if "voc" in cfg.inference.metrics:
             matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset, padded_gt)

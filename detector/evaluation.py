@@ -1,19 +1,13 @@
-"""Detection metrics: COCO (faster-coco-eval, pycocotools as the reference), VOC07 11-point mAP, and the
+"""Detection metrics: the detections as columns, VOC07 11-point mAP (COCO's: detector.coco), and the
 correlation between detection confidence and localisation quality (IoU_eval)."""
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 from dataclasses import dataclass, fields
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 from scipy import stats
 
-COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")
-# Indices into COCOeval's IoU thresholds 0.50:0.05:0.95.
-EXTRA_THRESHOLDS = {"AP60": 2, "AP70": 4, "AP80": 6, "AP90": 8}
 VOC_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 VOC_PIXEL_OFFSET = {"continuous": 0.0, "inclusive": 1.0}
 """``inference.voc_pixels`` -> what the VOC metric adds to a box's width and height (and to an overlap's).
@@ -54,8 +48,8 @@ class DetectionTable:
                    col("score", np.float64), np.array([d["box"] for d in detections], np.float64).reshape(-1, 4))
 
     def coco_array(self) -> np.ndarray:
-        """(D, 7) COCO results as pycocotools' and faster-coco-eval's ``loadRes`` read an array: image_id, x,
-        y, w, h, score, category_id."""
+        """(D, 7) COCO results as detector.coco.evaluate (and pycocotools' ``loadRes``) read an array: image_id,
+        x, y, w, h, score, category_id."""
         xywh = np.concatenate([self.box[:, :2], self.box[:, 2:] - self.box[:, :2]], axis=1)
         return np.column_stack([self.image_id, xywh, self.score, self.category_id]).astype(np.float64)
 
@@ -91,45 +85,6 @@ class PaddedGroundTruth:
         """(D,) the row of each image id."""
         order = np.argsort(self.image_ids, kind="stable")
         return order[np.searchsorted(self.image_ids, image_id, sorter=order)]
-
-
-def ap_at_thresholds(precision: np.ndarray) -> dict[str, float]:
-    """AP60/70/80/90 from COCOeval's precision array (T, R, K, A, M): area 'all', maxDets 100,
-    mean over recall points and classes of the valid (> -1) entries, as COCOeval's own summary."""
-    out = {}
-    for name, t in EXTRA_THRESHOLDS.items():
-        p = precision[t, :, :, 0, -1]
-        valid = p[p > -1]
-        out[name] = float(valid.mean()) if valid.size else -1.0
-    return out
-
-
-def coco_metrics(gt_dataset: dict, detections, backend: Literal["faster", "pycocotools"] = "faster") -> dict[str, float]:
-    """The 12 COCO summary stats plus AP60-AP90. detections: COCO results, as ``loadRes`` reads them: a list of
-    dicts (image_id, category_id, bbox xywh, score) or the (D, 7) array of DetectionTable.coco_array. No
-    detections scores 0 everywhere (pycocotools cannot load an empty result)."""
-    if len(detections) == 0:
-        return {**{k: 0.0 for k in COCO_STATS}, **{k: 0.0 for k in EXTRA_THRESHOLDS}}
-    with contextlib.redirect_stdout(io.StringIO()):
-        if backend == "faster":
-            from faster_coco_eval import COCO, COCOeval_faster
-
-            gt = COCO(copy.deepcopy(gt_dataset))
-            ev = COCOeval_faster(gt, gt.loadRes(copy.deepcopy(detections)), iouType="bbox", print_function=lambda *a: None)
-        else:
-            from pycocotools.coco import COCO
-            from pycocotools.cocoeval import COCOeval
-
-            gt = COCO()
-            gt.dataset = copy.deepcopy(gt_dataset)
-            gt.createIndex()
-            ev = COCOeval(gt, gt.loadRes(copy.deepcopy(detections)), iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = {k: float(v) for k, v in zip(COCO_STATS, ev.stats[:12])}
-    stats.update(ap_at_thresholds(np.asarray(ev.eval["precision"])))
-    return stats
 
 
 def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:

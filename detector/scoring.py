@@ -89,17 +89,19 @@ def confidence(raw: RawPredictions, variant: VariantConfig) -> Tensor:
     return score
 
 
-def _class_wise_nms(boxes: Tensor, groups: Tensor, iou: float) -> Tensor:
+def _class_wise_nms(boxes: Tensor, groups: Tensor, iou: float, shift: Optional[float] = None) -> Tensor:
     """torchvision's NMS within each group at once (its coordinate trick: every group's boxes are moved
     apart, so boxes of two groups never overlap) of K boxes (K, 4) already in score order: kept indices, in
-    that order. Moved in float64, where the shift is exact: in float32 it would round the coordinates and flip
-    overlaps that sit at the threshold. NMS is given ranks, not the scores, so that its own sort cannot reorder
-    tied scores (then a prefix of the candidates is decided as in the run over all of them)."""
+    that order. Moved in float64, where the shift is exact (so any shift past the largest coordinate gives the
+    same IoUs): in float32 it would round the coordinates and flip overlaps that sit at the threshold. NMS is
+    given ranks, not the scores, so that its own sort cannot reorder tied scores (then a prefix of the
+    candidates is decided as in the run over all of them)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     boxes = boxes.double()
+    shift = float(boxes.max()) + 1 if shift is None else shift
     ranks = torch.arange(len(boxes), 0, -1, dtype=torch.float64, device=boxes.device)
-    return nms(boxes + (groups.double() * (boxes.max() + 1))[:, None], ranks, iou)
+    return nms(boxes + (groups.double() * shift)[:, None], ranks, iou)
 
 
 def _ranked(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,38 +134,51 @@ def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Det
 
     Greedy NMS keeps a box or not from the boxes scored above it alone, so NMS over an image's ``m`` best
     candidates keeps exactly the first boxes that NMS over all of them keeps: once it keeps max_dets (or the
-    candidates run out), the rest cannot change the result. ``m`` starts at 4 x max_dets and doubles for an
-    image that needs more, and each round runs NMS over the boxes kept so far (which keep each other) and the
-    new candidates only. So NMS never compares the thousands of low-scored candidates, and the per-level
-    top-k runs only for an image that needs more than ``topk_per_level`` candidates."""
+    candidates run out), the rest cannot change the result. So NMS never compares the thousands of low-scored
+    candidates: every image's 4 x max_dets best are fetched and prepared at once, and NMS over them settles
+    nearly every image; the few that keep fewer (_more_rounds) go on with twice as many."""
     b, n, c = score.shape
     flat = score.reshape(b, n * c)
-    fetched = max(min(cfg.topk_per_level, n * c), 4 * cfg.max_dets)  # enough for most images' NMS
-    values, index = _best_candidates(flat, raw.level_sizes, c, fetched, cfg.topk_per_level)  # (B, <= fetched)
+    m = 4 * cfg.max_dets
+    values, index = _best_candidates(flat, raw.level_sizes, c, m, cfg.topk_per_level)  # (B, <= m)
+    complete = values.shape[1] < m or values.shape[1] == n * c  # every candidate fetched
+    passing = (values > cfg.score_thresh).sum(1)  # a prefix of each row
+    # Where every fetched candidate passes, ties with the last may continue beyond the fetched ones, some of
+    # lower index: those are left to the next round.
+    tied_tail = (values > values[:, -1:]).sum(1) if values.shape[1] else passing
+    all_pass = passing == values.shape[1]
+    ready = torch.where(all_pass & (not complete), tied_tail, passing).tolist()
+    boxes = raw.boxes.gather(1, (index // c)[..., None].expand(-1, -1, 4)).double()  # (B, m, 4)
+    shift = float(raw.boxes.max()) + 1 if raw.boxes.numel() else 0.0
     results = []
     # One NMS call per image, not one for the batch: NMS compares every kept box with every later candidate,
     # so a single call over B images' candidates costs B times the per-image calls together.
-    for img in range(b):
-        v, i, asked = values[img], index[img], fetched
-        m, decided, kept = 4 * cfg.max_dets, 0, index.new_zeros(0)
-        while True:
-            complete = len(v) < asked or len(v) == n * c  # v holds every candidate
-            upto = min(m, len(v))
-            passing = int((v[:upto] > cfg.score_thresh).sum())  # a prefix
-            ready = passing
-            if not complete and passing == upto and v[upto - 1] == v[-1]:
-                ready = int((v > v[-1]).sum())  # more of the last score may follow beyond v, some of lower index
-            candidates = torch.cat([kept, i[decided:ready]])
-            kept = candidates[_class_wise_nms(raw.boxes[img, candidates // c], candidates % c, cfg.nms_iou)]
-            if len(kept) >= cfg.max_dets or passing < upto or (upto == len(v) and complete):
-                break  # enough kept, or no candidate is left above the threshold
-            decided, m = ready, 2 * m
-            if m > len(v):
-                asked = m
-                v, i = _best_candidates(flat[img], raw.level_sizes, c, m, cfg.topk_per_level)
+    for img, upto in enumerate(ready):
+        kept = index[img, _class_wise_nms(boxes[img, :upto], index[img, :upto] % c, cfg.nms_iou, shift)]
+        if len(kept) < cfg.max_dets and bool(all_pass[img]) and not complete:
+            kept = _more_rounds(raw.boxes[img], flat[img], raw.level_sizes, c, cfg, kept, upto, 2 * m)
         kept = kept[: cfg.max_dets]
         results.append(Detections(raw.boxes[img, kept // c], flat[img, kept], kept % c))
     return results
+
+
+def _more_rounds(boxes: Tensor, flat: Tensor, level_sizes: list[int], classes: int, cfg: InferenceConfig,
+                 kept: Tensor, decided: int, m: int) -> Tensor:
+    """One image's NMS continued past its first ``decided`` candidates (which kept ``kept``), over its ``m``
+    best, m doubling until max_dets are kept or no candidate is left above the threshold. Each round runs NMS
+    over the boxes kept so far (which keep each other) and the new candidates only. boxes (N, 4); flat (N * C,)
+    scores; returns the kept flat indices (prior * C + class), best first."""
+    n_all = flat.shape[0]
+    while True:  # ends: m doubles until every candidate is fetched
+        v, i = _best_candidates(flat, level_sizes, classes, m, cfg.topk_per_level)
+        complete = len(v) < m or len(v) == n_all  # every candidate (per level, at most topk_per_level) fetched
+        passing = int((v > cfg.score_thresh).sum())  # a prefix
+        ready = passing if complete or passing < len(v) else int((v > v[-1]).sum())
+        candidates = torch.cat([kept, i[decided:ready]])
+        kept = candidates[_class_wise_nms(boxes[candidates // classes], candidates % classes, cfg.nms_iou)]
+        if len(kept) >= cfg.max_dets or passing < len(v) or complete:
+            return kept
+        decided, m = ready, 2 * m
 
 
 def detect(raw: RawPredictions, variants: list[VariantConfig], cfg: InferenceConfig) -> dict[str, list[Detections]]:

@@ -4,10 +4,12 @@ metric, to the last digits; an image drawn twice is that image duplicated; a han
 import numpy as np
 import pytest
 
-from detector.bootstrap import (ClassMatches, coco_matches, coco_replicates, image_draws, percentile_interval,
-                                voc_matches, voc_replicates, weighted_ap, VOC_RECALLS)
+from coco_reference import coco_metrics
+from detector import coco
+from detector.bootstrap import (ClassMatches, coco_replicates, image_draws, percentile_interval, voc_matches,
+                                voc_replicates, weighted_ap, VOC_RECALLS)
 from detector.data.datasets import Record
-from detector.evaluation import VOC_THRESHOLDS, DetectionTable, coco_metrics, voc_class_matches, voc_metrics
+from detector.evaluation import VOC_THRESHOLDS, DetectionTable, voc_class_matches, voc_metrics
 
 
 def _random_set(n_images=60, n_classes=4, seed=1):
@@ -40,8 +42,13 @@ def _random_set(n_images=60, n_classes=4, seed=1):
 
 
 def _coco_array(dets):
-    """COCO result dicts as the (D, 7) array coco_matches reads."""
+    """COCO result dicts as the (D, 7) array detector.coco reads."""
     return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets], np.float64)
+
+
+def coco_matches(gt, detections):
+    """Each category's ranked matches (area all, 100 detections), as the evaluation hands the bootstrap."""
+    return coco.evaluate(coco.CocoGroundTruth.of(gt), [detections])[0].matches
 
 
 def test_every_image_drawn_once_is_cocos_and_vocs_own_metric():

@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from ablab.study import Study
 from ablab.naming import metric_key
 from ablab.tracking import MlflowStudyLogger
-from detector.evaluation import COCO_STATS, EXTRA_THRESHOLDS, DetectionTable, voc_metrics
+from detector.coco import EXTRA_AP, STATS as COCO_STATS
+from detector.evaluation import DetectionTable, voc_metrics
 
 
 def _study() -> Study:
@@ -23,7 +24,7 @@ def test_every_metric_the_evaluation_reports_has_a_valid_mlflow_name(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     run = client.create_run(client.create_experiment("names", artifact_location=tmp_path.as_uri()))
     voc = voc_metrics([], DetectionTable.from_dicts([]), num_classes=1)  # names only
-    metrics = [*COCO_STATS, *EXTRA_THRESHOLDS, *voc, "pearson", "spearman", "num_detections"]
+    metrics = [*COCO_STATS, *EXTRA_AP, *voc, "pearson", "spearman", "num_detections"]
     variants = ["cls", "none", "alpha=0.4", "alpha=0.2,truth", "cls,q>0.5", "alpha=0.4,q>0.5"]
     keys = [metric_key(v, m) for v in variants for m in metrics]
     client.log_batch(run.info.run_id, metrics=[Metric(k, 0.5, 0, 0) for k in keys])  # raises on any bad name
