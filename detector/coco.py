@@ -15,15 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from .bootstrap import COCO_RECALLS, COCO_THRESHOLDS, ClassMatches
+from .bootstrap import COCO_AP_AT, COCO_RECALLS, COCO_THRESHOLDS, ClassMatches
 
 AREA_RANGES = ((0.0, 1e10), (0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, 1e10))
 """pycocotools' area ranges: all, small, medium, large (bounds inclusive, on the annotation's ``area``)."""
 MAX_DETS = (1, 10, 100)
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")
 """COCOeval.summarize's 12 numbers, in its order."""
-EXTRA_AP = {"AP60": 2, "AP70": 4, "AP80": 6, "AP90": 8}
-"""AP at one more IoU threshold each (area all, 100 detections): its index into COCO_THRESHOLDS."""
+EXTRA_AP = {name: t for name, t in COCO_AP_AT.items() if name not in STATS}
+"""AP60-AP90: AP at one more IoU threshold each (area all, 100 detections), by index into COCO_THRESHOLDS."""
 IOU_CHUNK = 1 << 14
 """Detections whose IoU with their image's GTs is computed at once (temporaries (chunk, G, 4))."""
 
@@ -31,8 +31,8 @@ IOU_CHUNK = 1 << 14
 @dataclass
 class CocoGroundTruth:
     """A COCO ground truth as columns: the evaluated images and categories (sorted ids, as COCOeval takes them)
-    and one row per annotation in the dataset's order: image and category (indices into those), box (A, 4)
-    xywh, area (the annotation's own ``area``, which the area ranges read), crowd."""
+    and one row per annotation in the dataset's order (N_gt rows): image and category (indices into those),
+    box (N_gt, 4) xywh, area (the annotation's own ``area``, which the area ranges read), crowd."""
 
     image_ids: np.ndarray
     cat_ids: np.ndarray
@@ -47,7 +47,7 @@ class CocoGroundTruth:
         """From a COCO dataset dict (images, annotations, categories)."""
         image_ids = np.array(sorted(i["id"] for i in dataset["images"]), np.int64)
         cat_ids = np.array(sorted(c["id"] for c in dataset["categories"]), np.int64)
-        anns = [a for a in dataset.get("annotations", [])]
+        anns = list(dataset.get("annotations", []))
         img = np.array([a["image_id"] for a in anns], np.int64)
         cat = np.array([a["category_id"] for a in anns], np.int64)
         image, cat_index = _index_of(image_ids, img), _index_of(cat_ids, cat)
@@ -58,7 +58,7 @@ class CocoGroundTruth:
         return cls(image_ids, cat_ids, image[keep], cat_index[keep], box[keep], area[keep], crowd[keep])
 
     def ignored(self) -> np.ndarray:
-        """(N, A) a GT that counts neither way under each area range: a crowd, or its area outside the range."""
+        """(N_gt, A) a GT that counts neither way under each area range: a crowd, or its area outside the range."""
         lo, hi = np.array(AREA_RANGES).T
         return self.crowd[:, None] | (self.area[:, None] < lo) | (self.area[:, None] > hi)
 
@@ -153,9 +153,8 @@ def _mean_valid(s: np.ndarray) -> float:
 def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
     """COCOeval.summarize's 12 stats and AP60-AP90 from precision (T, R, K, A) at 100 detections and recall
     (T, K, A, M)."""
-    t50, t75 = 0, 5
-    stats = [_mean_valid(precision[..., 0]), _mean_valid(precision[t50, ..., 0]),
-             _mean_valid(precision[t75, ..., 0])]
+    stats = [_mean_valid(precision[..., 0]), _mean_valid(precision[COCO_AP_AT["AP50"], ..., 0]),
+             _mean_valid(precision[COCO_AP_AT["AP75"], ..., 0])]
     stats += [_mean_valid(precision[..., a]) for a in (1, 2, 3)]
     stats += [_mean_valid(recall[:, :, 0, m]) for m in range(len(MAX_DETS))]
     stats += [_mean_valid(recall[:, :, a, -1]) for a in (1, 2, 3)]

@@ -143,12 +143,14 @@ def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Det
     values, index = _best_candidates(flat, raw.level_sizes, c, m, cfg.topk_per_level)  # (B, <= m)
     complete = values.shape[1] < m or values.shape[1] == n * c  # every candidate fetched
     passing = (values > cfg.score_thresh).sum(1)  # a prefix of each row
-    # Where every fetched candidate passes, ties with the last may continue beyond the fetched ones, some of
-    # lower index: those are left to the next round.
-    tied_tail = (values > values[:, -1:]).sum(1) if values.shape[1] else passing
     all_pass = passing == values.shape[1]
-    ready = torch.where(all_pass & (not complete), tied_tail, passing).tolist()
+    ready = passing
+    if not complete:  # where every fetched candidate passes, ties with the last may continue beyond the
+        # fetched ones, some of lower index: those are left to the next round
+        ready = torch.where(all_pass, (values > values[:, -1:]).sum(1), passing)
+    ready = ready.tolist()
     boxes = raw.boxes.gather(1, (index // c)[..., None].expand(-1, -1, 4)).double()  # (B, m, 4)
+    # One class shift for the batch (any shift past the largest coordinate gives the same IoUs)
     shift = float(raw.boxes.max()) + 1 if raw.boxes.numel() else 0.0
     results = []
     # One NMS call per image, not one for the batch: NMS compares every kept box with every later candidate,
