@@ -290,10 +290,14 @@ def _recall(dets: _Ranked, tp: np.ndarray, n_pos: np.ndarray, n_sets: int) -> np
 
 def evaluate(gt: CocoGroundTruth, detection_sets: Sequence[np.ndarray]) -> list[CocoEvaluation]:
     """Each (D, 7) detection set (image_id, x, y, w, h, score, category_id: DetectionTable.coco_array) evaluated
-    as COCOeval(iouType='bbox') would, with its default parameters. A set without detections scores 0
-    everywhere (pycocotools cannot load an empty result). Detections of a category the GT does not have are not
-    evaluated, as COCOeval's; an image the GT does not have is refused, as its ``loadRes``."""
+    as COCOeval(iouType='bbox') would, with its default parameters. A set without detections is what COCOeval
+    gives a result with none of the GT's categories (it cannot load an empty one): 0 where there is GT, -1 where
+    an area range has none. Detections of a category the GT does not have are not evaluated, as COCOeval's; an
+    image the GT does not have is refused, as its ``loadRes``. The GT's annotation ids play no part (pycocotools
+    needs them unique and from 1: the dataset loader checks them)."""
     n_img, n_cat, n_sets = len(gt.image_ids), len(gt.cat_ids), len(detection_sets)
+    if not n_sets:
+        return []
     dets = _Ranked.of(gt, detection_sets)
     tp, ignored = _outcomes(dets, _GroupTruth.of(gt), n_img)
     fp = ~tp & ~ignored
@@ -316,6 +320,5 @@ def evaluate(gt: CocoGroundTruth, detection_sets: Sequence[np.ndarray]) -> list[
             for a in np.flatnonzero(n_pos[k] > 0):
                 precision[s, :, :, k, a] = _accumulate_class(tp[idx, a].T, fp[idx, a].T, int(n_pos[k, a]))
             matches.append(ClassMatches(dets.image[idx], tp[idx, 0].T, ignored[idx, 0].T, per_image[k]))
-        stats = summarize(precision[s], recall[s]) if (dets.set == s).any() else dict.fromkeys((*STATS, *EXTRA_AP), 0.0)
-        results.append(CocoEvaluation(stats, precision[s], recall[s], matches))
+        results.append(CocoEvaluation(summarize(precision[s], recall[s]), precision[s], recall[s], matches))
     return results

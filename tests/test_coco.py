@@ -9,10 +9,11 @@ from coco_reference import coco_metrics
 from detector import coco
 
 
-def _random_set(seed, n_images=40, n_classes=3):
+def _random_set(seed, n_images=40, n_classes=3, most_dets=30):
     """COCO GT and result dicts. Boxes on a coarse grid and scores from a few values, so IoUs and scores tie;
     15% crowds; a third of the areas 0.7x the box's (the ranges read the annotation's area, IoU the box's);
-    sizes from 4 to 150 px (small, medium and large); 10% of the detections of a category without GT."""
+    sizes from 4 to 150 px (small, medium and large); up to ``most_dets`` detections per image, 10% of them of a
+    category without GT."""
     rng = np.random.default_rng(seed)
     images = [{"id": 5 * i + 2, "width": 400, "height": 400} for i in range(n_images)]
     anns, dets = [], []
@@ -25,7 +26,7 @@ def _random_set(seed, n_images=40, n_classes=3):
                  "bbox": [x, y, w, h], "area": float(w * h * rng.choice([1.0, 1.0, 0.7])),
                  "iscrowd": int(rng.random() < 0.15)}
             anns.append(a), mine.append(a)
-        for _ in range(int(rng.integers(0, 30))):
+        for _ in range(int(rng.integers(0, most_dets))):
             if mine and rng.random() < 0.8:
                 a = mine[int(rng.integers(len(mine)))]
                 x, y, w, h = np.array(a["bbox"]) + rng.integers(-3, 4, 4) * np.array([1, 1, 2, 2])
@@ -60,6 +61,14 @@ def test_the_summary_is_pycocotools_to_the_last_bit_and_faster_coco_evals(seed):
     assert {k for k, v in ours.items() if v == -1} <= {"APs", "APm", "APl", "ARs", "ARm", "ARl"}
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_beyond_100_detections_of_a_class_in_an_image_only_the_best_100_count(seed):
+    gt, dets = _random_set(100 + seed, n_images=5, n_classes=2, most_dets=400)
+    per_group = np.unique([(d["image_id"], d["category_id"]) for d in dets], axis=0, return_counts=True)[1]
+    assert per_group.max() > 100
+    assert _ours(gt, dets)[0].stats == coco_metrics(gt, dets, backend="pycocotools")
+
+
 def test_sets_evaluated_together_are_each_set_alone():
     gt, first = _random_set(20)
     sets = [first, _random_set(20)[1][::2], [], [dict(d, score=1 - d["score"]) for d in first]]
@@ -71,7 +80,10 @@ def test_sets_evaluated_together_are_each_set_alone():
         for a, b in zip(alone.matches, result.matches):
             assert np.array_equal(a.image, b.image) and np.array_equal(a.tp, b.tp)
             assert np.array_equal(a.ignored, b.ignored) and np.array_equal(a.gt_count, b.gt_count)
-    assert together[2].stats == dict.fromkeys(together[2].stats, 0.0)  # no detections: 0, as before
+    # No detections: what pycocotools gives a result with none of the GT's categories (it cannot load an empty one).
+    absent = [{"image_id": gt["images"][0]["id"], "category_id": 99, "score": 0.5, "bbox": [0.0, 0.0, 9.0, 9.0]}]
+    assert together[2].stats == coco_metrics(gt, absent, backend="pycocotools")
+    assert coco.evaluate(coco.CocoGroundTruth.of(gt), []) == []
 
 
 def _one_image(anns, dets):

@@ -25,16 +25,22 @@ def _trial(uri):
     return client, (runs[0] if runs else None)
 
 
-def _steps(uri, out=None) -> list[int]:
-    # Read only once the driver has made the store and the trial's run (it writes the registry after them).
-    registry = out / "full_disk" / "smoke" / "mlflow_runs.json" if out else None
-    if registry is not None and (not registry.is_file() or '"iou_' not in registry.read_text()):
-        return []
-    try:
-        client, run = _trial(uri)
-        return sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) if run else []
-    except Exception:  # the driver is creating the store
-        return []
+def _steps(uri) -> list[int]:
+    client, run = _trial(uri)
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) if run else []
+
+
+def _checkpointed(out) -> bool:
+    """A whole first checkpoint is in the study's storage: its state file (in the trial's folder, or in Train's
+    checkpoint_* folder) is there and no longer growing."""
+    import time
+
+    states = sorted((out / "full_disk" / "smoke" / "train").glob("train-*/**/state.pt"))
+    if not states:
+        return False
+    size = states[0].stat().st_size
+    time.sleep(0.1)
+    return size > 0 and states[0].stat().st_size == size
 
 
 @pytest.fixture
@@ -62,7 +68,9 @@ def test_a_full_disk_fails_the_trial_with_its_reason_stops_the_study_with_one_li
     log = tmp_path / "run.log"
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
     try:
-        wait_until(lambda: _steps(uri, small_disk / "out") or driver.poll() is not None, 600, "a first epoch")
+        # The first checkpoint on disk, seen within a poll (MLflow's view of the epoch lags by seconds, long
+        # enough on a fast machine for the trial to finish before the disk fills).
+        wait_until(lambda: _checkpointed(small_disk / "out") or driver.poll() is not None, 600, "a first checkpoint")
         filler = small_disk / "filler"
         with open(filler, "wb") as f:  # the disk fills up: no room for the next checkpoint
             try:

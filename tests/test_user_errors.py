@@ -95,7 +95,7 @@ class Case:
 
 
 GOOD_COCO = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
-             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10]}],
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "area": 100}],
              "categories": [{"id": 1, "name": "thing"}]}
 
 
@@ -210,6 +210,15 @@ CASES = [
      ["annotations.0.bbox", "'a'"]),
     ("coco_unknown_category", lambda c: ["validate", c.study_on(c.coco(coco_with(category_id=99)))],
      ["annotations.0.category_id", "99"]),
+    ("coco_annotation_id_0", lambda c: ["validate", c.study_on(c.coco(coco_with(id=0)))],
+     ["instances_train.json", "annotations.0.id", "0", "start at 1"]),
+    ("coco_annotation_ids_repeat", lambda c: ["validate", c.study_on(c.coco(
+        {**GOOD_COCO, "annotations": GOOD_COCO["annotations"] * 2}))], ["annotations.1.id", "also annotations.0's"]),
+    ("coco_image_ids_repeat", lambda c: ["validate", c.study_on(c.coco({**GOOD_COCO, "images": GOOD_COCO["images"] * 2}))],
+     ["images.1.id", "also images.0's"]),
+    ("coco_annotation_without_area", lambda c: ["validate", c.study_on(c.coco(
+        {**GOOD_COCO, "annotations": [{k: v for k, v in GOOD_COCO["annotations"][0].items() if k != "area"}]}))],
+     ["annotations.0.area", "expected int/float", "None"]),
     ("coco_images_not_a_list", lambda c: ["validate", c.study_on(c.coco({**GOOD_COCO, "images": {"id": 1}}))],
      ["images", "must be a list"]),
     ("voc_xml_without_size", lambda c: ["validate", c.study_on(voc_without_size(c))], ["img1.xml", "<size>/<width>"]),

@@ -108,8 +108,15 @@ def _read_coco_json(ann_file: Path) -> dict:
         check("images", i, img, {"id": (int,), "file_name": (str,), "width": (int,), "height": (int,)})
     cat_ids = {c["id"] for c in dataset["categories"]}
     img_ids = {img["id"] for img in dataset["images"]}
+    for key, ids in (("categories", cat_ids), ("images", img_ids)):
+        if len(ids) < len(dataset[key]):
+            _refuse_repeated_id(ann_file, key, dataset[key])
     for i, a in enumerate(dataset.get("annotations", [])):
-        check("annotations", i, a, {"image_id": (int,), "category_id": (int,)})
+        # COCOeval reads the area ranges off ``area`` and records a match as the GT's id, 0 meaning none.
+        check("annotations", i, a, {"id": (int,), "image_id": (int,), "category_id": (int,), "area": (int, float)})
+        if a["id"] < 1:
+            raise DatasetError(f"{ann_file}: annotations.{i}.id: {a['id']}: annotation ids start at 1 (COCO's "
+                               f"evaluation reads id 0 as 'no match')")
         box = a.get("bbox")
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
@@ -120,7 +127,18 @@ def _read_coco_json(ann_file: Path) -> dict:
                                f"(ids: {sorted(cat_ids)[:10]}{' ...' if len(cat_ids) > 10 else ''})")
         if a["image_id"] not in img_ids:
             raise DatasetError(f"{ann_file}: annotations.{i}.image_id: {a['image_id']} is not an image id")
+    if len({a["id"] for a in dataset.get("annotations", [])}) < len(dataset.get("annotations", [])):
+        _refuse_repeated_id(ann_file, "annotations", dataset["annotations"])
     return dataset
+
+
+def _refuse_repeated_id(ann_file: Path, key: str, entries: list[dict]) -> None:
+    """A DatasetError naming the first entry whose id an earlier one has (pycocotools' index keeps the last)."""
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(entries):
+        if entry["id"] in seen:
+            raise DatasetError(f"{ann_file}: {key}.{i}.id: {entry['id']} is also {key}.{seen[entry['id']]}'s id")
+        seen[entry["id"]] = i
 
 
 def load_coco(ann_file: Path, image_dir: Path, name: str, max_images: Optional[int] = None) -> DetectionSet:
