@@ -358,29 +358,41 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     draws = image_draws(len(val_set.records)) if intervals else None
     t_metrics, t_boot = time.perf_counter(), 0.0
     voc_offset = VOC_PIXEL_OFFSET[cfg.inference.voc_pixels]
+    # A variant ranked alike an earlier one (cls and alpha 1.0 always) has its COCO / VOC metrics and intervals.
+    first_alike: dict[str, str] = {}
+    distinct: list[str] = []
+    for name, d in dets.items():
+        first_alike[name] = next((f for f in distinct if dets[f].ranked_alike(d)), name)
+        if first_alike[name] == name:
+            distinct.append(name)
     coco_results = {}
     if "coco" in cfg.inference.metrics:  # every variant in one pass over the ground truth
-        coco_results = dict(zip(dets, coco.evaluate(coco.CocoGroundTruth.of(gt_dataset),
-                                                    [d.coco_array() for d in dets.values()])))
+        coco_results = dict(zip(distinct, coco.evaluate(coco.CocoGroundTruth.of(gt_dataset),
+                                                        [dets[name].coco_array() for name in distinct])))
+    ranked_metrics: dict[str, tuple[dict[str, float], dict[str, np.ndarray]]] = {}
     for v in variants:
         d = dets[v.name]
-        m: dict[str, float] = {}
-        reps: dict[str, np.ndarray] = {}
-        if v.name in coco_results:
-            m.update(coco_results[v.name].stats)
-            t = time.perf_counter()
-            if intervals:
-                reps.update(coco_replicates(coco_results[v.name].matches, draws))
-            t_boot += time.perf_counter() - t
-        if "voc" in cfg.inference.metrics:
-            matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset, padded_gt)
-            m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
-            t = time.perf_counter()
-            if intervals:
-                reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
-            t_boot += time.perf_counter() - t
-        for k, r in reps.items():
-            m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
+        if first_alike[v.name] != v.name:
+            m, reps = ranked_metrics[first_alike[v.name]]
+            m = dict(m)
+        else:
+            m, reps = {}, {}
+            if v.name in coco_results:
+                m.update(coco_results[v.name].stats)
+                t = time.perf_counter()
+                if intervals:
+                    reps.update(coco_replicates(coco_results[v.name].matches, draws))
+                t_boot += time.perf_counter() - t
+            if "voc" in cfg.inference.metrics:
+                matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset, padded_gt)
+                m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
+                t = time.perf_counter()
+                if intervals:
+                    reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
+                t_boot += time.perf_counter() - t
+            for k, r in reps.items():
+                m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
+            ranked_metrics[v.name] = (dict(m), reps)
         replicates[v.name] = reps
         conf = d.score
         iou_eval = iou_eval_of(padded_gt, d)

@@ -47,6 +47,14 @@ class DetectionTable:
         return cls(col("image_id", np.int64), col("label", np.int64), col("category_id", np.int64),
                    col("score", np.float64), np.array([d["box"] for d in detections], np.float64).reshape(-1, 4))
 
+    def ranked_alike(self, other: "DetectionTable") -> bool:
+        """The same detections (images, classes, boxes, in order) with scores in the same order, ties alike:
+        every metric that only compares scores (COCO's, VOC's and their bootstraps) scores both the same."""
+        return (len(self) == len(other) and np.array_equal(self.image_id, other.image_id)
+                and np.array_equal(self.label, other.label) and np.array_equal(self.box, other.box)
+                and np.array_equal(np.unique(self.score, return_inverse=True)[1],
+                                   np.unique(other.score, return_inverse=True)[1]))
+
     def coco_array(self) -> np.ndarray:
         """(D, 7) COCO results as detector.coco.evaluate (and pycocotools' ``loadRes``) read an array: image_id,
         x, y, w, h, score, category_id."""

@@ -68,25 +68,70 @@ def raw_predictions(out: HeadOutput, priors: Priors, family: DetectorFamily,
     return RawPredictions(boxes, p, q, iou_truth, list(priors.level_sizes))
 
 
-def confidence(raw: RawPredictions, variant: VariantConfig) -> Tensor:
-    """(B, N, C) detection confidence of a variant. p^w q^(1-w), w the weight on p in the variant's convention."""
+def _quality(raw: RawPredictions, variant: VariantConfig) -> Optional[Tensor]:
+    """(B, N) the quality a variant reads (predicted q or IoU_truth), None for plain classification."""
     if variant.combine == "cls" and not variant.q_filter:
-        return raw.p
+        return None
     q = raw.iou_truth if variant.quality_source == "truth" else raw.q
     if q is None:
         need = "ground truth (evaluate with targets)" if variant.quality_source == "truth" else "a quality branch"
         raise ValueError(f"variant {variant.name!r} needs {need}")
-    q = q[..., None]
-    if variant.combine == "cls":
-        score = raw.p
+    return q
+
+
+def _combine(p: Tensor, q: Optional[Tensor], variant: VariantConfig) -> Tensor:
+    """p^w q^(1-w) (w the weight on p in the variant's convention), elementwise: p (...) and q broadcast to it.
+    Non-decreasing in p, so a prior's best class keeps its best confidence."""
+    if q is None or variant.combine == "cls":
+        score = p
     elif variant.combine == "product":
-        score = raw.p * q
+        score = p * q
     else:
         w = variant.weight_on_p
-        score = raw.p.pow(w) * q.pow(1.0 - w)
-    if variant.q_filter:
+        score = p.pow(w) * q.pow(1.0 - w)
+    if q is not None and variant.q_filter:
         score = score * (q > 0.5)
     return score
+
+
+def confidence(raw: RawPredictions, variant: VariantConfig) -> Tensor:
+    """(B, N, C) detection confidence of a variant."""
+    q = _quality(raw, variant)
+    return _combine(raw.p, None if q is None else q[..., None], variant)
+
+
+@dataclass
+class VariantScores:
+    """A variant's confidence (B, N, C) over a batch, computed where selection reads it: each prior's best
+    (from best_p (B, N), each prior's best class probability, shared by every variant: the confidence is
+    non-decreasing in p), then the classes of the priors kept, and in full only for an image that needs it."""
+
+    raw: RawPredictions
+    variant: VariantConfig
+    best_p: Tensor
+
+    @classmethod
+    def of(cls, raw: RawPredictions, variant: VariantConfig, best_p: Optional[Tensor] = None) -> "VariantScores":
+        return cls(raw, variant, raw.p.amax(-1) if best_p is None else best_p)
+
+    def per_prior(self) -> Tensor:
+        """(B, N) each prior's best confidence."""
+        return _combine(self.best_p, _quality(self.raw, self.variant), self.variant)
+
+    def at_priors(self, priors: Tensor) -> Tensor:
+        """(B, K, C) the confidence of every class of the priors (B, K)."""
+        q = _quality(self.raw, self.variant)
+        p = self.raw.p.gather(1, priors[..., None].expand(-1, -1, self.raw.p.shape[2]))
+        return _combine(p, None if q is None else q.gather(1, priors)[..., None], self.variant)
+
+    def full(self) -> Tensor:
+        """(B, N, C) the whole batch's confidence."""
+        return confidence(self.raw, self.variant)
+
+    def image(self, img: int) -> Tensor:
+        """(N * C,) one image's confidence of every prior and class, flat (prior * C + class)."""
+        q = _quality(self.raw, self.variant)
+        return _combine(self.raw.p[img], None if q is None else q[img, :, None], self.variant).reshape(-1)
 
 
 def _class_wise_nms(boxes: Tensor, groups: Tensor, iou: float, shift: Optional[float] = None) -> Tensor:
@@ -129,18 +174,54 @@ def _best_candidates(score: Tensor, level_sizes: list[int], classes: int, m: int
     return values[..., :m], index[..., :m]
 
 
-def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Detections]:
-    """Per-level top-k, score threshold, class-wise NMS and max_dets per image. score: (B, N, C).
+def _best_of_images(scores: VariantScores, m: int) -> tuple[Tensor, Tensor]:
+    """Each image's ``m`` best candidates, best first, as one top-k over all its (prior, class) scores gives
+    them (values (B, m), flat index prior * C + class (B, m)), from the classes of its ``m`` best priors only:
+    a candidate above the m-th best value is of a prior whose best is above it, and fewer than m priors are.
+    (Of candidates tied with the m-th value, top-k returns any; select leaves those to a next round.)"""
+    per_prior = scores.per_prior()  # (B, N)
+    priors = per_prior.topk(min(m, per_prior.shape[1])).indices  # (B, K)
+    candidates = scores.at_priors(priors)  # (B, K, C)
+    c = candidates.shape[2]
+    values, at = candidates.reshape(len(candidates), -1).topk(min(m, candidates[0].numel()))
+    return _ranked(values, priors.gather(1, at // c) * c + at % c)
+
+
+@dataclass
+class _FirstRound:
+    """A variant's first NMS round over a batch: each image's candidates (B, m) flat indices, how many of them
+    were decided (ready, (B,)) and the positions NMS kept. Another variant with the same candidates and cut
+    in an image (cls and alpha 1.0 always; often p*q and alpha 0.5) keeps the same: NMS reads only the order."""
+
+    index: Tensor
+    ready: Tensor
+    kept: list[Tensor]
+
+    def same_as(self, index: Tensor, ready: Tensor) -> Optional[Tensor]:
+        """(B,) bool: the images this round decided exactly as ``index`` and ``ready`` ask; None if none."""
+        if self.index.shape != index.shape:
+            return None
+        same = (self.index == index).all(1) & (self.ready == ready)
+        return same if bool(same.any()) else None
+
+
+def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig,
+           earlier: Optional[list[_FirstRound]] = None) -> list[Detections]:
+    """Per-level top-k, score threshold, class-wise NMS and max_dets per image, under one variant's scores.
 
     Greedy NMS keeps a box or not from the boxes scored above it alone, so NMS over an image's ``m`` best
     candidates keeps exactly the first boxes that NMS over all of them keeps: once it keeps max_dets (or the
     candidates run out), the rest cannot change the result. So NMS never compares the thousands of low-scored
     candidates: every image's 4 x max_dets best are fetched and prepared at once, and NMS over them settles
-    nearly every image; the few that keep fewer (_more_rounds) go on with twice as many."""
-    b, n, c = score.shape
-    flat = score.reshape(b, n * c)
+    nearly every image; the few that keep fewer (_more_rounds) go on with twice as many. ``earlier``: the
+    first rounds of the batch's other variants, whose NMS an image with the same candidates reuses (this
+    variant's is appended)."""
+    b, n, c = raw.p.shape
     m = 4 * cfg.max_dets
-    values, index = _best_candidates(flat, raw.level_sizes, c, m, cfg.topk_per_level)  # (B, <= m)
+    if m <= cfg.topk_per_level:
+        values, index = _best_of_images(scores, m)  # (B, <= m)
+    else:
+        values, index = _best_candidates(scores.full().reshape(b, n * c), raw.level_sizes, c, m, cfg.topk_per_level)
     complete = values.shape[1] < m or values.shape[1] == n * c  # every candidate fetched
     passing = (values > cfg.score_thresh).sum(1)  # a prefix of each row
     all_pass = passing == values.shape[1]
@@ -148,19 +229,34 @@ def select(raw: RawPredictions, score: Tensor, cfg: InferenceConfig) -> list[Det
     if not complete:  # where every fetched candidate passes, ties with the last may continue beyond the
         # fetched ones, some of lower index: those are left to the next round
         ready = torch.where(all_pass, (values > values[:, -1:]).sum(1), passing)
-    ready = ready.tolist()
+    earlier = [] if earlier is None else earlier
+    reused: list[Optional[Tensor]] = [None] * b
+    for round_ in earlier:
+        same = round_.same_as(index, ready)
+        for img in ([] if same is None else torch.nonzero(same).view(-1).tolist()):
+            reused[img] = round_.kept[img]
     boxes = raw.boxes.gather(1, (index // c)[..., None].expand(-1, -1, 4)).double()  # (B, m, 4)
     # One class shift for the batch (any shift past the largest coordinate gives the same IoUs)
     shift = float(raw.boxes.max()) + 1 if raw.boxes.numel() else 0.0
-    results = []
+    results, kept_positions = [], []
+    more = [False] * b if complete else all_pass.tolist()  # may go on past the fetched candidates
     # One NMS call per image, not one for the batch: NMS compares every kept box with every later candidate,
     # so a single call over B images' candidates costs B times the per-image calls together.
-    for img, upto in enumerate(ready):
-        kept = index[img, _class_wise_nms(boxes[img, :upto], index[img, :upto] % c, cfg.nms_iou, shift)]
-        if len(kept) < cfg.max_dets and bool(all_pass[img]) and not complete:
-            kept = _more_rounds(raw.boxes[img], flat[img], raw.level_sizes, c, cfg, kept, upto, 2 * m)
-        kept = kept[: cfg.max_dets]
-        results.append(Detections(raw.boxes[img, kept // c], flat[img, kept], kept % c))
+    for img, upto in enumerate(ready.tolist()):
+        kept = reused[img]
+        if kept is None:
+            kept = _class_wise_nms(boxes[img, :upto], index[img, :upto] % c, cfg.nms_iou, shift)
+        kept_positions.append(kept)
+        if len(kept) < cfg.max_dets and more[img]:
+            image_scores = scores.image(img)
+            flat = _more_rounds(raw.boxes[img], image_scores, raw.level_sizes, c, cfg, index[img, kept], upto,
+                                2 * m)[: cfg.max_dets]
+            results.append(Detections(raw.boxes[img, flat // c], image_scores[flat], flat % c))
+        else:
+            kept = kept[: cfg.max_dets]
+            flat = index[img, kept]
+            results.append(Detections(raw.boxes[img, flat // c], values[img, kept], flat % c))
+    earlier.append(_FirstRound(index, ready, kept_positions))
     return results
 
 
@@ -185,4 +281,6 @@ def _more_rounds(boxes: Tensor, flat: Tensor, level_sizes: list[int], classes: i
 
 def detect(raw: RawPredictions, variants: list[VariantConfig], cfg: InferenceConfig) -> dict[str, list[Detections]]:
     """Every variant's detections from one set of raw predictions."""
-    return {v.name: select(raw, confidence(raw, v), cfg) for v in variants}
+    best_p = raw.p.amax(-1)  # (B, N): each prior's best class, for every variant
+    first_rounds: list[_FirstRound] = []
+    return {v.name: select(raw, VariantScores.of(raw, v, best_p), cfg, first_rounds) for v in variants}

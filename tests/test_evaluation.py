@@ -156,3 +156,37 @@ def test_voc_metrics_and_iou_eval_equal_a_detection_by_detection_loop():
         ious = [i / ((x1 - x0) * (y1 - y0) + (a1 - a0) * (b1 - b0) - i) for i, (a0, b0, a1, b1) in zip(ious, r.boxes[same])]
         expected.append(max(ious, default=0.0))
     assert iou_eval_of(PaddedGroundTruth.of(records), table) == pytest.approx(expected, abs=1e-12)
+
+
+def test_tables_rank_alike_when_only_the_score_values_differ():
+    table = DetectionTable(np.array([1, 1, 2]), np.array([0, 1, 0]), np.array([1, 2, 1]), np.array([0.9, 0.4, 0.4]),
+                           np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 8, 8]], np.float64))
+    squared = DetectionTable(table.image_id, table.label, table.category_id, table.score ** 2, table.box)
+    assert table.ranked_alike(squared)  # a monotone map of the scores, ties kept
+    untied = DetectionTable(table.image_id, table.label, table.category_id, np.array([0.9, 0.4, 0.39]), table.box)
+    assert not table.ranked_alike(untied)
+    moved = DetectionTable(table.image_id, table.label, table.category_id, table.score, table.box + 1)
+    assert not table.ranked_alike(moved)
+
+
+def test_a_variant_scores_the_same_whichever_variants_are_evaluated_with_it(synthetic_root):
+    """Variants ranked alike (cls and alpha 1.0) share one evaluation; every variant's metrics and intervals
+    are the ones it gets evaluated alone."""
+    import torch
+
+    from conftest import tiny_config
+    from detector.config import parse_config, parse_variant
+    from detector.engine import evaluate
+    from detector.model import build_detector
+
+    cfg = parse_config(tiny_config(synthetic_root, model={"quality": {"branch": "iou"}}, data={"max_images": 16},
+                                   inference={"score_thresh": 0.0, "metrics": ["coco", "voc"]}))
+    torch.manual_seed(0)
+    model = build_detector(cfg.model, 6)
+    sweep = [parse_variant(v) for v in ("cls", "alpha=1.0", "none", "alpha=0.5")]
+    together = evaluate(model, cfg, variants=sweep, log=lambda m: None)
+    assert together.metrics["alpha=1.0/AP"] == together.metrics["cls/AP"]
+    for v in sweep:
+        alone = evaluate(model, cfg, variants=[v], log=lambda m: None)
+        assert alone.metrics == {k: x for k, x in together.metrics.items() if k.startswith(f"{v.name}/")}
+        assert all(np.array_equal(alone.bootstrap[v.name][k], r) for k, r in together.bootstrap[v.name].items())

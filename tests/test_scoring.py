@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from detector.config import InferenceConfig, VariantConfig
-from detector.scoring import RawPredictions, confidence, detect, select
+from detector.scoring import RawPredictions, VariantScores, confidence, detect, select
 
 
 def _raw(p, q, iou_truth=None, boxes=None):
@@ -46,8 +46,8 @@ def test_combined_confidence_is_applied_before_the_score_threshold():
     # p = 0.9 passes 0.05 alone, but p^0.5 q^0.5 = sqrt(0.9 * 0.001) = 0.03 does not
     raw = _raw([0.9, 0.3], [0.001, 0.9])
     cfg = InferenceConfig()
-    by_cls = select(raw, confidence(raw, VariantConfig(name="c", combine="cls")), cfg)[0]
-    by_pow = select(raw, confidence(raw, VariantConfig(name="a", combine="power", alpha=0.5)), cfg)[0]
+    by_cls = select(raw, VariantScores.of(raw, VariantConfig(name="c", combine="cls")), cfg)[0]
+    by_pow = select(raw, VariantScores.of(raw, VariantConfig(name="a", combine="power", alpha=0.5)), cfg)[0]
     assert len(by_cls.scores) == 2
     assert by_pow.scores.tolist() == pytest.approx([(0.3 * 0.9) ** 0.5])
 
@@ -64,7 +64,7 @@ def test_per_level_topk_happens_after_rescoring():
 def test_nms_suppresses_overlapping_boxes_of_the_same_class():
     boxes = torch.tensor([[[0.0, 0, 10, 10], [1.0, 0, 11, 10], [50.0, 50, 60, 60]]])
     raw = _raw([0.9, 0.8, 0.7], [1.0, 1.0, 1.0], boxes=boxes)
-    d = select(raw, confidence(raw, VariantConfig(name="c", combine="cls")), InferenceConfig())[0]
+    d = select(raw, VariantScores.of(raw, VariantConfig(name="c", combine="cls")), InferenceConfig())[0]
     assert d.scores.tolist() == pytest.approx([0.9, 0.7])
 
 
@@ -100,6 +100,12 @@ def test_iou_truth_is_taken_over_the_boxes_that_are_scored_not_crowd():
         assert raw.iou_truth[0, 100].item() == pytest.approx(expected)
 
 
+SWEEP = [VariantConfig(name="cls", combine="cls"), VariantConfig(name="a.5", combine="power", alpha=0.5),
+         VariantConfig(name="prod", combine="product"), VariantConfig(name="a1", combine="power", alpha=1.0),
+         VariantConfig(name="filter", combine="cls", q_filter=True)]
+"""Variants whose scores are exact in any kernel (no pow but sqrt): cls, alpha 1 and p*q rank alike."""
+
+
 @pytest.mark.parametrize("topk_per_level, max_dets, quantized", [
     (500, 100, False),  # the prefix grows within one top-k over the image
     (500, 100, True),   # bf16-like scores: many ties, ranked by index
@@ -108,22 +114,33 @@ def test_iou_truth_is_taken_over_the_boxes_that_are_scored_not_crowd():
 def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps(topk_per_level, max_dets, quantized):
     """NMS over each image's best candidates only (growing where suppression leaves fewer than max_dets) keeps
     the detections that NMS over all of them keeps, image by image, tied scores ranked by index (prior, then
-    class). Image 1 holds hundreds of near-copies of few boxes: its first candidates NMS down to a handful."""
-    import torch
-    from torchvision.ops import batched_nms
-
+    class), under every variant of a sweep (the candidates drawn from each image's best priors; an image's NMS
+    shared by the variants that rank its candidates alike). Image 1 holds hundreds of near-copies of few boxes:
+    its first candidates NMS down to a handful."""
     g = torch.Generator().manual_seed(0)
     b, c, sizes = 3, 4, [64 * 9, 16 * 9, 4 * 9]
     n = sum(sizes)
     xy = torch.rand(b, n, 2, generator=g) * 200
     boxes = torch.cat([xy, xy + 10 + torch.rand(b, n, 2, generator=g) * 50], -1)
     boxes[1] = torch.tensor([[10.0, 10, 60, 60], [100, 100, 150, 160]]).repeat(n // 2, 1) + torch.rand(n, 4, generator=g)
-    p = torch.rand(b, n, c, generator=g)
+    p, q = torch.rand(b, n, c, generator=g), torch.rand(b, n, generator=g)
     if quantized:
-        p = (p * 64).round() / 64
-    raw = RawPredictions(boxes, p, None, None, sizes)
+        p, q = (p * 64).round() / 64, (q * 16).round() / 16
+    raw = RawPredictions(boxes, p, q, None, sizes)
     cfg = InferenceConfig(score_thresh=0.05, topk_per_level=topk_per_level, max_dets=max_dets)
-    ours = select(raw, p, cfg)
+    swept = detect(raw, SWEEP, cfg)
+    for variant in SWEEP:
+        _check_against_nms_of_every_candidate(raw, confidence(raw, variant), cfg, swept[variant.name])
+        alone = select(raw, VariantScores.of(raw, variant), cfg)
+        assert all(torch.equal(x.scores, y.scores) and torch.equal(x.boxes, y.boxes) for x, y in
+                   zip(alone, swept[variant.name]))
+    assert len(swept["cls"][1].scores) < 20  # suppression left few: the prefix grew to every candidate
+
+
+def _check_against_nms_of_every_candidate(raw, p, cfg, ours):
+    from torchvision.ops import batched_nms
+
+    (b, _, c), boxes, sizes = p.shape, raw.boxes, raw.level_sizes
     for img in range(b):
         start, keep_v, keep_i = 0, [], []
         for size in sizes:
@@ -140,7 +157,6 @@ def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps(top
         keep = batched_nms(bx.double(), ranks, lab, cfg.nms_iou)[: cfg.max_dets]
         assert torch.equal(ours[img].scores, v[keep]) and torch.equal(ours[img].labels, lab[keep]), img
         assert torch.equal(ours[img].boxes, bx[keep]), img
-    assert len(ours[1].scores) < 20  # suppression left few: the prefix grew to every candidate
 
 
 @pytest.mark.parametrize("max_dets", [1, 3])
@@ -152,5 +168,6 @@ def test_tied_scores_are_kept_in_index_order_even_past_the_first_top_k(max_dets)
     boxes = torch.cat([x, torch.zeros(n, 1), x + 10, torch.full((n, 1), 10.0)], 1)[None]
     p = torch.full((1, n, 1), 0.5)
     raw = RawPredictions(boxes, p, None, None, [1000, 1000])
-    got = select(raw, p, InferenceConfig(score_thresh=0.05, topk_per_level=1000, max_dets=max_dets))[0]
+    got = select(raw, VariantScores.of(raw, SWEEP[0]), InferenceConfig(score_thresh=0.05, topk_per_level=1000,
+                                                                     max_dets=max_dets))[0]
     assert got.boxes[:, 0].tolist() == [20.0 * k for k in range(max_dets)]
