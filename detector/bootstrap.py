@@ -56,8 +56,9 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
     reps, thresholds = weights.shape[0], m.tp.shape[0]
     n_pos = weights @ m.gt_count  # (R,)
     ap = np.zeros((reps, thresholds))
-    w = weights[:, m.image].astype(np.float64)  # (R, D)
+    w = np.asarray(weights, np.float64)[:, m.image]  # (R, D)
     seen = np.cumsum(w, axis=1)  # weight of every detection up to each rank
+    reach = _recall_counts(np.maximum(n_pos, 1e-12), recalls)  # (R, P): the same at every threshold
     for t in range(thresholds):
         hits = np.flatnonzero(m.tp[t])
         if not hits.size:
@@ -71,7 +72,7 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
             counted = counted - ig_cum[:, upto]
         precision = tp / (counted + np.spacing(1))  # COCO's guard against 0 / 0
         envelope = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
-        first = _first_reaching(tp, np.maximum(n_pos, 1e-12), recalls)
+        first = _first_reaching(tp, reach)
         reached = first < hits.size
         values = np.take_along_axis(envelope, np.minimum(first, hits.size - 1), axis=1) * reached
         ap[:, t] = values.mean(axis=1)
@@ -79,22 +80,29 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
     return ap
 
 
-def _first_reaching(tp: np.ndarray, n_pos: np.ndarray, recalls: np.ndarray) -> np.ndarray:
-    """(R, P) ``np.searchsorted(tp[r] / n_pos[r], recalls, side="left")`` for every row r at once, with the same
-    float comparisons. tp: (R, H) non-decreasing integer-valued counts; n_pos: (R,).
-
-    Division by n_pos is monotone, so each row's search is one for the least count k with ``k / n >= x`` (as
-    floats); k is ceil(x n) moved by the odd one where the rounding crosses x, and all rows are searched in one
-    call with row r's counts and targets offset by r times a bound past both (exact: integers in float64)."""
+def _recall_counts(n_pos: np.ndarray, recalls: np.ndarray) -> np.ndarray:
+    """(R, P) for each row's n_pos (R,) and each recall x, the least count k with ``k / n_pos >= x`` as floats
+    compare it: the count of true positives at which the recall ``tp / n_pos`` reaches x. Division by n_pos is
+    monotone, so k is ceil(x n) moved by the odd one where the rounding crosses x."""
     n = n_pos[:, None]
     k = np.ceil(recalls[None, :] * n)
     for _ in range(2):  # the rounding of x n and of k / n move k by at most one each
         k = np.where((k - 1) / n >= recalls, k - 1, k)
         k = np.where(k / n < recalls, k + 1, k)
-    span = max(float(tp.max(initial=0.0)), float(k.max(initial=0.0))) + 1
-    offset = np.arange(len(tp))[:, None] * span
-    found = np.searchsorted((tp + offset).ravel(), (k + offset).ravel(), side="left").reshape(k.shape)
-    return found - np.arange(len(tp))[:, None] * tp.shape[1]
+    return k
+
+
+def _first_reaching(tp: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(R, P) ``np.searchsorted(tp[r], counts[r], side="left")`` for every row r at once: the first rank at
+    which each row's running count tp (R, H) (non-decreasing, integer-valued) reaches each of its counts (R, P)
+    (integer-valued), i.e. how many of its ranks are below it. Counted, not searched: a histogram of each
+    row's values, summed up."""
+    rows, ranks = tp.shape
+    top = int(tp.max(initial=0.0)) + 1  # every value is in 0 .. top - 1
+    cells = (tp.astype(np.int64) + np.arange(rows)[:, None] * top).ravel()
+    at_most = np.bincount(cells, minlength=rows * top).reshape(rows, top).cumsum(axis=1)  # ranks with value <= v
+    below = np.take_along_axis(at_most, np.clip(counts - 1, 0, top - 1).astype(np.int64), axis=1)
+    return np.where(counts <= 0, 0, np.where(counts > top - 1, ranks, below))
 
 
 CHUNK = 20_000_000
@@ -105,7 +113,7 @@ without chunking)."""
 def replicate_aps(classes: list[ClassMatches], weights: np.ndarray, recalls: np.ndarray) -> np.ndarray:
     """(R, T, K) AP of every class under each replicate's weights (NaN: no GT of it drawn), replicates taken in
     chunks of at most CHUNK replicate-detections."""
-    out = []
+    out, weights = [], np.asarray(weights, np.float64)  # converted once, not per class
     for m in classes:
         step = max(1, CHUNK // max(1, len(m.image)))
         out.append(np.concatenate([weighted_ap(m, weights[i:i + step], recalls) for i in range(0, len(weights), step)]))

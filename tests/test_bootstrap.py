@@ -135,3 +135,13 @@ def test_replicates_in_chunks_are_the_same_replicates(monkeypatch):
     monkeypatch.setattr(bootstrap, "CHUNK", 500)  # a few replicates at a time
     chunked = coco_replicates(matches, draws)
     assert all(np.array_equal(whole[k], chunked[k]) for k in whole)
+
+
+def test_first_reaching_is_a_left_searchsorted_of_every_row():
+    from detector.bootstrap import _first_reaching
+
+    rng = np.random.default_rng(5)
+    tp = np.cumsum(rng.integers(0, 3, (40, 30)), axis=1).astype(np.float64)  # runs of equal counts
+    counts = rng.integers(0, int(tp.max()) + 4, (40, 101)).astype(np.float64)  # 0 and past every row's end too
+    expected = np.stack([np.searchsorted(row, c, side="left") for row, c in zip(tp, counts)])
+    assert np.array_equal(_first_reaching(tp, counts), expected)
