@@ -51,10 +51,10 @@ from .study import Resources
 
 THROUGHPUT_TABLE = Path(__file__).resolve().parents[2] / "studies" / "profiles" / "gpu_throughput.yaml"
 
-POST_S = 0.00094
-"""Seconds per val image and inference variant after the forward pass: rescoring, top-k, NMS (select 1.10 s),
-the detections as columns (0.02 s), COCO metrics and correlations (0.36 s) and the bootstrap (0.40 s) of 10
-variants on 200 images with 100 detections each: 1.88 s / 2000 (README "Measured here", bench/eval.py)."""
+POST_S = 0.00086
+"""Seconds per val image and inference variant after the forward pass: rescoring, top-k, NMS (select 0.89 s),
+the detections as columns (0.03 s), COCO metrics and correlations (0.37 s) and the bootstrap (0.29 s) of 10
+variants on 200 images with 100 detections each: 1.71 s / 2000 (README "Measured here", bench/eval.py)."""
 
 TRIAL_OVERHEAD_S = {"tune": 2.2, "train": 14.7}
 """Seconds a trial costs beyond its training and evaluation, by executor: 2.2 s in the Tune trial's process, 14.7 s
