@@ -374,7 +374,7 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         d = dets[v.name]
         if first_alike[v.name] != v.name:
             m, reps = ranked_metrics[first_alike[v.name]]
-            m = dict(m)
+            m, reps = dict(m), dict(reps)
         else:
             m, reps = {}, {}
             if v.name in coco_results:

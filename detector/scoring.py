@@ -249,8 +249,8 @@ def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig,
         kept_positions.append(kept)
         if len(kept) < cfg.max_dets and more[img]:
             image_scores = scores.image(img)
-            flat = _more_rounds(raw.boxes[img], image_scores, raw.level_sizes, c, cfg, index[img, kept], upto,
-                                2 * m)[: cfg.max_dets]
+            flat = _more_rounds(raw.boxes[img], image_scores, raw.level_sizes, c, cfg, index[img, kept],
+                                index[img, :upto], 2 * m)[: cfg.max_dets]
             results.append(Detections(raw.boxes[img, flat // c], image_scores[flat], flat % c))
         else:
             kept = kept[: cfg.max_dets]
@@ -261,26 +261,31 @@ def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig,
 
 
 def _more_rounds(boxes: Tensor, flat: Tensor, level_sizes: list[int], classes: int, cfg: InferenceConfig,
-                 kept: Tensor, decided: int, m: int) -> Tensor:
-    """One image's NMS continued past its first ``decided`` candidates (which kept ``kept``), over its ``m``
-    best, m doubling until max_dets are kept or no candidate is left above the threshold. Each round runs NMS
-    over the boxes kept so far (which keep each other) and the new candidates only. boxes (N, 4); flat (N * C,)
-    scores; returns the kept flat indices (prior * C + class), best first."""
+                 kept: Tensor, decided: Tensor, m: int) -> Tensor:
+    """One image's NMS continued past the candidates ``decided`` (flat indices, which kept ``kept``), over its
+    ``m`` best, m doubling until max_dets are kept or no candidate is left above the threshold. Each round runs
+    NMS over the boxes kept so far (which keep each other) and the candidates not yet decided. Those are told
+    by index, not by position: the first round's scores come from another tensor than ``flat``, and a CPU
+    kernel can round an element a unit apart by where it sits. boxes (N, 4); flat (N * C,) scores; returns the
+    kept flat indices (prior * C + class), best first."""
     n_all = flat.shape[0]
     while True:  # ends: m doubles until every candidate is fetched
         v, i = _best_candidates(flat, level_sizes, classes, m, cfg.topk_per_level)
         complete = len(v) < m or len(v) == n_all  # every candidate (per level, at most topk_per_level) fetched
         passing = int((v > cfg.score_thresh).sum())  # a prefix
         ready = passing if complete or passing < len(v) else int((v > v[-1]).sum())
-        candidates = torch.cat([kept, i[decided:ready]])
+        fresh = i[:ready][~torch.isin(i[:ready], decided)]
+        candidates = torch.cat([kept, fresh])
         kept = candidates[_class_wise_nms(boxes[candidates // classes], candidates % classes, cfg.nms_iou)]
         if len(kept) >= cfg.max_dets or passing < len(v) or complete:
             return kept
-        decided, m = ready, 2 * m
+        decided, m = torch.cat([decided, fresh]), 2 * m
 
 
 def detect(raw: RawPredictions, variants: list[VariantConfig], cfg: InferenceConfig) -> dict[str, list[Detections]]:
     """Every variant's detections from one set of raw predictions."""
+    if not len(raw.p):
+        return {v.name: [] for v in variants}
     best_p = raw.p.amax(-1)  # (B, N): each prior's best class, for every variant
     first_rounds: list[_FirstRound] = []
     return {v.name: select(raw, VariantScores.of(raw, v, best_p), cfg, first_rounds) for v in variants}
