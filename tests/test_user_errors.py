@@ -219,6 +219,8 @@ CASES = [
     ("coco_annotation_without_area", lambda c: ["validate", c.study_on(c.coco(
         {**GOOD_COCO, "annotations": [{k: v for k, v in GOOD_COCO["annotations"][0].items() if k != "area"}]}))],
      ["annotations.0.area", "expected int/float", "None"]),
+    ("coco_negative_area", lambda c: ["validate", c.study_on(c.coco(coco_with(area=-5)))],
+     ["annotations.0.area", "finite number >= 0", "-5"]),
     ("coco_images_not_a_list", lambda c: ["validate", c.study_on(c.coco({**GOOD_COCO, "images": {"id": 1}}))],
      ["images", "must be a list"]),
     ("voc_xml_without_size", lambda c: ["validate", c.study_on(voc_without_size(c))], ["img1.xml", "<size>/<width>"]),

@@ -114,6 +114,9 @@ def _read_coco_json(ann_file: Path) -> dict:
     for i, a in enumerate(dataset.get("annotations", [])):
         # COCOeval reads the area ranges off ``area`` and records a match as the GT's id, 0 meaning none.
         check("annotations", i, a, {"id": (int,), "image_id": (int,), "category_id": (int,), "area": (int, float)})
+        if not (math.isfinite(a["area"]) and a["area"] >= 0):
+            raise DatasetError(f"{ann_file}: annotations.{i}.area: expected a finite number >= 0, got "
+                               f"{shown_value(a['area'])}")
         if a["id"] < 1:
             raise DatasetError(f"{ann_file}: annotations.{i}.id: {a['id']}: annotation ids start at 1 (COCO's "
                                f"evaluation reads id 0 as 'no match')")
