@@ -369,30 +369,30 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     if "coco" in cfg.inference.metrics:  # every variant in one pass over the ground truth
         coco_results = dict(zip(distinct, coco.evaluate(coco.CocoGroundTruth.of(gt_dataset),
                                                         [dets[name].coco_array() for name in distinct])))
+    # COCO / VOC metrics and their intervals, once per variant ranked differently from every other
     ranked_metrics: dict[str, tuple[dict[str, float], dict[str, np.ndarray]]] = {}
+    for name in distinct:
+        d = dets[name]
+        m, reps = {}, {}
+        if name in coco_results:
+            m.update(coco_results[name].stats)
+            t = time.perf_counter()
+            if intervals:
+                reps.update(coco_replicates(coco_results[name].matches, draws))
+            t_boot += time.perf_counter() - t
+        if "voc" in cfg.inference.metrics:
+            matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset, padded_gt)
+            m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
+            t = time.perf_counter()
+            if intervals:
+                reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
+            t_boot += time.perf_counter() - t
+        for k, r in reps.items():
+            m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
+        ranked_metrics[name] = (m, reps)
     for v in variants:
         d = dets[v.name]
-        if first_alike[v.name] != v.name:
-            m, reps = ranked_metrics[first_alike[v.name]]
-            m, reps = dict(m), dict(reps)
-        else:
-            m, reps = {}, {}
-            if v.name in coco_results:
-                m.update(coco_results[v.name].stats)
-                t = time.perf_counter()
-                if intervals:
-                    reps.update(coco_replicates(coco_results[v.name].matches, draws))
-                t_boot += time.perf_counter() - t
-            if "voc" in cfg.inference.metrics:
-                matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset, padded_gt)
-                m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
-                t = time.perf_counter()
-                if intervals:
-                    reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
-                t_boot += time.perf_counter() - t
-            for k, r in reps.items():
-                m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
-            ranked_metrics[v.name] = (dict(m), reps)
+        m, reps = (dict(x) for x in ranked_metrics[first_alike[v.name]])
         replicates[v.name] = reps
         conf = d.score
         iou_eval = iou_eval_of(padded_gt, d)

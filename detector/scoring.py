@@ -104,34 +104,35 @@ def confidence(raw: RawPredictions, variant: VariantConfig) -> Tensor:
 class VariantScores:
     """A variant's confidence (B, N, C) over a batch, computed where selection reads it: each prior's best
     (from best_p (B, N), each prior's best class probability, shared by every variant: the confidence is
-    non-decreasing in p), then the classes of the priors kept, and in full only for an image that needs it."""
+    non-decreasing in p), then the classes of the priors kept, and in full only for an image that needs it.
+    q: (B, N) the quality the variant reads, None for plain classification."""
 
     raw: RawPredictions
     variant: VariantConfig
     best_p: Tensor
+    q: Optional[Tensor]
 
     @classmethod
     def of(cls, raw: RawPredictions, variant: VariantConfig, best_p: Optional[Tensor] = None) -> "VariantScores":
-        return cls(raw, variant, raw.p.amax(-1) if best_p is None else best_p)
+        return cls(raw, variant, raw.p.amax(-1) if best_p is None else best_p, _quality(raw, variant))
 
     def per_prior(self) -> Tensor:
         """(B, N) each prior's best confidence."""
-        return _combine(self.best_p, _quality(self.raw, self.variant), self.variant)
+        return _combine(self.best_p, self.q, self.variant)
 
     def at_priors(self, priors: Tensor) -> Tensor:
         """(B, K, C) the confidence of every class of the priors (B, K)."""
-        q = _quality(self.raw, self.variant)
         p = self.raw.p.gather(1, priors[..., None].expand(-1, -1, self.raw.p.shape[2]))
-        return _combine(p, None if q is None else q.gather(1, priors)[..., None], self.variant)
+        return _combine(p, None if self.q is None else self.q.gather(1, priors)[..., None], self.variant)
 
     def full(self) -> Tensor:
         """(B, N, C) the whole batch's confidence."""
-        return confidence(self.raw, self.variant)
+        return _combine(self.raw.p, None if self.q is None else self.q[..., None], self.variant)
 
     def image(self, img: int) -> Tensor:
         """(N * C,) one image's confidence of every prior and class, flat (prior * C + class)."""
-        q = _quality(self.raw, self.variant)
-        return _combine(self.raw.p[img], None if q is None else q[img, :, None], self.variant).reshape(-1)
+        q = None if self.q is None else self.q[img, :, None]
+        return _combine(self.raw.p[img], q, self.variant).reshape(-1)
 
 
 def _class_wise_nms(boxes: Tensor, groups: Tensor, iou: float, shift: Optional[float] = None) -> Tensor:
@@ -197,12 +198,11 @@ class _FirstRound:
     ready: Tensor
     kept: list[Tensor]
 
-    def same_as(self, index: Tensor, ready: Tensor) -> Optional[Tensor]:
-        """(B,) bool: the images this round decided exactly as ``index`` and ``ready`` ask; None if none."""
+    def same_images(self, index: Tensor, ready: Tensor) -> list[int]:
+        """The images this round decided exactly as ``index`` and ``ready`` ask."""
         if self.index.shape != index.shape:
-            return None
-        same = (self.index == index).all(1) & (self.ready == ready)
-        return same if bool(same.any()) else None
+            return []
+        return torch.nonzero((self.index == index).all(1) & (self.ready == ready)).view(-1).tolist()
 
 
 def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig,
@@ -232,8 +232,7 @@ def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig,
     earlier = [] if earlier is None else earlier
     reused: list[Optional[Tensor]] = [None] * b
     for round_ in earlier:
-        same = round_.same_as(index, ready)
-        for img in ([] if same is None else torch.nonzero(same).view(-1).tolist()):
+        for img in round_.same_images(index, ready):
             reused[img] = round_.kept[img]
     boxes = raw.boxes.gather(1, (index // c)[..., None].expand(-1, -1, 4)).double()  # (B, m, 4)
     # One class shift for the batch (any shift past the largest coordinate gives the same IoUs)

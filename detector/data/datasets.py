@@ -108,9 +108,8 @@ def _read_coco_json(ann_file: Path) -> dict:
         check("images", i, img, {"id": (int,), "file_name": (str,), "width": (int,), "height": (int,)})
     cat_ids = {c["id"] for c in dataset["categories"]}
     img_ids = {img["id"] for img in dataset["images"]}
-    for key, ids in (("categories", cat_ids), ("images", img_ids)):
-        if len(ids) < len(dataset[key]):
-            _refuse_repeated_id(ann_file, key, dataset[key])
+    for key in ("categories", "images"):
+        _check_unique_ids(ann_file, key, dataset[key])
     for i, a in enumerate(dataset.get("annotations", [])):
         # COCOeval reads the area ranges off ``area`` and records a match as the GT's id, 0 meaning none.
         check("annotations", i, a, {"id": (int,), "image_id": (int,), "category_id": (int,), "area": (int, float)})
@@ -130,12 +129,11 @@ def _read_coco_json(ann_file: Path) -> dict:
                                f"(ids: {sorted(cat_ids)[:10]}{' ...' if len(cat_ids) > 10 else ''})")
         if a["image_id"] not in img_ids:
             raise DatasetError(f"{ann_file}: annotations.{i}.image_id: {a['image_id']} is not an image id")
-    if len({a["id"] for a in dataset.get("annotations", [])}) < len(dataset.get("annotations", [])):
-        _refuse_repeated_id(ann_file, "annotations", dataset["annotations"])
+    _check_unique_ids(ann_file, "annotations", dataset.get("annotations", []))
     return dataset
 
 
-def _refuse_repeated_id(ann_file: Path, key: str, entries: list[dict]) -> None:
+def _check_unique_ids(ann_file: Path, key: str, entries: list[dict]) -> None:
     """A DatasetError naming the first entry whose id an earlier one has (pycocotools' index keeps the last)."""
     seen: dict[int, int] = {}
     for i, entry in enumerate(entries):
