@@ -54,21 +54,22 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
     recall is at its first rank, a true positive. So the sums are gathered at those ranks alone. Weights are
     integers, so every sum is exact and the comparisons are the unweighted metric's."""
     reps, thresholds = weights.shape[0], m.tp.shape[0]
+    weights = np.asarray(weights, np.float64)
     n_pos = weights @ m.gt_count  # (R,)
     ap = np.zeros((reps, thresholds))
-    w = np.asarray(weights, np.float64)[:, m.image]  # (R, D)
-    seen = np.cumsum(w, axis=1)  # weight of every detection up to each rank
-    reach = _recall_counts(np.maximum(n_pos, 1e-12), recalls)  # (R, P): the same at every threshold
-    for t in range(thresholds):
-        hits = np.flatnonzero(m.tp[t])
+    hit_ranks = [np.flatnonzero(m.tp[t]) for t in range(thresholds)]
+    ranks = np.unique(np.concatenate(hit_ranks))  # the ranks where recall rises at some threshold
+    seen = _weight_up_to(weights, m.image, ranks)  # (R, U): weight of every detection up to each of them
+    reach = recall_counts(np.maximum(n_pos, 1e-12), recalls)  # (R, P): the same at every threshold
+    for t, hits in enumerate(hit_ranks):
         if not hits.size:
             continue
-        tp = np.cumsum(w[:, hits], axis=1)  # (R, H)
+        tp = np.cumsum(weights[:, m.image[hits]], axis=1)  # (R, H)
         ignored = np.flatnonzero(m.ignored[t])
-        counted = seen[:, hits]
+        counted = seen[:, np.searchsorted(ranks, hits)]
         if ignored.size:  # weight of ignored detections ranked at or above each hit
             upto = np.searchsorted(ignored, hits, side="right")
-            ig_cum = np.concatenate([np.zeros((reps, 1)), np.cumsum(w[:, ignored], axis=1)], axis=1)
+            ig_cum = np.concatenate([np.zeros((reps, 1)), np.cumsum(weights[:, m.image[ignored]], axis=1)], axis=1)
             counted = counted - ig_cum[:, upto]
         precision = tp / (counted + np.spacing(1))  # COCO's guard against 0 / 0
         envelope = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
@@ -80,7 +81,17 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
     return ap
 
 
-def _recall_counts(n_pos: np.ndarray, recalls: np.ndarray) -> np.ndarray:
+def _weight_up_to(weights: np.ndarray, image: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """(R, U) the total weight (R, N) of the detections (D,) ranked at or above each of ``ranks`` (U,), sorted:
+    the weights of the detections between two of them summed at once (reduceat over (D, R) rows), then
+    accumulated."""
+    if not ranks.size:
+        return np.zeros((len(weights), 0))
+    per_detection = weights.T[image[: ranks[-1] + 1]]  # (D', R)
+    return np.cumsum(np.add.reduceat(per_detection, np.r_[0, ranks[:-1] + 1], axis=0), axis=0).T
+
+
+def recall_counts(n_pos: np.ndarray, recalls: np.ndarray) -> np.ndarray:
     """(R, P) for each row's n_pos (R,) and each recall x, the least count k with ``k / n_pos >= x`` as floats
     compare it: the count of true positives at which the recall ``tp / n_pos`` reaches x. Division by n_pos is
     monotone, so k is ceil(x n) moved by the odd one where the rounding crosses x."""

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bootstrap import COCO_AP_AT, COCO_RECALLS, COCO_THRESHOLDS, ClassMatches
+from .bootstrap import COCO_AP_AT, COCO_RECALLS, COCO_THRESHOLDS, ClassMatches, recall_counts
 
 AREA_RANGES = ((0.0, 1e10), (0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, 1e10))
 """pycocotools' area ranges: all, small, medium, large (bounds inclusive, on the annotation's ``area``)."""
@@ -127,21 +127,28 @@ def _greedy_match(iou: np.ndarray, counts: np.ndarray, ignored: np.ndarray, crow
     return match
 
 
-def _accumulate_class(tp: np.ndarray, fp: np.ndarray, n_pos: int) -> np.ndarray:
-    """(T, R) COCOeval.accumulate's interpolated precision of one class, one area range: tp, fp (T, D) over its
-    detections in rank order (an ignored one is neither), n_pos its GTs that count (> 0)."""
-    tp_sum, fp_sum = np.cumsum(tp, axis=1).astype(np.float64), np.cumsum(fp, axis=1).astype(np.float64)
-    out = np.zeros((tp.shape[0], len(COCO_RECALLS)))
-    n = tp.shape[1]
+def _accumulate(tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
+    """(A, T, R) COCOeval.accumulate's interpolated precision of one class under A area ranges: tp, fp (A, T, D)
+    over its detections in rank order (an ignored one is neither), n_pos (A,) its GTs that count (> 0).
+
+    Read at the true positives only: the first rank whose recall reaches a recall point is the k-th true
+    positive (k: recall_counts, the least count whose recall ``k / n_pos`` reaches it as floats compare), and the
+    most precision at or past a rank is at a true positive (precision falls at every false positive). The
+    precisions are pycocotools' float operations: ``tp / (fp + tp + eps)`` of the running counts."""
+    areas, thresholds, n = tp.shape
     if n == 0:
-        return out
-    recall = tp_sum / n_pos
-    precision = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+        return np.zeros((areas, thresholds, len(COCO_RECALLS)))
+    rows = tp.reshape(-1, n)
+    counted = np.cumsum((tp | fp).reshape(-1, n), axis=1, dtype=np.float64)  # fp + tp at every rank
+    row, rank = np.nonzero(rows)  # each row's true positives, in rank order
+    hits = np.bincount(row, minlength=len(rows))
+    nth = np.arange(len(row)) - np.repeat(np.cumsum(hits) - hits, hits)  # 0, 1, ... within each row
+    precision = np.zeros((len(rows), max(1, int(hits.max(initial=0)))))  # padding 0 never raises a maximum
+    precision[row, nth] = (nth + 1.0) / (counted[row, rank] + np.spacing(1))
     envelope = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
-    for t in range(tp.shape[0]):
-        first = np.searchsorted(recall[t], COCO_RECALLS, side="left")
-        out[t] = np.where(first < n, envelope[t, np.minimum(first, n - 1)], 0.0)
-    return out
+    k = np.repeat(recall_counts(n_pos.astype(np.float64), COCO_RECALLS), thresholds, axis=0).astype(np.int64)
+    reached = np.take_along_axis(envelope, np.clip(k - 1, 0, envelope.shape[1] - 1), axis=1)
+    return np.where(k <= hits[:, None], reached, 0.0).reshape(areas, thresholds, -1)
 
 
 def _mean_valid(s: np.ndarray) -> float:
@@ -317,8 +324,10 @@ def evaluate(gt: CocoGroundTruth, detection_sets: Sequence[np.ndarray]) -> list[
         matches = []
         for k in range(n_cat):
             idx = ranked[bounds[s * n_cat + k]:bounds[s * n_cat + k + 1]]
-            for a in np.flatnonzero(n_pos[k] > 0):
-                precision[s, :, :, k, a] = _accumulate_class(tp[idx, a].T, fp[idx, a].T, int(n_pos[k, a]))
+            areas = np.flatnonzero(n_pos[k] > 0)
+            # (integer indices beside an index array: the indexed view's axes are (A, T, R))
+            precision[s, :, :, k, areas] = _accumulate(*(np.ascontiguousarray(x[idx][:, areas].transpose(1, 2, 0))
+                                                         for x in (tp, fp)), n_pos[k, areas])
             matches.append(ClassMatches(dets.image[idx], tp[idx, 0].T, ignored[idx, 0].T, per_image[k]))
         results.append(CocoEvaluation(summarize(precision[s], recall[s]), precision[s], recall[s], matches))
     return results

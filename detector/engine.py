@@ -25,7 +25,7 @@ from .evaluation import (VOC_PIXEL_OFFSET, VOC_THRESHOLDS, DetectionTable, Padde
                          iou_eval_of, voc_class_matches, voc_metrics)
 from .model import Detector, build_detector
 from .precision import Precision, hardware_summary, resolve_precision
-from .scoring import Detections, detect, raw_predictions
+from .scoring import Detections, Selector, raw_predictions
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -329,16 +329,18 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
     model.eval()
     parts: dict[str, list[DetectionTable]] = {v.name: [] for v in variants}
     seconds = dict.fromkeys(("forward", "select", "assemble", "metrics", "bootstrap"), 0.0)
+    select = Selector(variants, cfg.inference)
+    truth = any(v.quality_source == "truth" for v in variants)  # IoU_truth (B, N, G) only where a variant reads it
     t0 = time.perf_counter()
     for batch in loader:
         t = time.perf_counter()
         batch = batch.to(device)
         with precision.autocast():
             out, priors = model(batch.images)
-        raw = raw_predictions(out, priors, model.family, batch.targets, batch.image_sizes)
+        raw = raw_predictions(out, priors, model.family, batch.targets if truth else None, batch.image_sizes)
         t1 = time.perf_counter()
         seconds["forward"] += t1 - t
-        selected = detect(raw, variants, cfg.inference)
+        selected = select(raw)
         t2 = time.perf_counter()
         seconds["select"] += t2 - t1
         for name, per_image in selected.items():
@@ -390,12 +392,15 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         for k, r in reps.items():
             m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
         ranked_metrics[name] = (m, reps)
+    iou_evals: dict[str, np.ndarray] = {}  # a variant ranked alike an earlier one has its boxes too
     for v in variants:
         d = dets[v.name]
         m, reps = (dict(x) for x in ranked_metrics[first_alike[v.name]])
         replicates[v.name] = reps
         conf = d.score
-        iou_eval = iou_eval_of(padded_gt, d)
+        iou_eval = iou_evals.get(first_alike[v.name])
+        if iou_eval is None:
+            iou_eval = iou_evals[v.name] = iou_eval_of(padded_gt, d)
         m.update(correlations(conf, iou_eval))
         m["num_detections"], m["val_images"] = float(len(d)), float(len(val_set.records))
         for k, val in m.items():

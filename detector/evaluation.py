@@ -204,9 +204,22 @@ def correlations(confidence: np.ndarray, iou_eval: np.ndarray) -> dict[str, floa
 
 
 def iou_eval_of(gt: PaddedGroundTruth, detections: DetectionTable) -> np.ndarray:
-    """(D,) IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image (0 if
-    none)."""
-    rows = gt.row_of(detections.image_id)
-    iou = _iou_with_own_gts(detections.box, gt.boxes, rows)
-    same = (gt.labels[rows] == detections.label[:, None]) & ~gt.ignore[rows]
-    return np.where(same, iou, 0.0).max(axis=1, initial=0.0)
+    """(D,) IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image (0 if none),
+    computed against those GTs only (padded per image and class)."""
+    classes = int(max(gt.labels.max(initial=-1), detections.label.max(initial=-1))) + 1
+    img, slot = np.nonzero((gt.labels >= 0) & ~gt.ignore)
+    key = img * classes + gt.labels[img, slot]
+    order = np.argsort(key, kind="stable")
+    keys, first, count = np.unique(key[order], return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(keys)), count)
+    boxes = np.zeros((len(keys) + 1, max(1, int(count.max(initial=0))), 4))  # the last group: no GT
+    valid = np.zeros(boxes.shape[:2], bool)
+    at = np.arange(len(order)) - np.repeat(first, count)
+    boxes[group, at], valid[group, at] = gt.boxes[img[order], slot[order]], True
+    own = gt.row_of(detections.image_id) * classes + detections.label
+    rows = np.full(len(own), len(keys))
+    if len(keys):
+        found = np.minimum(np.searchsorted(keys, own), len(keys) - 1)
+        rows = np.where(keys[found] == own, found, rows)
+    iou = _iou_with_own_gts(detections.box, boxes, rows)
+    return np.where(valid[rows], iou, 0.0).max(axis=1, initial=0.0)

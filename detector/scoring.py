@@ -7,6 +7,8 @@ The combined confidence is applied before the top-k and the threshold, on every 
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -102,60 +104,55 @@ def confidence(raw: RawPredictions, variant: VariantConfig) -> Tensor:
 
 @dataclass
 class VariantScores:
-    """A variant's confidence (B, N, C) over a batch, computed where selection reads it: each prior's best
-    (from best_p (B, N), each prior's best class probability, shared by every variant: the confidence is
-    non-decreasing in p), then the classes of the priors kept, and in full only for an image that needs it.
-    q: (B, N) the quality the variant reads, None for plain classification."""
+    """A variant's confidence over some images of a batch (rows ``images`` (B',) of the raw predictions),
+    computed where selection reads it: each prior's best (from best_p (B', N), each prior's best class
+    probability, shared by every variant: the confidence is non-decreasing in p), then the classes of the
+    priors kept, and in full only for an image that needs it. q: (B', N) the quality the variant reads, None
+    for plain classification."""
 
     raw: RawPredictions
     variant: VariantConfig
+    images: Tensor
     best_p: Tensor
     q: Optional[Tensor]
 
     @classmethod
     def of(cls, raw: RawPredictions, variant: VariantConfig, best_p: Optional[Tensor] = None) -> "VariantScores":
-        return cls(raw, variant, raw.p.amax(-1) if best_p is None else best_p, _quality(raw, variant))
+        """Over every image of the batch; ``best_p``: raw.p.amax(-1), when already computed."""
+        return cls(raw, variant, torch.arange(len(raw.p), device=raw.p.device),
+                   raw.p.amax(-1) if best_p is None else best_p, _quality(raw, variant))
+
+    def rows(self, rows: Tensor) -> "VariantScores":
+        """The same scores over these rows (B'',) of this one's images only."""
+        return VariantScores(self.raw, self.variant, self.images[rows], self.best_p[rows],
+                             None if self.q is None else self.q[rows])
 
     def per_prior(self) -> Tensor:
-        """(B, N) each prior's best confidence."""
+        """(B', N) each prior's best confidence."""
         return _combine(self.best_p, self.q, self.variant)
 
     def at_priors(self, priors: Tensor) -> Tensor:
-        """(B, K, C) the confidence of every class of the priors (B, K)."""
-        p = self.raw.p.gather(1, priors[..., None].expand(-1, -1, self.raw.p.shape[2]))
+        """(B', K, C) the confidence of every class of the priors (B', K)."""
+        n, c = self.raw.p.shape[1:]
+        p = self.raw.p.reshape(-1, c)[self.images[:, None] * n + priors]
         return _combine(p, None if self.q is None else self.q.gather(1, priors)[..., None], self.variant)
 
     def full(self) -> Tensor:
-        """(B, N, C) the whole batch's confidence."""
-        return _combine(self.raw.p, None if self.q is None else self.q[..., None], self.variant)
-
-    def image(self, img: int) -> Tensor:
-        """(N * C,) one image's confidence of every prior and class, flat (prior * C + class)."""
-        q = None if self.q is None else self.q[img, :, None]
-        return _combine(self.raw.p[img], q, self.variant).reshape(-1)
+        """(B', N, C) the confidence of every prior and class."""
+        return _combine(self.raw.p[self.images], None if self.q is None else self.q[..., None], self.variant)
 
 
-def _class_wise_nms(boxes: Tensor, groups: Tensor, iou: float, shift: Optional[float] = None) -> Tensor:
-    """torchvision's NMS within each group at once (its coordinate trick: every group's boxes are moved
-    apart, so boxes of two groups never overlap) of K boxes (K, 4) already in score order: kept indices, in
-    that order. Moved in float64, where the shift is exact (so any shift past the largest coordinate gives the
-    same IoUs): in float32 it would round the coordinates and flip overlaps that sit at the threshold. NMS is
-    given ranks, not the scores, so that its own sort cannot reorder tied scores (then a prefix of the
-    candidates is decided as in the run over all of them)."""
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    boxes = boxes.double()
-    shift = float(boxes.max()) + 1 if shift is None else shift
-    ranks = torch.arange(len(boxes), 0, -1, dtype=torch.float64, device=boxes.device)
-    return nms(boxes + (groups.double() * shift)[:, None], ranks, iou)
+_LOW = 0xFFFFFFFF
 
 
-def _ranked(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """Top-k output (..., K) re-ranked so that tied scores keep index order (prior, then class): top-k's own
-    order of ties is unspecified, and bf16 scores tie often."""
-    index, by_index = index.sort(dim=-1)
-    values, order = values.gather(-1, by_index).sort(dim=-1, descending=True, stable=True)
-    return values, index.gather(-1, order)
+def _top_ranked(values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best of (..., L) values (non-negative) and their indices (..., L) (< 2^32), best first, tied values
+    in index order (prior, then class): top-k's own order of ties is unspecified, and bf16 scores tie often.
+    One top-k over int64 keys: a non-negative float's bits order as integers, so the value's bits above the
+    index's (reversed) order by value, then index."""
+    keys = values.float().contiguous().view(torch.int32).to(torch.int64) << 32 | (_LOW - index)
+    top = keys.topk(min(k, keys.shape[-1])).values
+    return (top >> 32).to(torch.int32).view(torch.float32), _LOW - (top & _LOW)
 
 
 def _best_candidates(score: Tensor, level_sizes: list[int], classes: int, m: int, topk_per_level: int
@@ -164,127 +161,227 @@ def _best_candidates(score: Tensor, level_sizes: list[int], classes: int, m: int
     score: (..., N * C). The candidates are each level's ``topk_per_level`` best (as torchvision and mmdetection
     take them); while ``m <= topk_per_level`` the image's m best overall are all among them, so one top-k
     over the image gives them."""
+    flat = torch.arange(score.shape[-1], device=score.device).expand_as(score)
     if m <= topk_per_level:
-        return _ranked(*score.topk(min(m, score.shape[-1])))
+        return _top_ranked(score, flat, m)
     values, index, start = [], [], 0
     for n in level_sizes:
-        v, i = score[..., start * classes:(start + n) * classes].topk(min(topk_per_level, n * classes))
-        values.append(v), index.append(i + start * classes)
+        level = slice(start * classes, (start + n) * classes)
+        v, i = _top_ranked(score[..., level], flat[..., level], topk_per_level)
+        values.append(v), index.append(i)
         start += n
-    values, index = _ranked(torch.cat(values, -1), torch.cat(index, -1))
-    return values[..., :m], index[..., :m]
+    return _top_ranked(torch.cat(values, -1), torch.cat(index, -1), m)
 
 
-def _best_of_images(scores: VariantScores, m: int) -> tuple[Tensor, Tensor]:
-    """Each image's ``m`` best candidates, best first, as one top-k over all its (prior, class) scores gives
-    them (values (B, m), flat index prior * C + class (B, m)), from the classes of its ``m`` best priors only:
-    a candidate above the m-th best value is of a prior whose best is above it, and fewer than m priors are.
-    (Of candidates tied with the m-th value, top-k returns any; select leaves those to a next round.)"""
-    per_prior = scores.per_prior()  # (B, N)
-    priors = per_prior.topk(min(m, per_prior.shape[1])).indices  # (B, K)
-    candidates = scores.at_priors(priors)  # (B, K, C)
-    c = candidates.shape[2]
-    values, at = candidates.reshape(len(candidates), -1).topk(min(m, candidates[0].numel()))
-    return _ranked(values, priors.gather(1, at // c) * c + at % c)
+def _best_of_images(parts: list[VariantScores], m: int) -> tuple[Tensor, Tensor]:
+    """Each row's ``m`` best candidates (the rows: every part's images, one part after the other), best first,
+    as one top-k over all its (prior, class) scores gives them (values (R, m), flat index prior * C + class
+    (R, m)), from the classes of its ``m`` best priors only: a candidate above the m-th best value is of a prior
+    whose best is above it, and fewer than m priors are. (Of candidates tied with the m-th value, top-k returns
+    any; select leaves those to a next round.) Every part's rows in one top-k each."""
+    per_prior = torch.cat([s.per_prior() for s in parts])  # (R, N)
+    priors = per_prior.topk(min(m, per_prior.shape[1])).indices  # (R, K)
+    candidates = torch.cat([s.at_priors(k) for s, k in zip(parts, priors.split([len(s.images) for s in parts]))])
+    c = candidates.shape[2]  # candidates: (R, m, C)
+    flat = priors[..., None] * c + torch.arange(c, device=priors.device)  # (R, m, C)
+    return _top_ranked(candidates.reshape(len(candidates), -1), flat.reshape(len(candidates), -1), m)
 
 
 @dataclass
-class _FirstRound:
-    """A variant's first NMS round over a batch: each image's candidates (B, m) flat indices, how many of them
-    were decided (ready, (B,)) and the positions NMS kept. Another variant with the same candidates and cut
-    in an image (cls and alpha 1.0 always; often p*q and alpha 0.5) keeps the same: NMS reads only the order."""
+class _Fetched:
+    """The best candidates of some rows (variant x image), best first: values and flat indices (prior * C +
+    class), (R, K); ready (R,): how many of them are decided (they pass the threshold and no candidate left
+    unfetched can rank above them); more (R,): candidates past the fetched ones may still pass."""
 
+    values: Tensor
     index: Tensor
     ready: Tensor
-    kept: list[Tensor]
+    more: Tensor
 
-    def same_images(self, index: Tensor, ready: Tensor) -> list[int]:
-        """The images this round decided exactly as ``index`` and ``ready`` ask."""
-        if self.index.shape != index.shape:
-            return []
-        return torch.nonzero((self.index == index).all(1) & (self.ready == ready)).view(-1).tolist()
-
-
-def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig,
-           earlier: Optional[list[_FirstRound]] = None) -> list[Detections]:
-    """Per-level top-k, score threshold, class-wise NMS and max_dets per image, under one variant's scores.
-
-    Greedy NMS keeps a box or not from the boxes scored above it alone, so NMS over an image's ``m`` best
-    candidates keeps exactly the first boxes that NMS over all of them keeps: once it keeps max_dets (or the
-    candidates run out), the rest cannot change the result. So NMS never compares the thousands of low-scored
-    candidates: every image's 4 x max_dets best are fetched and prepared at once, and NMS over them settles
-    nearly every image; the few that keep fewer (_more_rounds) go on with twice as many. ``earlier``: the
-    first rounds of the batch's other variants, whose NMS an image with the same candidates reuses (this
-    variant's is appended)."""
-    b, n, c = raw.p.shape
-    m = 4 * cfg.max_dets
-    if m <= cfg.topk_per_level:
-        values, index = _best_of_images(scores, m)  # (B, <= m)
-    else:
-        values, index = _best_candidates(scores.full().reshape(b, n * c), raw.level_sizes, c, m, cfg.topk_per_level)
-    complete = values.shape[1] < m or values.shape[1] == n * c  # every candidate fetched
-    passing = (values > cfg.score_thresh).sum(1)  # a prefix of each row
-    all_pass = passing == values.shape[1]
-    ready = passing
-    if not complete:  # where every fetched candidate passes, ties with the last may continue beyond the
-        # fetched ones, some of lower index: those are left to the next round
-        ready = torch.where(all_pass, (values > values[:, -1:]).sum(1), passing)
-    earlier = [] if earlier is None else earlier
-    reused: list[Optional[Tensor]] = [None] * b
-    for round_ in earlier:
-        for img in round_.same_images(index, ready):
-            reused[img] = round_.kept[img]
-    boxes = raw.boxes.gather(1, (index // c)[..., None].expand(-1, -1, 4)).double()  # (B, m, 4)
-    # One class shift for the batch (any shift past the largest coordinate gives the same IoUs)
-    shift = float(raw.boxes.max()) + 1 if raw.boxes.numel() else 0.0
-    results, kept_positions = [], []
-    more = [False] * b if complete else all_pass.tolist()  # may go on past the fetched candidates
-    # One NMS call per image, not one for the batch: NMS compares every kept box with every later candidate,
-    # so a single call over B images' candidates costs B times the per-image calls together.
-    for img, upto in enumerate(ready.tolist()):
-        kept = reused[img]
-        if kept is None:
-            kept = _class_wise_nms(boxes[img, :upto], index[img, :upto] % c, cfg.nms_iou, shift)
-        kept_positions.append(kept)
-        if len(kept) < cfg.max_dets and more[img]:
-            image_scores = scores.image(img)
-            flat = _more_rounds(raw.boxes[img], image_scores, raw.level_sizes, c, cfg, index[img, kept],
-                                index[img, :upto], 2 * m)[: cfg.max_dets]
-            results.append(Detections(raw.boxes[img, flat // c], image_scores[flat], flat % c))
+    @classmethod
+    def of(cls, parts: list[VariantScores], cfg: InferenceConfig, m: int) -> "_Fetched":
+        """The ``m`` best candidates of every part's images, one part after the other: from the classes of
+        their best priors, or (m past ``topk_per_level``) each level's top-k of every prior and class."""
+        n, c = parts[0].raw.p.shape[1:]
+        if m <= cfg.topk_per_level:
+            values, index = _best_of_images(parts, m)  # (R, <= m)
         else:
-            kept = kept[: cfg.max_dets]
-            flat = index[img, kept]
-            results.append(Detections(raw.boxes[img, flat // c], values[img, kept], flat % c))
-    earlier.append(_FirstRound(index, ready, kept_positions))
-    return results
+            full = torch.cat([s.full().reshape(len(s.images), n * c) for s in parts])
+            values, index = _best_candidates(full, parts[0].raw.level_sizes, c, m, cfg.topk_per_level)
+        complete = values.shape[1] < m or values.shape[1] == n * c  # every candidate fetched
+        passing = (values > cfg.score_thresh).sum(1)  # a prefix of each row
+        if complete:
+            return cls(values, index, passing, torch.zeros_like(passing, dtype=torch.bool))
+        # Where every fetched candidate passes, ties with the last may continue beyond the fetched ones, some
+        # of lower index: those are left to the next round.
+        all_pass = passing == values.shape[1]
+        return cls(values, index, torch.where(all_pass, (values > values[:, -1:]).sum(1), passing), all_pass)
 
 
-def _more_rounds(boxes: Tensor, flat: Tensor, level_sizes: list[int], classes: int, cfg: InferenceConfig,
-                 kept: Tensor, decided: Tensor, m: int) -> Tensor:
-    """One image's NMS continued past the candidates ``decided`` (flat indices, which kept ``kept``), over its
-    ``m`` best, m doubling until max_dets are kept or no candidate is left above the threshold. Each round runs
-    NMS over the boxes kept so far (which keep each other) and the candidates not yet decided. Those are told
-    by index, not by position: the first round's scores come from another tensor than ``flat``, and a CPU
-    kernel can round an element a unit apart by where it sits. boxes (N, 4); flat (N * C,) scores; returns the
-    kept flat indices (prior * C + class), best first."""
-    n_all = flat.shape[0]
-    while True:  # ends: m doubles until every candidate is fetched
-        v, i = _best_candidates(flat, level_sizes, classes, m, cfg.topk_per_level)
-        complete = len(v) < m or len(v) == n_all  # every candidate (per level, at most topk_per_level) fetched
-        passing = int((v > cfg.score_thresh).sum())  # a prefix
-        ready = passing if complete or passing < len(v) else int((v > v[-1]).sum())
-        fresh = i[:ready][~torch.isin(i[:ready], decided)]
-        candidates = torch.cat([kept, fresh])
-        kept = candidates[_class_wise_nms(boxes[candidates // classes], candidates % classes, cfg.nms_iou)]
-        if len(kept) >= cfg.max_dets or passing < len(v) or complete:
-            return kept
-        decided, m = torch.cat([decided, fresh]), 2 * m
+def _apart(boxes: Tensor, groups: Tensor, shift: float) -> Tensor:
+    """Boxes (..., K, 4) in float64, each moved ``group * shift`` along both axes: torchvision's trick for NMS
+    within each group at once (boxes of two groups never overlap, given a shift past the largest coordinate).
+    In float64 the shift is exact, so any such shift gives the same IoUs; in float32 it would round the
+    coordinates and flip overlaps that sit at the threshold."""
+    return boxes.double() + (groups.double() * shift)[..., None]
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+"""(process, threads) -> the threads that run NMS beside the caller's (a forked process gets its own)."""
+
+
+def _nms_in_order(jobs: list[Tensor], iou: float) -> list[Tensor]:
+    """torchvision's NMS of each job, boxes (K, 4) already in score order (_apart): the kept indices, in that
+    order. NMS is given ranks, not the scores, so that its own sort cannot reorder tied scores (then a prefix
+    of the candidates is decided as in the run over all of them). On a CPU the jobs are shared among torch's
+    intra-op threads: NMS releases the GIL, and one NMS call is single-threaded."""
+    if not jobs:
+        return []
+    ranks = torch.arange(max(len(j) for j in jobs), 0, -1, dtype=torch.float64, device=jobs[0].device)
+    run = lambda part: [nms(boxes, ranks[: len(boxes)], iou) for boxes in part]  # noqa: E731
+    threads = min(torch.get_num_threads(), len(jobs)) if jobs[0].device.type == "cpu" else 1
+    if threads <= 1:
+        return run(jobs)
+    key = (os.getpid(), threads - 1)
+    pool = _POOLS.get(key) or _POOLS.setdefault(key, ThreadPoolExecutor(threads - 1, thread_name_prefix="nms"))
+    others = [pool.submit(run, jobs[t::threads]) for t in range(1, threads)]
+    kept: list[Tensor] = [torch.empty(0)] * len(jobs)
+    kept[0::threads] = run(jobs[0::threads])
+    for t, future in enumerate(others, 1):
+        kept[t::threads] = future.result()
+    return kept
+
+
+def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig) -> list[Detections]:
+    """One variant's detections of each image of the batch (detect's, for one variant)."""
+    return _select(raw, [scores], cfg, 4 * cfg.max_dets)[0][0]
 
 
 def detect(raw: RawPredictions, variants: list[VariantConfig], cfg: InferenceConfig) -> dict[str, list[Detections]]:
     """Every variant's detections from one set of raw predictions."""
-    if not len(raw.p):
-        return {v.name: [] for v in variants}
-    best_p = raw.p.amax(-1)  # (B, N): each prior's best class, for every variant
-    first_rounds: list[_FirstRound] = []
-    return {v.name: select(raw, VariantScores.of(raw, v, best_p), cfg, first_rounds) for v in variants}
+    return Selector(variants, cfg)(raw)
+
+
+@dataclass
+class Selector:
+    """Every variant's detections, batch after batch of one model's predictions (:func:`detect` over each).
+
+    Each image's first NMS round takes the ``first_round`` best candidates of each variant; an image that keeps
+    fewer than max_dets goes on in further rounds, which cost about as much again. How many candidates NMS needs
+    for max_dets depends on the model (how much of its output it suppresses), so the first round takes, after
+    each batch, what 90% of the images so far needed, and a tenth more. The detections are the same whatever it
+    takes: it only decides how much NMS runs at once."""
+
+    variants: list[VariantConfig]
+    cfg: InferenceConfig
+    first_round: int = 0
+    """0: 4 x max_dets, until a batch tells."""
+
+    def __call__(self, raw: RawPredictions) -> dict[str, list[Detections]]:
+        if not len(raw.p):
+            return {v.name: [] for v in self.variants}
+        best_p = raw.p.amax(-1)  # (B, N): each prior's best class, for every variant
+        m = self.first_round or 4 * self.cfg.max_dets
+        selected, needed = _select(raw, [VariantScores.of(raw, v, best_p) for v in self.variants], self.cfg, m)
+        if needed:
+            at_90 = sorted(needed)[(9 * len(needed)) // 10]
+            self.first_round = max(self.cfg.max_dets, -(-int(1.1 * at_90) // 32) * 32)
+        return {v.name: s for v, s in zip(self.variants, selected)}
+
+
+@dataclass
+class _Row:
+    """One (variant, image)'s selection past its first round: the candidates kept so far and those fetched but
+    not yet decided (flat indices prior * C + class and values, best first), and whether candidates past the
+    fetched ones may still pass."""
+
+    image: int
+    kept_index: Tensor
+    kept_values: Tensor
+    more: bool
+    waiting_index: Optional[Tensor] = None
+    waiting_values: Optional[Tensor] = None
+
+    def next_chunk(self, max_dets: int) -> tuple[Tensor, Tensor]:
+        """The kept candidates followed by the next waiting ones: about as many as the image still needs, at
+        the rate NMS has kept them so far (NMS over the kept boxes costs little: they keep each other)."""
+        size = max(32, 4 * (max_dets - len(self.kept_index)))
+        chunk = (self.waiting_index[:size], self.waiting_values[:size])
+        self.waiting_index, self.waiting_values = self.waiting_index[size:], self.waiting_values[size:]
+        return torch.cat([self.kept_index, chunk[0]]), torch.cat([self.kept_values, chunk[1]])
+
+
+def _ready_mask(fetched: "_Fetched") -> Tensor:
+    """(R, K) bool: the fetched candidates that are decided."""
+    return torch.arange(fetched.index.shape[1], device=fetched.index.device) < fetched.ready[:, None]
+
+
+def _select(raw: RawPredictions, variants: list[VariantScores], cfg: InferenceConfig, m: int
+            ) -> tuple[list[list[Detections]], list[int]]:
+    """Per-level top-k, score threshold, class-wise NMS and max_dets per image, under each variant's scores
+    (each over every image of the batch), and how many candidates each (variant, image) that kept max_dets
+    needed for them (at least m + 1 where the first round's m were not enough).
+
+    Greedy NMS keeps a box or not from the boxes scored above it alone, so NMS over an image's ``m`` best
+    candidates keeps exactly the first boxes that NMS over all of them keeps: once it keeps max_dets (or the
+    candidates run out), the rest cannot change the result. So NMS never compares the thousands of low-scored
+    candidates: every image's m best are fetched at once, under every variant, and NMS over them settles most
+    images. An image whose candidates and cut are an earlier variant's (cls and alpha 1.0 always;
+    often p*q and alpha 0.5) takes that variant's NMS: NMS reads only the order. A (variant, image) row that
+    keeps fewer goes on: its NMS runs again over the boxes kept so far (they keep each other) and a few more
+    candidates at a time, from rounds of twice as many fetched candidates."""
+    b, n, c = raw.p.shape
+    # One class shift for the batch (any shift past the largest coordinate gives the same IoUs)
+    shift = float(raw.boxes.max()) + 1 if raw.boxes.numel() else 0.0
+    first = _Fetched.of(variants, cfg, m)  # rows variant by variant: (V * B, m)
+    index, ready = first.index.view(len(variants), b, -1), first.ready.view(len(variants), b)
+    alike = (index[:, None] == index[None]).all(-1) & (ready[:, None] == ready[None])  # (V, V, B)
+    owner = alike.int().argmax(0).view(-1).tolist()  # (V * B): the first variant that decides each image alike
+    images = torch.arange(b, device=raw.p.device).repeat(len(variants))
+    apart = _apart(raw.boxes.reshape(-1, 4)[(images * n)[:, None] + first.index // c], first.index % c, shift)
+    jobs = {row: apart[row, :upto] for row, upto in enumerate(first.ready.tolist()) if owner[row] * b + row % b == row}
+    first_kept = dict(zip(jobs, _nms_in_order(list(jobs.values()), cfg.nms_iou)))
+    kept_index, kept_values, pending, needed = [], [], [], []
+    for row, more in enumerate(first.more.tolist()):
+        k = first_kept[owner[row] * b + row % b]
+        kept_index.append(first.index[row, k])
+        kept_values.append(first.values[row, k])
+        if len(k) >= cfg.max_dets:
+            needed.append(int(k[cfg.max_dets - 1]) + 1)
+        elif more:
+            pending.append((row, _Row(row % b, kept_index[row], kept_values[row], more)))
+            needed.append(m + 1)
+    # Which candidates each pending row has fetched ((P, N * C), by index, not by position: a later round
+    # scores them in another tensor, and a CPU kernel can round an element a unit apart by where it sits).
+    slot = {row: at for at, (row, _) in enumerate(pending)}
+    rows = torch.tensor(list(slot), dtype=torch.long, device=raw.p.device)
+    fetched_yet = torch.zeros(len(slot), n * c, dtype=torch.bool, device=raw.p.device)
+    fetched_yet.scatter_(1, first.index[rows], _ready_mask(first)[rows])
+    while pending:
+        hungry = [(row, r) for row, r in pending if r.waiting_index is None or not len(r.waiting_index)]
+        if hungry:  # fetch twice as many candidates for the rows that have none waiting
+            m *= 2
+            by_variant: dict[int, list[int]] = {}
+            for row, _ in hungry:
+                by_variant.setdefault(row // b, []).append(row % b)
+            fetched = _Fetched.of([variants[v].rows(torch.tensor(imgs, device=raw.p.device))
+                                   for v, imgs in by_variant.items()], cfg, m)
+            slots = torch.tensor([slot[row] for row, _ in hungry], device=raw.p.device)
+            before, ready = fetched_yet[slots], _ready_mask(fetched)
+            fresh = ready & ~before.gather(1, fetched.index)
+            fetched_yet[slots] = before.scatter_(1, fetched.index, ready | before.gather(1, fetched.index))
+            for at, ((_, r), more) in enumerate(zip(hungry, fetched.more.tolist())):
+                r.waiting_index, r.waiting_values = fetched.index[at, fresh[at]], fetched.values[at, fresh[at]]
+                r.more = more
+        chunks = [r.next_chunk(cfg.max_dets) for _, r in pending]
+        kept = _nms_in_order([_apart(raw.boxes[r.image, i // c], i % c, shift) for (_, r), (i, _) in
+                              zip(pending, chunks)], cfg.nms_iou)
+        still = []
+        for (row, r), (i, v), k in zip(pending, chunks, kept):
+            r.kept_index, r.kept_values = kept_index[row], kept_values[row] = i[k], v[k]
+            if len(k) < cfg.max_dets and (len(r.waiting_index) or r.more):
+                still.append((row, r))
+        pending = still
+    detections = [Detections(raw.boxes[row % b, i[: cfg.max_dets] // c], v[: cfg.max_dets], i[: cfg.max_dets] % c)
+                  for row, (i, v) in enumerate(zip(kept_index, kept_values))]
+    return [detections[v * b:(v + 1) * b] for v in range(len(variants))], needed

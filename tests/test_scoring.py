@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from detector.config import InferenceConfig, VariantConfig
-from detector.scoring import RawPredictions, VariantScores, confidence, detect, select
+from detector.scoring import RawPredictions, Selector, VariantScores, confidence, detect, select
 
 
 def _raw(p, q, iou_truth=None, boxes=None):
@@ -115,14 +115,17 @@ def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps(top
     """NMS over each image's best candidates only (growing where suppression leaves fewer than max_dets) keeps
     the detections that NMS over all of them keeps, image by image, tied scores ranked by index (prior, then
     class), under every variant of a sweep (the candidates drawn from each image's best priors; an image's NMS
-    shared by the variants that rank its candidates alike). Image 1 holds hundreds of near-copies of few boxes:
-    its first candidates NMS down to a handful."""
+    shared by the variants that rank its candidates alike), whatever the first round takes. Images 1 and 2 hold
+    hundreds of near-copies of few boxes (other boxes in each): their first candidates NMS down to a handful,
+    and both go on, in the same later rounds."""
     g = torch.Generator().manual_seed(0)
-    b, c, sizes = 3, 4, [64 * 9, 16 * 9, 4 * 9]
+    b, c, sizes = 4, 4, [64 * 9, 16 * 9, 4 * 9]
     n = sum(sizes)
     xy = torch.rand(b, n, 2, generator=g) * 200
     boxes = torch.cat([xy, xy + 10 + torch.rand(b, n, 2, generator=g) * 50], -1)
     boxes[1] = torch.tensor([[10.0, 10, 60, 60], [100, 100, 150, 160]]).repeat(n // 2, 1) + torch.rand(n, 4, generator=g)
+    boxes[2] = torch.tensor([[30.0, 0, 90, 40], [0, 120, 70, 190], [140, 20, 190, 80]]).repeat(n // 3, 1) + torch.rand(
+        n, 4, generator=g)
     p, q = torch.rand(b, n, c, generator=g), torch.rand(b, n, generator=g)
     if quantized:
         p, q = (p * 64).round() / 64, (q * 16).round() / 16
@@ -134,9 +137,28 @@ def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps(top
         alone = select(raw, VariantScores.of(raw, variant), cfg)
         assert all(torch.equal(x.scores, y.scores) and torch.equal(x.boxes, y.boxes) for x, y in
                    zip(alone, swept[variant.name]))
-    assert len(swept["cls"][1].scores) < 20  # suppression left few: the prefix grew to every candidate
+    assert len(swept["cls"][1].scores) < 20 and len(swept["cls"][2].scores) < 20  # the prefix grew to every candidate
+    for first_round in (max_dets, 3 * max_dets, 16 * max_dets):
+        again = Selector(SWEEP, cfg, first_round)(raw)
+        for variant in SWEEP:
+            assert all(torch.equal(x.scores, y.scores) and torch.equal(x.boxes, y.boxes) and
+                       torch.equal(x.labels, y.labels) for x, y in zip(again[variant.name], swept[variant.name]))
 
 
+def test_the_selector_takes_as_many_candidates_first_as_the_batches_before_needed():
+    """Where NMS keeps one box of every four, the first round grows to what max_dets needed (a tenth more,
+    in steps of 32); where every candidate survives, it shrinks to what max_dets needed."""
+    n, max_dets = 4000, 50
+    x = torch.arange(n, dtype=torch.float32)[:, None] * 20
+    apart = torch.cat([x, torch.zeros(n, 1), x + 10, torch.full((n, 1), 10.0)], 1)
+    copies = apart.view(-1, 4, 4)[:, :1].expand(-1, 4, 4).reshape(n, 4) + torch.rand(n, 4) * 0.1  # groups of four
+    p = torch.linspace(0.9, 0.1, n)[None, :, None].repeat(2, 1, 1)
+    cfg = InferenceConfig(score_thresh=0.05, max_dets=max_dets)
+    selector = Selector([SWEEP[0]], cfg)
+    selector(RawPredictions(torch.stack([copies, copies]), p, None, None, [n]))
+    assert selector.first_round == 224  # 4 * 50 = 200 needed: 220, in steps of 32
+    selector(RawPredictions(torch.stack([apart, apart]), p, None, None, [n]))
+    assert selector.first_round == 64  # 50 needed: 55, in steps of 32
 def _check_against_nms_of_every_candidate(raw, p, cfg, ours):
     from torchvision.ops import batched_nms
 
