@@ -188,11 +188,16 @@ def _read_applied(path: Path) -> int:
         return 0
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """``path`` replaced whole by ``data``: a reader sees the old file or the new one, never half of one."""
+def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None:
+    """``path`` replaced whole by ``data`` (or by what ``data(file)`` writes to a file, e.g. ``torch.save``,
+    which writes a path much faster than a buffer): a reader sees the old file or the new one, never half of
+    one."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+        if callable(data):
+            data(tmp)
+        else:
+            tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
     except OSError:
         tmp.unlink(missing_ok=True)  # a full disk leaves it cut short: never a half file beside the real one
         raise

@@ -6,7 +6,6 @@ Nothing here writes MLflow: workers report through Ray; the study driver is the 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -60,9 +59,7 @@ def _save_state(state, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / HISTORY_FILE, json.dumps(state.history))
-    buffer = io.BytesIO()
-    torch.save(state.checkpoint(), buffer)
-    write_atomic(folder / STATE_FILE, buffer.getvalue())
+    write_atomic(folder / STATE_FILE, partial(torch.save, state.checkpoint()))
 
 
 def _load_state(folder: Path) -> Optional[dict[str, Any]]:
@@ -123,8 +120,9 @@ def run_trial(config: dict[str, Any], trial_dir: Path, resume: Optional[dict], r
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """A Ray Train worker's loop: run_trial, with Train's checkpoints and reports."""
+    import pyarrow.fs
     import ray.train
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint, CheckpointUploadMode
 
     rank = _rank()
     resume = None
@@ -132,14 +130,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = _load_state(Path(d))
+    storage = ray.train.get_context().get_storage()
+    # Where the run's folder is a local one (the embedded cluster's, or a shared file system), rank 0 writes
+    # each checkpoint in it, where Train keeps it, instead of into a temporary folder that Train then copies.
+    in_place = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
 
     def report(state, metrics: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as d:
+        if state is None:
+            ray.train.report(metrics)
+        elif in_place:
+            name = f"checkpoint_epoch{state.epoch:04d}"
             checkpoint = None
-            if state is not None and rank == 0:
-                _save_state(state, Path(d))  # its history lets the driver backfill epochs it never logged
-                checkpoint = Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            if rank == 0:  # its history lets the driver backfill epochs it never logged
+                _save_state(state, Path(storage.experiment_fs_path) / name)
+                checkpoint = Checkpoint.from_directory(str(Path(storage.experiment_fs_path) / name))
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name,
+                             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0:
+                    _save_state(state, Path(d))
+                    checkpoint = Checkpoint.from_directory(d)
+                ray.train.report(metrics, checkpoint=checkpoint)
 
     run_trial(loop_config["config"], Path(loop_config["trial_dir"]), resume, rank, report)
 
