@@ -75,7 +75,7 @@ def weighted_ap(m: ClassMatches, weights: np.ndarray, recalls: np.ndarray) -> np
         envelope = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
         first = _first_reaching(tp, reach)
         reached = first < hits.size
-        values = np.take_along_axis(envelope, np.minimum(first, hits.size - 1), axis=1) * reached
+        values = take_rows(envelope, np.minimum(first, hits.size - 1)) * reached
         ap[:, t] = values.mean(axis=1)
     ap[n_pos == 0] = np.nan
     return ap
@@ -89,6 +89,12 @@ def _weight_up_to(weights: np.ndarray, image: np.ndarray, ranks: np.ndarray) -> 
         return np.zeros((len(weights), 0))
     per_detection = weights.T[image[: ranks[-1] + 1]]  # (D', R)
     return np.cumsum(np.add.reduceat(per_detection, np.r_[0, ranks[:-1] + 1], axis=0), axis=0).T
+
+
+def take_rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(R, P) ``values[r, index[r, p]]`` of values (R, H): ``np.take_along_axis(values, index, axis=1)``, as one
+    take of flat indices (twice as fast on these sizes)."""
+    return np.take(values, index + (np.arange(len(values)) * values.shape[1])[:, None])
 
 
 def recall_counts(n_pos: np.ndarray, recalls: np.ndarray) -> np.ndarray:
@@ -112,7 +118,7 @@ def _first_reaching(tp: np.ndarray, counts: np.ndarray) -> np.ndarray:
     top = int(tp.max(initial=0.0)) + 1  # every value is in 0 .. top - 1
     cells = (tp.astype(np.int64) + np.arange(rows)[:, None] * top).ravel()
     at_most = np.bincount(cells, minlength=rows * top).reshape(rows, top).cumsum(axis=1)  # ranks with value <= v
-    below = np.take_along_axis(at_most, np.clip(counts - 1, 0, top - 1).astype(np.int64), axis=1)
+    below = take_rows(at_most, np.clip(counts - 1, 0, top - 1).astype(np.int64))
     return np.where(counts <= 0, 0, np.where(counts > top - 1, ranks, below))
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bootstrap import COCO_AP_AT, COCO_RECALLS, COCO_THRESHOLDS, ClassMatches, recall_counts
+from .bootstrap import COCO_AP_AT, COCO_RECALLS, COCO_THRESHOLDS, ClassMatches, recall_counts, take_rows
 
 AREA_RANGES = ((0.0, 1e10), (0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, 1e10))
 """pycocotools' area ranges: all, small, medium, large (bounds inclusive, on the annotation's ``area``)."""
@@ -147,7 +147,7 @@ def _accumulate(tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray) -> np.ndarray
     precision[row, nth] = (nth + 1.0) / (counted[row, rank] + np.spacing(1))
     envelope = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
     k = np.repeat(recall_counts(n_pos.astype(np.float64), COCO_RECALLS), thresholds, axis=0).astype(np.int64)
-    reached = np.take_along_axis(envelope, np.clip(k - 1, 0, envelope.shape[1] - 1), axis=1)
+    reached = take_rows(envelope, np.clip(k - 1, 0, envelope.shape[1] - 1))
     return np.where(k <= hits[:, None], reached, 0.0).reshape(areas, thresholds, -1)
 
 
