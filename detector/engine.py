@@ -301,14 +301,13 @@ def _evaluated_gt(gt_dataset: dict, val_set: DetectionSet) -> dict:
             "annotations": [a for a in gt_dataset.get("annotations", []) if a["image_id"] in ids]}
 
 
-def _detection_table(batch, per_image: list[Detections], cat_ids: Tensor) -> DetectionTable:
+def _detection_table(batch, detections: Detections, cat_ids: Tensor) -> DetectionTable:
     """One batch's detections under one variant as columns, boxes in each image's original pixels."""
-    counts = torch.tensor([len(d.scores) for d in per_image])
-    labels = torch.cat([d.labels for d in per_image]).cpu()
+    counts, labels = detections.counts.cpu(), detections.labels.cpu()
     scale = torch.tensor(batch.scales, dtype=torch.float64).repeat_interleave(counts)
     return DetectionTable(torch.tensor(batch.image_ids).repeat_interleave(counts).numpy(), labels.numpy(),
-                          cat_ids[labels].numpy(), torch.cat([d.scores for d in per_image]).cpu().double().numpy(),
-                          (torch.cat([d.boxes for d in per_image]).cpu().double() / scale[:, None]).numpy())
+                          cat_ids[labels].numpy(), detections.scores.cpu().double().numpy(),
+                          (detections.boxes.cpu().double() / scale[:, None]).numpy())
 
 
 @torch.no_grad()
@@ -343,8 +342,8 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         selected = select(raw)
         t2 = time.perf_counter()
         seconds["select"] += t2 - t1
-        for name, per_image in selected.items():
-            parts[name].append(_detection_table(batch, per_image, cat_ids))
+        for name, detections in selected.items():
+            parts[name].append(_detection_table(batch, detections, cat_ids))
         seconds["assemble"] += time.perf_counter() - t2
     dets = {name: DetectionTable.concat(p) for name, p in parts.items()}
     log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")

@@ -37,11 +37,25 @@ class RawPredictions:
 
 @dataclass
 class Detections:
-    """One image. boxes (K, 4) xyxy input pixels, scores (K,), labels (K,) 0-based."""
+    """A batch's detections under one variant, image after image, each image's best first: boxes (D, 4) xyxy
+    input pixels, scores (D,), labels (D,) 0-based; counts (B,) how many are each image's. Indexing or iterating
+    it gives each image's own (counts (1,))."""
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
+    counts: Tensor
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, image: int) -> "Detections":
+        start = int(self.counts[:image].sum())
+        own = slice(start, start + int(self.counts[image]))
+        return Detections(self.boxes[own], self.scores[own], self.labels[own], self.counts[image:image + 1])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 def raw_predictions(out: HeadOutput, priors: Priors, family: DetectorFamily,
@@ -252,12 +266,12 @@ def _nms_in_order(jobs: list[Tensor], iou: float) -> list[Tensor]:
     return kept
 
 
-def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig) -> list[Detections]:
+def select(raw: RawPredictions, scores: VariantScores, cfg: InferenceConfig) -> Detections:
     """One variant's detections of each image of the batch (detect's, for one variant)."""
     return _select(raw, [scores], cfg, 4 * cfg.max_dets)[0][0]
 
 
-def detect(raw: RawPredictions, variants: list[VariantConfig], cfg: InferenceConfig) -> dict[str, list[Detections]]:
+def detect(raw: RawPredictions, variants: list[VariantConfig], cfg: InferenceConfig) -> dict[str, Detections]:
     """Every variant's detections from one set of raw predictions."""
     return Selector(variants, cfg)(raw)
 
@@ -277,9 +291,9 @@ class Selector:
     first_round: int = 0
     """0: 4 x max_dets, until a batch tells."""
 
-    def __call__(self, raw: RawPredictions) -> dict[str, list[Detections]]:
+    def __call__(self, raw: RawPredictions) -> dict[str, Detections]:
         if not len(raw.p):
-            return {v.name: [] for v in self.variants}
+            return {v.name: _no_detections(raw) for v in self.variants}
         best_p = raw.p.amax(-1)  # (B, N): each prior's best class, for every variant
         m = self.first_round or 4 * self.cfg.max_dets
         selected, needed = _select(raw, [VariantScores.of(raw, v, best_p) for v in self.variants], self.cfg, m)
@@ -316,8 +330,14 @@ def _ready_mask(fetched: "_Fetched") -> Tensor:
     return torch.arange(fetched.index.shape[1], device=fetched.index.device) < fetched.ready[:, None]
 
 
+def _no_detections(raw: RawPredictions) -> Detections:
+    """An empty batch's."""
+    empty = raw.p.new_zeros(0, dtype=torch.long)
+    return Detections(raw.boxes.new_zeros(0, 4), raw.p.new_zeros(0), empty, empty)
+
+
 def _select(raw: RawPredictions, variants: list[VariantScores], cfg: InferenceConfig, m: int
-            ) -> tuple[list[list[Detections]], list[int]]:
+            ) -> tuple[list[Detections], list[int]]:
     """Per-level top-k, score threshold, class-wise NMS and max_dets per image, under each variant's scores
     (each over every image of the batch), and how many candidates each (variant, image) that kept max_dets
     needed for them (at least m + 1 where the first round's m were not enough).
@@ -382,6 +402,11 @@ def _select(raw: RawPredictions, variants: list[VariantScores], cfg: InferenceCo
             if len(k) < cfg.max_dets and (len(r.waiting_index) or r.more):
                 still.append((row, r))
         pending = still
-    detections = [Detections(raw.boxes[row % b, i[: cfg.max_dets] // c], v[: cfg.max_dets], i[: cfg.max_dets] % c)
-                  for row, (i, v) in enumerate(zip(kept_index, kept_values))]
-    return [detections[v * b:(v + 1) * b] for v in range(len(variants))], needed
+    images = torch.arange(b, device=raw.p.device)
+    detections = []
+    for v in range(len(variants)):
+        index = torch.cat([i[: cfg.max_dets] for i in kept_index[v * b:(v + 1) * b]])
+        values = torch.cat([x[: cfg.max_dets] for x in kept_values[v * b:(v + 1) * b]])
+        counts = torch.tensor([min(len(i), cfg.max_dets) for i in kept_index[v * b:(v + 1) * b]], device=raw.p.device)
+        detections.append(Detections(raw.boxes[images.repeat_interleave(counts), index // c], values, index % c, counts))
+    return detections, needed

@@ -215,4 +215,5 @@ def test_a_candidate_scored_a_unit_apart_in_two_kernels_is_not_lost_past_the_fir
 
 def test_an_empty_batch_selects_nothing():
     raw = RawPredictions(torch.rand(0, 10, 4), torch.rand(0, 10, 3), None, None, [10])
-    assert detect(raw, [SWEEP[0]], InferenceConfig()) == {"cls": []}
+    got = detect(raw, [SWEEP[0]], InferenceConfig())["cls"]
+    assert len(got) == 0 and got.boxes.shape == (0, 4) and list(got) == []
