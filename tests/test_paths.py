@@ -113,6 +113,23 @@ def test_a_checkout_reads_a_study_it_lacks_from_the_jobs_output_root(tmp_path, m
     assert results_root("s") is None  # the checkout's own comes first
 
 
+def test_sync_in_a_checkout_finds_a_ray_job_s_launch_as_resume_does(tmp_path, monkeypatch):
+    """`ablab sync` from the checkout of a study that a Ray job ran writes out the job's launch, in
+    ~/ablab-outputs (a real CLI process: the line it prints names the folder it synced)."""
+    import os
+    import subprocess
+    import sys
+
+    study = _study(tmp_path)
+    home = tmp_path / "home"
+    (home / "ablab-outputs" / "s" / "smoke").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("ABLAB_OUTPUT_ROOT", "RAY_JOB_CONFIG_JSON_ENV_VAR")}
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "sync", str(study)], cwd=tmp_path, capture_output=True,
+                       text=True, env={**env, "HOME": str(home)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"every MLflow write of {home / 'ablab-outputs' / 's' / 'smoke'} is in its store" in r.stderr
+
+
 def test_the_ui_hint_opens_the_study_s_runs_in_the_model_training_view():
     from ablab.paths import browse_hint, browse_lines, run_url
 

@@ -145,6 +145,8 @@ CASES = [
      ["model.backbone.pretrained", "w.pth", "not found"]),
     ("gpus_on_a_cpu_machine", lambda c: ["validate", c.study(resources={"workers": 1, "gpus_per_worker": 1})],
      ["resources.gpus_per_worker", "0 GPUs"], pytest.mark.skipif(torch_cuda(), reason="this machine has a GPU")),
+    ("batch_not_split_by_workers", lambda c: ["validate", c.study(resources={"workers": 3})],
+     ["s.yaml", "train.batch_size", "resources.workers: 3", "got 4"]),
     ("executor_tune_with_two_workers", lambda c: ["validate", c.study(resources={"workers": 2, "executor": "tune"})],
      ["s.yaml", "resources", "executor", "'tune'", "workers: 2"]),
     ("more_cpus_than_the_machine", lambda c: ["run", c.study(resources={"workers": 2, "cpus_per_worker": 512})],

@@ -356,7 +356,8 @@ def sync_study(study_path: str, profile: str = "smoke", tracking_uri: Optional[s
     """Write the MLflow writes a launch (the profile's, with ``overrides``) could not make (its journal) to its
     store, without Ray; returns how many are still waiting (0: MLflow holds everything)."""
     setup_logging()
-    plan = plan_study(study_path, profile, out_root, check_data=False, overrides=overrides)
+    # As a resume finds it: a Ray job's launch, synced from the checkout, is in ~/ablab-outputs
+    plan = plan_study(study_path, profile, out_root, check_data=False, overrides=overrides, resume=True)
     entries = pending_entries(plan.out_dir)
     if not entries:
         log.info(f"nothing to sync: every MLflow write of {plan.out_dir} is in its store")

@@ -408,9 +408,13 @@ def load_launch(path: str | Path, profile: str, overrides: Sequence[str] = ()) -
 def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Config]]:
     """(point, config) for every trial of the profile, with ${ENV} paths expanded: all errors before any compute."""
     out = []
+    workers = study.resources_for(profile).workers
     for point in study.trial_points(profile):
         cfg = study.trial_config(profile, point)
         cfg = parse_config(_expand_env(cfg.model_dump()), source=f"{study.source} (trial {point['trial']})")
+        if cfg.train.batch_size % workers:  # each DDP worker takes batch_size / workers; the lr is scaled for all
+            raise ConfigError(f"{study.source} (trial {point['trial']}): train.batch_size: must split evenly over "
+                              f"resources.workers: {workers} (got {cfg.train.batch_size})")
         # Ray workers need not share the driver's working directory: pin data and weights paths now.
         cfg.data.root = str(study.path_of(cfg.data.root))
         if cfg.model.backbone.pretrained not in ("none", "imagenet"):
