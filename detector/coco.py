@@ -325,9 +325,10 @@ def evaluate(gt: CocoGroundTruth, detection_sets: Sequence[np.ndarray]) -> list[
         for k in range(n_cat):
             idx = ranked[bounds[s * n_cat + k]:bounds[s * n_cat + k + 1]]
             areas = np.flatnonzero(n_pos[k] > 0)
-            # (integer indices beside an index array: the indexed view's axes are (A, T, R))
-            precision[s, :, :, k, areas] = _accumulate(*(np.ascontiguousarray(x[idx][:, areas].transpose(1, 2, 0))
-                                                         for x in (tp, fp)), n_pos[k, areas])
+            if areas.size:  # (none: a category without GT among these images; its precision stays -1)
+                # integer indices beside an index array: the indexed view's axes are (A, T, R)
+                precision[s, :, :, k, areas] = _accumulate(
+                    *(np.ascontiguousarray(x[idx][:, areas].transpose(1, 2, 0)) for x in (tp, fp)), n_pos[k, areas])
             matches.append(ClassMatches(dets.image[idx], tp[idx, 0].T, ignored[idx, 0].T, per_image[k]))
         results.append(CocoEvaluation(summarize(precision[s], recall[s]), precision[s], recall[s], matches))
     return results

@@ -38,8 +38,8 @@ class RawPredictions:
 @dataclass
 class Detections:
     """A batch's detections under one variant, image after image, each image's best first: boxes (D, 4) xyxy
-    input pixels, scores (D,), labels (D,) 0-based; counts (B,) how many are each image's. Indexing or iterating
-    it gives each image's own (counts (1,))."""
+    input pixels, scores (D,), labels (D,) 0-based; counts (B,) how many are each image's. It is a sequence of
+    images: ``len`` counts them, and indexing or iterating gives each image's own (counts (1,))."""
 
     boxes: Tensor
     scores: Tensor
@@ -50,6 +50,7 @@ class Detections:
         return len(self.counts)
 
     def __getitem__(self, image: int) -> "Detections":
+        image = range(len(self))[image]  # a negative index counts from the end; past it, IndexError
         start = int(self.counts[:image].sum())
         own = slice(start, start + int(self.counts[image]))
         return Detections(self.boxes[own], self.scores[own], self.labels[own], self.counts[image:image + 1])
@@ -163,7 +164,7 @@ def _top_ranked(values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k best of (..., L) values (non-negative) and their indices (..., L) (< 2^32), best first, tied values
     in index order (prior, then class): top-k's own order of ties is unspecified, and bf16 scores tie often.
     One top-k over int64 keys: a non-negative float's bits order as integers, so the value's bits above the
-    index's (reversed) order by value, then index."""
+    index's (reversed) order by value, then index. (Scores are finite: training stops at a non-finite loss.)"""
     keys = values.float().contiguous().view(torch.int32).to(torch.int64) << 32 | (_LOW - index)
     top = keys.topk(min(k, keys.shape[-1])).values
     return (top >> 32).to(torch.int32).view(torch.float32), _LOW - (top & _LOW)
@@ -171,13 +172,11 @@ def _top_ranked(values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def _best_candidates(score: Tensor, level_sizes: list[int], classes: int, m: int, topk_per_level: int
                      ) -> tuple[Tensor, Tensor]:
-    """Each image's ``m`` best candidates, best first: (values (..., m), flat index prior * C + class (..., m)).
-    score: (..., N * C). The candidates are each level's ``topk_per_level`` best (as torchvision and mmdetection
-    take them); while ``m <= topk_per_level`` the image's m best overall are all among them, so one top-k
-    over the image gives them."""
+    """Each image's ``m`` best candidates among each level's ``topk_per_level`` best (as torchvision and
+    mmdetection take them), best first: (values (..., m), flat index prior * C + class (..., m)). score:
+    (..., N * C). (While ``m <= topk_per_level`` the image's m best overall are all among them:
+    _best_of_images.)"""
     flat = torch.arange(score.shape[-1], device=score.device).expand_as(score)
-    if m <= topk_per_level:
-        return _top_ranked(score, flat, m)
     values, index, start = [], [], 0
     for n in level_sizes:
         level = slice(start * classes, (start + n) * classes)
@@ -220,8 +219,11 @@ class _Fetched:
         if m <= cfg.topk_per_level:
             values, index = _best_of_images(parts, m)  # (R, <= m)
         else:
-            full = torch.cat([s.full().reshape(len(s.images), n * c) for s in parts])
-            values, index = _best_candidates(full, parts[0].raw.level_sizes, c, m, cfg.topk_per_level)
+            # every prior and class of one image at a time (~40 MB at COCO's scale, each)
+            best = [_best_candidates(s.rows(torch.tensor([i], device=s.images.device)).full().reshape(1, n * c),
+                                     s.raw.level_sizes, c, m, cfg.topk_per_level)
+                    for s in parts for i in range(len(s.images))]
+            values, index = torch.cat([v for v, _ in best]), torch.cat([i for _, i in best])
         complete = values.shape[1] < m or values.shape[1] == n * c  # every candidate fetched
         passing = (values > cfg.score_thresh).sum(1)  # a prefix of each row
         if complete:
@@ -247,8 +249,9 @@ _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 def _nms_in_order(jobs: list[Tensor], iou: float) -> list[Tensor]:
     """torchvision's NMS of each job, boxes (K, 4) already in score order (_apart): the kept indices, in that
     order. NMS is given ranks, not the scores, so that its own sort cannot reorder tied scores (then a prefix
-    of the candidates is decided as in the run over all of them). On a CPU the jobs are shared among torch's
-    intra-op threads: NMS releases the GIL, and one NMS call is single-threaded."""
+    of the candidates is decided as in the run over all of them). On a CPU the jobs are shared among as many
+    threads as torch may use for one op (torch.get_num_threads(): the trial's cores; the caller's and a pool's
+    kept for the process): NMS releases the GIL, and one NMS call is single-threaded."""
     if not jobs:
         return []
     ranks = torch.arange(max(len(j) for j in jobs), 0, -1, dtype=torch.float64, device=jobs[0].device)
@@ -282,8 +285,9 @@ class Selector:
 
     Each image's first NMS round takes the ``first_round`` best candidates of each variant; an image that keeps
     fewer than max_dets goes on in further rounds, which cost about as much again. How many candidates NMS needs
-    for max_dets depends on the model (how much of its output it suppresses), so the first round takes, after
-    each batch, what 90% of the images so far needed, and a tenth more. The detections are the same whatever it
+    for max_dets depends on the model (how much of its output it suppresses), so after each batch the first
+    round takes what 90% of that batch's (variant, image) rows needed, and a tenth more (at most
+    ``topk_per_level``: past it every prior and class is scored). The detections are the same whatever it
     takes: it only decides how much NMS runs at once."""
 
     variants: list[VariantConfig]
@@ -292,29 +296,35 @@ class Selector:
     """0: 4 x max_dets, until a batch tells."""
 
     def __call__(self, raw: RawPredictions) -> dict[str, Detections]:
-        if not len(raw.p):
-            return {v.name: _no_detections(raw) for v in self.variants}
         best_p = raw.p.amax(-1)  # (B, N): each prior's best class, for every variant
-        m = self.first_round or 4 * self.cfg.max_dets
+        m = self.first_round or min(4 * self.cfg.max_dets, self.cfg.topk_per_level)
         selected, needed = _select(raw, [VariantScores.of(raw, v, best_p) for v in self.variants], self.cfg, m)
         if needed:
             at_90 = sorted(needed)[(9 * len(needed)) // 10]
-            self.first_round = max(self.cfg.max_dets, -(-int(1.1 * at_90) // 32) * 32)
+            self.first_round = min(max(self.cfg.max_dets, -(-int(1.1 * at_90) // 32) * 32), self.cfg.topk_per_level)
         return {v.name: s for v, s in zip(self.variants, selected)}
 
 
 @dataclass
 class _Row:
     """One (variant, image)'s selection past its first round: the candidates kept so far and those fetched but
-    not yet decided (flat indices prior * C + class and values, best first), and whether candidates past the
-    fetched ones may still pass."""
+    not yet decided (flat indices prior * C + class and values, best first); every candidate fetched so far, by
+    index, not by position (a later round scores them in another tensor, and a CPU kernel can round an element
+    a unit apart by where it sits); and whether candidates past the fetched ones may still pass."""
 
     image: int
     kept_index: Tensor
     kept_values: Tensor
+    fetched: Tensor
     more: bool
     waiting_index: Optional[Tensor] = None
     waiting_values: Optional[Tensor] = None
+
+    def take(self, index: Tensor, values: Tensor, more: bool) -> None:
+        """A round's decided candidates (best first): those not fetched before wait for NMS."""
+        fresh = ~torch.isin(index, self.fetched)
+        self.fetched = torch.cat([self.fetched, index[fresh]])
+        self.waiting_index, self.waiting_values, self.more = index[fresh], values[fresh], more
 
     def next_chunk(self, max_dets: int) -> tuple[Tensor, Tensor]:
         """The kept candidates followed by the next waiting ones: about as many as the image still needs, at
@@ -325,18 +335,13 @@ class _Row:
         return torch.cat([self.kept_index, chunk[0]]), torch.cat([self.kept_values, chunk[1]])
 
 
-def _ready_mask(fetched: "_Fetched") -> Tensor:
-    """(R, K) bool: the fetched candidates that are decided."""
-    return torch.arange(fetched.index.shape[1], device=fetched.index.device) < fetched.ready[:, None]
-
-
 def _no_detections(raw: RawPredictions) -> Detections:
     """An empty batch's."""
     empty = raw.p.new_zeros(0, dtype=torch.long)
     return Detections(raw.boxes.new_zeros(0, 4), raw.p.new_zeros(0), empty, empty)
 
 
-def _select(raw: RawPredictions, variants: list[VariantScores], cfg: InferenceConfig, m: int
+def _select(raw: RawPredictions, scores: list[VariantScores], cfg: InferenceConfig, m: int
             ) -> tuple[list[Detections], list[int]]:
     """Per-level top-k, score threshold, class-wise NMS and max_dets per image, under each variant's scores
     (each over every image of the batch), and how many candidates each (variant, image) that kept max_dets
@@ -346,37 +351,34 @@ def _select(raw: RawPredictions, variants: list[VariantScores], cfg: InferenceCo
     candidates keeps exactly the first boxes that NMS over all of them keeps: once it keeps max_dets (or the
     candidates run out), the rest cannot change the result. So NMS never compares the thousands of low-scored
     candidates: every image's m best are fetched at once, under every variant, and NMS over them settles most
-    images. An image whose candidates and cut are an earlier variant's (cls and alpha 1.0 always;
-    often p*q and alpha 0.5) takes that variant's NMS: NMS reads only the order. A (variant, image) row that
-    keeps fewer goes on: its NMS runs again over the boxes kept so far (they keep each other) and a few more
-    candidates at a time, from rounds of twice as many fetched candidates."""
+    images. An image whose candidates and cut are an earlier variant's (cls and alpha 1.0 always; often p*q and
+    alpha 0.5) takes that variant's NMS: NMS reads only the order. A (variant, image) row that keeps fewer goes
+    on: its NMS runs again over the boxes kept so far (they keep each other) and a few more candidates at a
+    time, from rounds of twice as many fetched candidates."""
     b, n, c = raw.p.shape
+    if not b:
+        return [_no_detections(raw) for _ in scores], []
     # One class shift for the batch (any shift past the largest coordinate gives the same IoUs)
     shift = float(raw.boxes.max()) + 1 if raw.boxes.numel() else 0.0
-    first = _Fetched.of(variants, cfg, m)  # rows variant by variant: (V * B, m)
-    index, ready = first.index.view(len(variants), b, -1), first.ready.view(len(variants), b)
+    first = _Fetched.of(scores, cfg, m)  # rows variant by variant: (V * B, m)
+    index, ready = first.index.view(len(scores), b, -1), first.ready.view(len(scores), b)
     alike = (index[:, None] == index[None]).all(-1) & (ready[:, None] == ready[None])  # (V, V, B)
     owner = alike.int().argmax(0).view(-1).tolist()  # (V * B): the first variant that decides each image alike
-    images = torch.arange(b, device=raw.p.device).repeat(len(variants))
-    apart = _apart(raw.boxes.reshape(-1, 4)[(images * n)[:, None] + first.index // c], first.index % c, shift)
+    images = torch.arange(b, device=raw.p.device)
+    apart = _apart(raw.boxes.reshape(-1, 4)[(images.repeat(len(scores)) * n)[:, None] + first.index // c],
+                   first.index % c, shift)
     jobs = {row: apart[row, :upto] for row, upto in enumerate(first.ready.tolist()) if owner[row] * b + row % b == row}
     first_kept = dict(zip(jobs, _nms_in_order(list(jobs.values()), cfg.nms_iou)))
     kept_index, kept_values, pending, needed = [], [], [], []
-    for row, more in enumerate(first.more.tolist()):
+    for row, (upto, more) in enumerate(zip(first.ready.tolist(), first.more.tolist())):
         k = first_kept[owner[row] * b + row % b]
         kept_index.append(first.index[row, k])
         kept_values.append(first.values[row, k])
         if len(k) >= cfg.max_dets:
             needed.append(int(k[cfg.max_dets - 1]) + 1)
         elif more:
-            pending.append((row, _Row(row % b, kept_index[row], kept_values[row], more)))
+            pending.append((row, _Row(row % b, kept_index[row], kept_values[row], first.index[row, :upto], more)))
             needed.append(m + 1)
-    # Which candidates each pending row has fetched ((P, N * C), by index, not by position: a later round
-    # scores them in another tensor, and a CPU kernel can round an element a unit apart by where it sits).
-    slot = {row: at for at, (row, _) in enumerate(pending)}
-    rows = torch.tensor(list(slot), dtype=torch.long, device=raw.p.device)
-    fetched_yet = torch.zeros(len(slot), n * c, dtype=torch.bool, device=raw.p.device)
-    fetched_yet.scatter_(1, first.index[rows], _ready_mask(first)[rows])
     while pending:
         hungry = [(row, r) for row, r in pending if r.waiting_index is None or not len(r.waiting_index)]
         if hungry:  # fetch twice as many candidates for the rows that have none waiting
@@ -384,15 +386,10 @@ def _select(raw: RawPredictions, variants: list[VariantScores], cfg: InferenceCo
             by_variant: dict[int, list[int]] = {}
             for row, _ in hungry:
                 by_variant.setdefault(row // b, []).append(row % b)
-            fetched = _Fetched.of([variants[v].rows(torch.tensor(imgs, device=raw.p.device))
+            fetched = _Fetched.of([scores[v].rows(torch.tensor(imgs, device=raw.p.device))
                                    for v, imgs in by_variant.items()], cfg, m)
-            slots = torch.tensor([slot[row] for row, _ in hungry], device=raw.p.device)
-            before, ready = fetched_yet[slots], _ready_mask(fetched)
-            fresh = ready & ~before.gather(1, fetched.index)
-            fetched_yet[slots] = before.scatter_(1, fetched.index, ready | before.gather(1, fetched.index))
-            for at, ((_, r), more) in enumerate(zip(hungry, fetched.more.tolist())):
-                r.waiting_index, r.waiting_values = fetched.index[at, fresh[at]], fetched.values[at, fresh[at]]
-                r.more = more
+            for at, ((_, r), upto, more) in enumerate(zip(hungry, fetched.ready.tolist(), fetched.more.tolist())):
+                r.take(fetched.index[at, :upto], fetched.values[at, :upto], more)
         chunks = [r.next_chunk(cfg.max_dets) for _, r in pending]
         kept = _nms_in_order([_apart(raw.boxes[r.image, i // c], i % c, shift) for (_, r), (i, _) in
                               zip(pending, chunks)], cfg.nms_iou)
@@ -402,9 +399,8 @@ def _select(raw: RawPredictions, variants: list[VariantScores], cfg: InferenceCo
             if len(k) < cfg.max_dets and (len(r.waiting_index) or r.more):
                 still.append((row, r))
         pending = still
-    images = torch.arange(b, device=raw.p.device)
     detections = []
-    for v in range(len(variants)):
+    for v in range(len(scores)):
         index = torch.cat([i[: cfg.max_dets] for i in kept_index[v * b:(v + 1) * b]])
         values = torch.cat([x[: cfg.max_dets] for x in kept_values[v * b:(v + 1) * b]])
         counts = torch.tensor([min(len(i), cfg.max_dets) for i in kept_index[v * b:(v + 1) * b]], device=raw.p.device)

@@ -69,6 +69,15 @@ def test_beyond_100_detections_of_a_class_in_an_image_only_the_best_100_count(se
     assert _ours(gt, dets)[0].stats == coco_metrics(gt, dets, backend="pycocotools")
 
 
+def test_a_category_the_images_hold_no_ground_truth_of_is_pycocotools_too():
+    """A category that the GT lists but none of its images holds (a val subset): its detections are false
+    positives of nothing and its AP is absent (-1) from the means, as in pycocotools."""
+    gt, dets = _random_set(7)
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != 2]
+    dets = dets + [{"image_id": gt["images"][0]["id"], "category_id": 2, "score": 0.7, "bbox": [1.0, 1.0, 30.0, 30.0]}]
+    assert _ours(gt, dets)[0].stats == coco_metrics(gt, dets, backend="pycocotools")
+
+
 def test_sets_evaluated_together_are_each_set_alone():
     gt, first = _random_set(20)
     sets = [first, _random_set(20)[1][::2], [], [dict(d, score=1 - d["score"]) for d in first]]

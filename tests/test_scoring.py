@@ -138,6 +138,7 @@ def test_select_keeps_what_per_image_class_wise_nms_of_every_candidate_keeps(top
         assert all(torch.equal(x.scores, y.scores) and torch.equal(x.boxes, y.boxes) for x, y in
                    zip(alone, swept[variant.name]))
     assert len(swept["cls"][1].scores) < 20 and len(swept["cls"][2].scores) < 20  # the prefix grew to every candidate
+    assert torch.equal(swept["cls"][-1].boxes, swept["cls"][b - 1].boxes) and len(swept["cls"]) == b
     for first_round in (max_dets, 3 * max_dets, 16 * max_dets):
         again = Selector(SWEEP, cfg, first_round)(raw)
         for variant in SWEEP:
@@ -159,6 +160,11 @@ def test_the_selector_takes_as_many_candidates_first_as_the_batches_before_neede
     assert selector.first_round == 224  # 4 * 50 = 200 needed: 220, in steps of 32
     selector(RawPredictions(torch.stack([apart, apart]), p, None, None, [n]))
     assert selector.first_round == 64  # 50 needed: 55, in steps of 32
+    capped = Selector([SWEEP[0]], InferenceConfig(score_thresh=0.05, max_dets=max_dets, topk_per_level=128))
+    capped(RawPredictions(torch.stack([copies, copies]), p, None, None, [n]))
+    assert capped.first_round == 128  # past topk_per_level every prior and class would be scored at once
+
+
 def _check_against_nms_of_every_candidate(raw, p, cfg, ours):
     from torchvision.ops import batched_nms
 
@@ -217,3 +223,4 @@ def test_an_empty_batch_selects_nothing():
     raw = RawPredictions(torch.rand(0, 10, 4), torch.rand(0, 10, 3), None, None, [10])
     got = detect(raw, [SWEEP[0]], InferenceConfig())["cls"]
     assert len(got) == 0 and got.boxes.shape == (0, 4) and list(got) == []
+    assert len(select(raw, VariantScores.of(raw, SWEEP[0]), InferenceConfig())) == 0

@@ -198,8 +198,8 @@ def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None
             data(tmp)
         else:
             tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a full disk leaves it cut short: never a half file beside the real one
+    except BaseException:  # torch.save fails a full disk with a RuntimeError, Ctrl-C with KeyboardInterrupt
+        tmp.unlink(missing_ok=True)  # never a half file beside the real one, nor a full one filling the disk
         raise
     os.replace(tmp, path)
 

@@ -48,6 +48,9 @@ def _run_facts(state) -> dict[str, Any]:
     return facts
 
 
+STORAGE_MARKER = ".validate_storage_marker"
+"""The file Ray Train's driver writes in a run's folder for its workers to find (ray.train.v2 constants)."""
+
 STATE_FILE = "state.pt"
 """A checkpoint's training state (engine.TrainState.checkpoint), beside its HISTORY_FILE."""
 
@@ -62,10 +65,15 @@ def _save_state(state, folder: Path) -> None:
     write_atomic(folder / STATE_FILE, partial(torch.save, state.checkpoint()))
 
 
-def _load_state(folder: Path) -> Optional[dict[str, Any]]:
+def _load_state(folder: Path, required: bool = False) -> Optional[dict[str, Any]]:
+    """The training state in ``folder``; None where there is none, unless ``required`` (a checkpoint Train
+    handed back must hold one: training from scratch instead would hide a lost checkpoint)."""
     import torch
 
     if not (folder / STATE_FILE).is_file():
+        if required:
+            raise RuntimeError(f"checkpoint {folder} has no {STATE_FILE}: it was written where this worker cannot "
+                               f"read it (a run folder that is not shared by every node?)")
         return None
     # Tensors and numbers only: a checkpoint on shared storage must never be able to run code here.
     return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
@@ -129,11 +137,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            resume = _load_state(Path(d))
+            resume = _load_state(Path(d), required=True)
     storage = ray.train.get_context().get_storage()
-    # Where the run's folder is a local one (the embedded cluster's, or a shared file system), rank 0 writes
-    # each checkpoint in it, where Train keeps it, instead of into a temporary folder that Train then copies.
-    in_place = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+    # Where the run's folder is a file system this worker shares with the driver (the embedded cluster's, or a
+    # shared one), rank 0 writes each checkpoint in it, where Train keeps it, instead of into a temporary
+    # folder that Train then copies. Shared: the marker file Train's driver writes there is seen here (Train's
+    # own check before it copies; a node's local folder of the same path lacks it, and gets the copy, which
+    # fails with Train's error).
+    in_place = (isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+                and (Path(storage.experiment_fs_path) / STORAGE_MARKER).is_file())
 
     def report(state, metrics: dict[str, Any]) -> None:
         if state is None:
@@ -172,8 +184,9 @@ def _fit_in_trial(config: dict[str, Any], trial_dir: Path, checkpoints: Path) ->
         last.update(metrics)
         ray.tune.report(metrics)
 
-    # A launch from before trials trained in their own process left Train's checkpoint_*/ folders here.
-    earlier = sorted(checkpoints.glob("checkpoint_*"))
+    # A launch from before trials trained in their own process left Train's checkpoint_*/ folders here (the
+    # last of them that holds a state: one written by a report Train never took may be there too).
+    earlier = sorted(p for p in checkpoints.glob("checkpoint_*") if (p / STATE_FILE).is_file())
     run_trial(config, trial_dir, _load_state(checkpoints) or (_load_state(earlier[-1]) if earlier else None), 0,
               report)
     return last
