@@ -23,6 +23,10 @@ from .naming import variant_slug
 from .paths import NAME, check_name
 
 
+RESOURCES = "resources."
+"""The ``--set`` prefix of a launch's resources (``--set resources.workers=2``); any other key is a config field."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -178,6 +182,8 @@ class Study(Strict):
     _source: str = PrivateAttr("study")
     _sets: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
     """Profile -> the command line's ``--set`` overrides for it (``override``)."""
+    _resources: dict[str, Resources] = PrivateAttr(default_factory=dict)
+    """Profile -> its resources with the ``--set resources.FIELD=VALUE`` overrides (``override``)."""
 
     @property
     def source(self) -> str:
@@ -285,7 +291,8 @@ class Study(Strict):
         """Apply ``sets`` (the command line's ``--set``, detector.config.parse_sets) to every trial config of
         ``profile``, after the profile and the trials' own ``set`` / ``profiles`` overrides: they win. A study
         axis is refused (the seeds, a grid key, the variants): its values are the trials' keys and the table's
-        rows, which one value for all would make lie."""
+        rows, which one value for all would make lie. A ``resources.FIELD`` item sets the launch's resources
+        (resources_for) instead: ``--set resources.workers=2``."""
         self.profile(profile)
         axes = {"train.seed": "the study's seed axis (--seeds N sets the seeds)",
                 **{k: "a grid axis of the study" for k in self.grid},
@@ -297,6 +304,17 @@ class Study(Strict):
                 if key == axis or axis.startswith(key + ".") or key.startswith(axis + "."):
                     raise ConfigError(f"--set {set_text(key, value)}: {axis} is {what} in {self.source}: edit the "
                                       f"study to change it")
+        resources = {k.removeprefix(RESOURCES): v for k, v in sets.items() if k.startswith(RESOURCES)}
+        if "resources" in sets:
+            raise ConfigError(f"{self.source}: --set {set_text('resources', sets['resources'])}: set one field of "
+                              f"it, e.g. --set resources.workers=2")
+        if resources:
+            base = self.profile(profile).resources or self.resources
+            try:  # validated now: a bad value is an error before anything runs
+                self._resources[profile] = Resources.model_validate({**base.model_dump(), **resources})
+            except ValidationError as err:
+                shown = " ".join(f"--set {set_text(RESOURCES + k, v)}" for k, v in resources.items())
+                raise ConfigError(f"{self.source} with {shown}: {format_validation_error(err, 'resources')}") from None
         self._sets[profile] = dict(sets)
 
     def overrides(self, profile: str) -> dict[str, Any]:
@@ -304,7 +322,8 @@ class Study(Strict):
         return self._sets.get(profile, {})
 
     def resources_for(self, profile: str) -> Resources:
-        return self.profile(profile).resources or self.resources
+        """The profile's resources (the study's where it names none), with the launch's ``--set resources.*``."""
+        return self._resources.get(profile) or self.profile(profile).resources or self.resources
 
     def seeds_for(self, profile: str) -> list[int]:
         return self.profile(profile).seeds or self.seeds
@@ -345,7 +364,7 @@ class Study(Strict):
             except ConfigError as err:
                 raise ConfigError(f"{source}: {err}") from None
         raw = set_dotted(raw, "train.seed", point["seed"])
-        sets = self.overrides(profile)
+        sets = {k: v for k, v in self.overrides(profile).items() if not k.startswith(RESOURCES)}  # resources_for's
         if sets:  # before the variants: which apply depends on the quality branch, which they may set
             try:
                 raw = apply_sets(raw, sets)
