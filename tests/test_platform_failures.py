@@ -1,10 +1,13 @@
 """Failure handling: a NaN trial fails alone, and a killed driver's study resumes without duplicates."""
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -58,6 +61,10 @@ def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(sy
     assert runs["diverges"].info.status == "FAILED"
     assert "NonFiniteLoss" in runs["diverges"].data.tags["ablab.error"]
     assert "non-finite loss" in runs["diverges"].data.tags["ablab.error"]
+    # A failed study keeps Ray's logs for a look, and says where.
+    kept = Path(re.search(r"ray: its logs are kept in (\S+)", r.stderr).group(1))
+    assert kept.is_dir() and not (kept.parents[1] / "auth_token").exists()
+    shutil.rmtree(kept.parents[1])
 
     finished_at = {t: runs[t].info.end_time for t in ("ok", "ok_too")}
     # The fix: a sane lr. The MLflow server "moved": launch.json names one that is gone.

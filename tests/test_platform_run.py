@@ -1,5 +1,6 @@
 """A real study end to end: local Ray cluster, Ray Tune x Ray Train, MLflow (SQLite), results()."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def test_the_embedded_cluster_listens_on_loopback_only_with_token_auth(finished_
     # without the launch's token, and no token was left behind for a later `ray start` to pick up.
     assert env["RAY_AUTH_MODE"] == "disabled" and unauthenticated == {401}, unauthenticated
     assert home_token_unchanged
+    # The launch's Ray folder (its token, sockets and Ray's logs) went with the cleanly finished study.
+    ray_files = Path(re.search(r"its files in (/tmp/ablab-ray-\S+)\)", r.stderr).group(1))
+    assert not ray_files.exists() and "logs are kept" not in r.stderr
 
 
 def test_two_trial_study_runs_and_is_tracked(finished_study):

@@ -162,15 +162,33 @@ def start_ray(address: Optional[str]) -> str:
     return "local"
 
 
+@dataclass
+class _EmbeddedTemp:
+    """The embedded cluster's Ray temp folder (its token, sockets and Ray's session logs, ~2 MB). At exit the
+    token goes, and the folder too once a study ended cleanly (``clean``); after a failure, an interruption or a
+    crash Ray's logs stay there for a look."""
+    path: Optional[Path] = None
+    clean: bool = False
+
+    def leave(self) -> None:
+        (self.path / "auth_token").unlink(missing_ok=True)
+        if self.clean:
+            shutil.rmtree(self.path, ignore_errors=True)  # a Ray process still exiting may recreate a file
+
+
+_ray_temp = _EmbeddedTemp()
+
+
 def _embedded_cluster_auth() -> Path:
     """A Ray temp folder for this launch (0700) holding a fresh token, with this process's environment set to
     use it: token authentication on whatever RAY_AUTH_MODE said, and never ~/.ray, so a later plain
-    `ray start` is not changed by it. The token file goes when the process exits."""
+    `ray start` is not changed by it. The token file goes when the process exits (_EmbeddedTemp)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="ablab-ray-", dir="/tmp"))  # AF_UNIX socket paths < 108 bytes
     token = temp_dir / "auth_token"
     token.touch(mode=0o600)
     token.write_text(secrets.token_hex(32))
-    atexit.register(token.unlink, missing_ok=True)  # runs after Ray's own exit hook (registered later)
+    _ray_temp.path = temp_dir
+    atexit.register(_ray_temp.leave)  # runs after Ray's own exit hook (registered later): its processes are gone
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     os.environ.pop("RAY_AUTH_TOKEN", None)
     return temp_dir
@@ -298,8 +316,9 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
     max_conc = concurrency(plan)
     log.info(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), {plan.args}: "
              f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
-    log.info(f"ray: {where} (ready in {t_ray:.1f}s); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU per "
-             f"trial, {max_conc} at a time")
+    files = f", its files in {_ray_temp.path}" if where == "local" else ""
+    log.info(f"ray: {where} (ready in {t_ray:.1f}s{files}); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU "
+             f"per trial, {max_conc} at a time")
     log.info(f"mlflow: {tracking_uri}")
     log.info(f"outputs: {plan.out_dir}")
     forecast.announce(max_conc, f"ray {where}")
@@ -332,6 +351,10 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
                     f"`ablab sync {study_path} {plan.args}` writes them once it answers")
     if not unfinished:
         forecast.finish(None if pending else tracking_uri)
+    if where == "local":
+        _ray_temp.clean = not (failed or unfinished or pending)
+        if not _ray_temp.clean:
+            log.info(f"ray: its logs are kept in {_ray_temp.path / 'session_latest' / 'logs'}")
     return Outcome(failed, tracking_uri, interrupted=bool(unfinished), tracking_pending=pending)
 
 
