@@ -50,7 +50,7 @@ class CocoGroundTruth:
         anns = list(dataset.get("annotations", []))
         img = np.array([a["image_id"] for a in anns], np.int64)
         cat = np.array([a["category_id"] for a in anns], np.int64)
-        image, cat_index = _index_of(image_ids, img), _index_of(cat_ids, cat)
+        image, cat_index = index_of(image_ids, img), index_of(cat_ids, cat)
         keep = (image >= 0) & (cat_index >= 0)  # COCOeval reads the evaluated images' and categories' GT only
         box = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         area = np.array([a["area"] for a in anns], np.float64)
@@ -76,11 +76,20 @@ class CocoEvaluation:
     matches: list[ClassMatches]
 
 
-def _index_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def index_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """The index of each id in ``sorted_ids``, -1 where absent."""
     at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
     found = (sorted_ids[at] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
     return np.where(found, at, -1)
+
+
+def padded_slots(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Items (N,) laid out one row per distinct key, padded: keys (K,) sorted; order (N,) the items by key, in
+    their own order within a key; row, slot (N,) where each item of ``order`` goes in a (K, slot.max() + 1)
+    array."""
+    order = np.argsort(key, kind="stable")
+    keys, first, count = np.unique(key[order], return_index=True, return_counts=True)
+    return keys, order, np.repeat(np.arange(len(keys)), count), np.arange(len(order)) - np.repeat(first, count)
 
 
 def _iou_xywh(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray) -> np.ndarray:
@@ -190,11 +199,11 @@ class _Ranked:
         sets = [np.asarray(d, np.float64).reshape(-1, 7) for d in detection_sets]
         det = np.concatenate(sets)
         det_set = np.repeat(np.arange(len(sets)), [len(d) for d in sets])
-        image = _index_of(gt.image_ids, det[:, 0].astype(np.int64))
+        image = index_of(gt.image_ids, det[:, 0].astype(np.int64))
         if (image < 0).any():
             raise ValueError(f"detections of image {int(det[np.argmax(image < 0), 0])}, which the ground truth "
                              f"does not have")
-        cat = _index_of(gt.cat_ids, det[:, 6].astype(np.int64))
+        cat = index_of(gt.cat_ids, det[:, 6].astype(np.int64))
         keep = cat >= 0  # COCOeval evaluates the GT's categories only
         det, det_set, image, cat = det[keep], det_set[keep], image[keep], cat[keep]
         group = (det_set * len(gt.cat_ids) + cat) * len(gt.image_ids) + image
@@ -223,11 +232,8 @@ class _GroupTruth:
 
     @classmethod
     def of(cls, gt: CocoGroundTruth) -> "_GroupTruth":
-        key = gt.cat * len(gt.image_ids) + gt.image
-        by_key = np.argsort(key, kind="stable")
-        keys, first, count = np.unique(key[by_key], return_index=True, return_counts=True)
-        g = max(1, int(count.max(initial=0)))
-        row, slot = np.repeat(np.arange(len(keys)), count), np.arange(len(by_key)) - np.repeat(first, count)
+        keys, by_key, row, slot = padded_slots(gt.cat * len(gt.image_ids) + gt.image)
+        g = int(slot.max(initial=0)) + 1
         box, valid, crowd = np.zeros((len(keys), g, 4)), np.zeros((len(keys), g), bool), np.zeros((len(keys), g), bool)
         ignored = np.zeros((len(keys), len(AREA_RANGES), g), bool)
         box[row, slot], valid[row, slot], crowd[row, slot] = gt.box[by_key], True, gt.crowd[by_key]
@@ -257,7 +263,7 @@ def _outcomes(dets: _Ranked, truth: _GroupTruth, n_images: int) -> tuple[np.ndar
 
     Only a contender (IoU >= 0.5 with a GT of its group) can match; contenders are matched greedily, group by
     group in rank order (_greedy_match), the groups with the most contenders first."""
-    row = _index_of(truth.keys, dets.cat * n_images + dets.image)
+    row = index_of(truth.keys, dets.cat * n_images + dets.image)
     contender, iou = truth.contenders(dets, row)
     _, first, count = np.unique(dets.group[contender], return_index=True, return_counts=True)  # in group order
     by_count = np.argsort(-count, kind="stable")

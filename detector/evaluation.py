@@ -8,6 +8,8 @@ from typing import Optional
 import numpy as np
 from scipy import stats
 
+from .coco import index_of, padded_slots
+
 VOC_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 VOC_PIXEL_OFFSET = {"continuous": 0.0, "inclusive": 1.0}
 """``inference.voc_pixels`` -> what the VOC metric adds to a box's width and height (and to an overlap's).
@@ -207,19 +209,11 @@ def iou_eval_of(gt: PaddedGroundTruth, detections: DetectionTable) -> np.ndarray
     """(D,) IoU_eval per detection: the max IoU with a non-ignore GT of the same class in its image (0 if none),
     computed against those GTs only (padded per image and class)."""
     classes = int(max(gt.labels.max(initial=-1), detections.label.max(initial=-1))) + 1
-    img, slot = np.nonzero((gt.labels >= 0) & ~gt.ignore)
-    key = img * classes + gt.labels[img, slot]
-    order = np.argsort(key, kind="stable")
-    keys, first, count = np.unique(key[order], return_index=True, return_counts=True)
-    group = np.repeat(np.arange(len(keys)), count)
-    boxes = np.zeros((len(keys) + 1, max(1, int(count.max(initial=0))), 4))  # the last group: no GT
+    img, at = np.nonzero((gt.labels >= 0) & ~gt.ignore)
+    keys, order, group, slot = padded_slots(img * classes + gt.labels[img, at])
+    boxes = np.zeros((len(keys) + 1, int(slot.max(initial=0)) + 1, 4))  # the last group: none, for no GT
     valid = np.zeros(boxes.shape[:2], bool)
-    at = np.arange(len(order)) - np.repeat(first, count)
-    boxes[group, at], valid[group, at] = gt.boxes[img[order], slot[order]], True
-    own = gt.row_of(detections.image_id) * classes + detections.label
-    rows = np.full(len(own), len(keys))
-    if len(keys):
-        found = np.minimum(np.searchsorted(keys, own), len(keys) - 1)
-        rows = np.where(keys[found] == own, found, rows)
+    boxes[group, slot], valid[group, slot] = gt.boxes[img[order], at[order]], True
+    rows = index_of(keys, gt.row_of(detections.image_id) * classes + detections.label)  # -1: the last group
     iou = _iou_with_own_gts(detections.box, boxes, rows)
     return np.where(valid[rows], iou, 0.0).max(axis=1, initial=0.0)

@@ -363,15 +363,16 @@ def _select(raw: RawPredictions, scores: list[VariantScores], cfg: InferenceConf
     first = _Fetched.of(scores, cfg, m)  # rows variant by variant: (V * B, m)
     index, ready = first.index.view(len(scores), b, -1), first.ready.view(len(scores), b)
     alike = (index[:, None] == index[None]).all(-1) & (ready[:, None] == ready[None])  # (V, V, B)
-    owner = alike.int().argmax(0).view(-1).tolist()  # (V * B): the first variant that decides each image alike
+    # (V * B): the row of the first variant that decides each row's image alike, whose NMS it takes
+    decider = (alike.int().argmax(0) * b + torch.arange(b, device=alike.device)).view(-1).tolist()
     images = torch.arange(b, device=raw.p.device)
     apart = _apart(raw.boxes.reshape(-1, 4)[(images.repeat(len(scores)) * n)[:, None] + first.index // c],
                    first.index % c, shift)
-    jobs = {row: apart[row, :upto] for row, upto in enumerate(first.ready.tolist()) if owner[row] * b + row % b == row}
+    jobs = {row: apart[row, :upto] for row, upto in enumerate(first.ready.tolist()) if decider[row] == row}
     first_kept = dict(zip(jobs, _nms_in_order(list(jobs.values()), cfg.nms_iou)))
     kept_index, kept_values, pending, needed = [], [], [], []
     for row, (upto, more) in enumerate(zip(first.ready.tolist(), first.more.tolist())):
-        k = first_kept[owner[row] * b + row % b]
+        k = first_kept[decider[row]]
         kept_index.append(first.index[row, k])
         kept_values.append(first.values[row, k])
         if len(k) >= cfg.max_dets:

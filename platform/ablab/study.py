@@ -182,8 +182,6 @@ class Study(Strict):
     _source: str = PrivateAttr("study")
     _sets: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
     """Profile -> the command line's ``--set`` overrides for it (``override``)."""
-    _resources: dict[str, Resources] = PrivateAttr(default_factory=dict)
-    """Profile -> its resources with the ``--set resources.FIELD=VALUE`` overrides (``override``)."""
 
     @property
     def source(self) -> str:
@@ -304,18 +302,16 @@ class Study(Strict):
                 if key == axis or axis.startswith(key + ".") or key.startswith(axis + "."):
                     raise ConfigError(f"--set {set_text(key, value)}: {axis} is {what} in {self.source}: edit the "
                                       f"study to change it")
-        resources = {k.removeprefix(RESOURCES): v for k, v in sets.items() if k.startswith(RESOURCES)}
         if "resources" in sets:
             raise ConfigError(f"{self.source}: --set {set_text('resources', sets['resources'])}: set one field of "
                               f"it, e.g. --set resources.workers=2")
-        if resources:
-            base = self.profile(profile).resources or self.resources
-            try:  # validated now: a bad value is an error before anything runs
-                self._resources[profile] = Resources.model_validate({**base.model_dump(), **resources})
-            except ValidationError as err:
-                shown = " ".join(f"--set {set_text(RESOURCES + k, v)}" for k, v in resources.items())
-                raise ConfigError(f"{self.source} with {shown}: {format_validation_error(err, 'resources')}") from None
         self._sets[profile] = dict(sets)
+        try:  # now: a bad value is an error before anything runs
+            self.resources_for(profile)
+        except ValidationError as err:
+            del self._sets[profile]
+            shown = " ".join(f"--set {set_text(k, v)}" for k, v in sets.items() if k.startswith(RESOURCES))
+            raise ConfigError(f"{self.source} with {shown}: {format_validation_error(err, 'resources')}") from None
 
     def overrides(self, profile: str) -> dict[str, Any]:
         """The ``--set`` overrides of ``profile`` (``override``); empty if none."""
@@ -323,7 +319,9 @@ class Study(Strict):
 
     def resources_for(self, profile: str) -> Resources:
         """The profile's resources (the study's where it names none), with the launch's ``--set resources.*``."""
-        return self._resources.get(profile) or self.profile(profile).resources or self.resources
+        base = self.profile(profile).resources or self.resources
+        sets = {k.removeprefix(RESOURCES): v for k, v in self.overrides(profile).items() if k.startswith(RESOURCES)}
+        return Resources.model_validate({**base.model_dump(), **sets}) if sets else base
 
     def seeds_for(self, profile: str) -> list[int]:
         return self.profile(profile).seeds or self.seeds

@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from functools import partial
 from typing import Any, Callable, Optional
@@ -149,22 +150,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def report(state, metrics: dict[str, Any]) -> None:
         if state is None:
-            ray.train.report(metrics)
-        elif in_place:
+            return ray.train.report(metrics)
+        if in_place:
             name = f"checkpoint_epoch{state.epoch:04d}"
+            folder = nullcontext(str(Path(storage.experiment_fs_path) / name))
+            where = {"checkpoint_dir_name": name, "checkpoint_upload_mode": CheckpointUploadMode.NO_UPLOAD}
+        else:
+            folder, where = tempfile.TemporaryDirectory(), {}
+        with folder as d:
             checkpoint = None
             if rank == 0:  # its history lets the driver backfill epochs it never logged
-                _save_state(state, Path(storage.experiment_fs_path) / name)
-                checkpoint = Checkpoint.from_directory(str(Path(storage.experiment_fs_path) / name))
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name,
-                             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
-        else:
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    _save_state(state, Path(d))
-                    checkpoint = Checkpoint.from_directory(d)
-                ray.train.report(metrics, checkpoint=checkpoint)
+                _save_state(state, Path(d))
+                checkpoint = Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint, **where)
 
     run_trial(loop_config["config"], Path(loop_config["trial_dir"]), resume, rank, report)
 
