@@ -259,6 +259,16 @@ class Config(Strict):
     train: TrainConfig = TrainConfig()
     inference: InferenceConfig = InferenceConfig()
 
+    @model_validator(mode="after")
+    def _variants_have_their_quality(self) -> "Config":
+        if self.model.quality.branch == "none":
+            for i, v in enumerate(self.inference.variants):
+                if v.needs_predicted_quality:
+                    raise ValueError(f"inference.variants.{i}: {v.name!r} scores by the predicted quality, which a "
+                                     f"model with model.quality.branch: none does not have (use cls, or a truth "
+                                     f"variant, or give the model a quality branch)")
+        return self
+
     def variants(self) -> list[VariantConfig]:
         """The inference variants to evaluate; a model-appropriate default if none are listed."""
         if self.inference.variants:

@@ -209,6 +209,15 @@ CASES = [
      ["--set train.lr=1", "train.lr is a grid axis"]),
     ("run_set_a_section_above_an_axis", lambda c: ["run", c.study(), "--set", "train={lr: 1}"],
      ["--set train={lr: 1}", "train.seed", "seed axis"]),
+    ("train_variant_needs_a_quality_branch", lambda c: ["train", c.config(inference={"variants": [
+        {"name": "alpha=0.5", "combine": "power", "alpha": 0.5}]})], ["cfg.yaml", "inference.variants.0", "'alpha=0.5'",
+                                                                      "model.quality.branch: none"]),
+    ("run_set_a_variant_the_model_cannot_score", lambda c: ["run", c.study(variants=[], layout=None), "--set",
+                                                            "inference.variants=[{name: a, combine: product}]"],
+     ["s.yaml", "trial baseline", "inference.variants.0", "'a'", "model.quality.branch: none"]),
+    ("validate_set_a_variant_the_model_cannot_score", lambda c: ["validate", c.study(variants=[], layout=None), "--set",
+                                                                 "inference.variants=[{name: a, combine: product}]"],
+     ["s.yaml", "inference.variants.0", "model.quality.branch: none"]),
     ("train_out_is_a_file", lambda c: ["train", c.config(), "--out", c.file("occupied")], ["--out", "is a file"]),
     # --- data sets
     ("coco_top_level_list", lambda c: ["validate", c.study_on(c.coco([GOOD_COCO]))],

@@ -12,8 +12,10 @@ waits behind an outage; :class:`MlflowWriter` applies an entry, finding run ids 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -188,18 +190,55 @@ def _read_applied(path: Path) -> int:
         return 0
 
 
+FULL_DISK_FREE = 1 << 20
+"""Free bytes below which a file system counts as full."""
+
+
+def disk_full(folder: Path) -> bool:
+    """The file system that holds ``folder`` (or its nearest existing parent) has no room left."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_FREE
+    except OSError:
+        return False
+
+
+def caused_by_full_disk(err: BaseException) -> bool:
+    """An ENOSPC OSError anywhere under ``err``: its causes and contexts, and what Ray wraps (a task's ``cause``,
+    a Train worker group's ``worker_failures``, its ``controller_failure``)."""
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None),
+                 *(getattr(e, "worker_failures", None) or {}).values()]
+    return False
+
+
 def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None:
     """``path`` replaced whole by ``data`` (or by what ``data(file)`` writes to a file, e.g. ``torch.save``,
     which writes a path much faster than a buffer): a reader sees the old file or the new one, never half of
-    one."""
+    one. A write that fails on a full file system raises ENOSPC, whatever the writer raised: torch.save reports
+    a full disk as ``RuntimeError: basic_ios::clear: iostream error`` (fp32 states) or an inline_container
+    "unexpected pos" (bf16), with no errno under either."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         if callable(data):
             data(tmp)
         else:
             tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
-    except BaseException:  # torch.save fails a full disk with a RuntimeError, Ctrl-C with KeyboardInterrupt
+    except BaseException as err:  # Ctrl-C (KeyboardInterrupt) too
+        # Read before the half file goes: removing it gives its room back.
+        full = isinstance(err, Exception) and not caused_by_full_disk(err) and disk_full(tmp.parent)
         tmp.unlink(missing_ok=True)  # never a half file beside the real one, nor a full one filling the disk
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
         raise
     os.replace(tmp, path)
 

@@ -27,7 +27,8 @@ from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
 from .study import Study, load_launch, resolve_configs
-from .journal import FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, finished_trials, pending_entries
+from .journal import (FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, disk_full, finished_trials,
+                      pending_entries)
 from .logs import log, setup_logging
 from .naming import ERROR_FILE, LAUNCH_FILE, POINT, REGISTRY_FILE, launch_args, launch_key, point_key, point_of
 from .trial import set_train_env
@@ -332,13 +333,13 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         try:
             results = tuner.fit()
         except Exception:
-            if shutil.disk_usage(plan.out_dir).free < 1 << 20:  # e.g. Tune's error files truncated by a full disk
-                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the study stopped, its trials' reasons are in "
-                                            f"MLflow; free space, then `ablab resume {study_path} {plan.args} "
-                                            f"--retry-failed`", str(plan.out_dir)) from None
+            if disk_full(plan.out_dir):  # e.g. Tune's error files truncated by a full disk
+                raise _full_disk(plan, study_path) from None
             raise
     t_fit = time.perf_counter() - t_fit
     failed, unfinished = summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit)
+    if any((r.metrics or {}).get("disk_full") for r in results):  # a trial failed on it (its driver's report)
+        raise _full_disk(plan, study_path)
     if unfinished:
         log.info(f"interrupted: {unfinished} trial(s) stopped at their last checkpoint; "
                  f"`ablab resume {study_path} {plan.args}` finishes the study")
@@ -356,6 +357,13 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         if not _ray_temp.clean:
             log.info(f"ray: its logs are kept in {_ray_temp.path / 'session_latest' / 'logs'}")
     return Outcome(failed, tracking_uri, interrupted=bool(unfinished), tracking_pending=pending)
+
+
+def _full_disk(plan: Plan, study_path: str) -> OSError:
+    """The one line a study stopped by a full disk ends with: the folder and what to do."""
+    return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the study stopped, its trials' reasons are in MLflow; "
+                                 f"free space, then `ablab resume {study_path} {plan.args} --retry-failed`",
+                   str(plan.out_dir))
 
 
 def _check_claims(plan: Plan, tracking_uri: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from functools import partial
 from typing import Any, Callable, Optional
 
-from .journal import write_atomic
+from .journal import caused_by_full_disk, disk_full, write_atomic
 from .naming import ERROR_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, point_key, point_of, write_eval_outputs
 
 
@@ -252,12 +252,14 @@ def trial_driver(params: dict[str, Any], *, configs: dict[str, dict], resources:
     try:
         # Stable per trial: a retry, a resume or a rebuilt Tune run finds the trial's checkpoint by this name.
         metrics = fit(config, trial_dir, Path(storage_path) / f"train-{key}")
-    except Exception:
+    except Exception as err:
         reason = traceback.format_exc()[-4000:]
+        # Told by the file system, not by the text: the driver ends the study with one line (runner.run_study).
+        full = caused_by_full_disk(err) or disk_full(trial_dir) or disk_full(Path(storage_path))
         _write_reason(trial_dir / ERROR_FILE, reason)
         # Also through Tune, to the driver's logger: on a full disk neither that file nor Tune's own error file
         # can be written.
-        ray.tune.report({"failed": 1.0, "epoch": -1.0, "error": reason})
+        ray.tune.report({"failed": 1.0, "epoch": -1.0, "error": reason, "disk_full": float(full)})
         raise
     error = trial_dir / ERROR_FILE
     if error.is_file() or metrics.get("failed"):
