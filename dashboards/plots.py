@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ablab.study import Study  # noqa: E402
-from ablab.table import finished, row_results, row_variant  # noqa: E402
+from ablab.rows import finished, row_results, row_variant  # noqa: E402
 from detector.config import parse_variant  # noqa: E402
 from detector.options import POINT_RULES  # noqa: E402  (each rule names the field that holds its threshold)
 

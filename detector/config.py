@@ -129,13 +129,26 @@ class ModelConfig(Strict):
 
 
 class SyntheticConfig(Strict):
-    """The synthetic set's size: images per split and their side in pixels (detector/data/synthetic.py)."""
+    """The synthetic set (detector/data/synthetic.py): images per split, their side in pixels, and the
+    generator's version and settings; all of it is in every trial's params."""
 
     train: int = Field(400, ge=1, le=1_000_000)
     val: int = Field(100, ge=1, le=1_000_000)
     size: int = Field(256, ge=32, le=4096)
     """Square images; 4096 px keeps one image's rendering buffers under ~1 GiB."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    generator: Literal[2] = 2
+    """The generator's version (detector/data/synthetic.py), raised whenever what a seed draws changes: a set
+    written by another version is rewritten, never reused."""
+    occlusion: float = Field(0.0, ge=0.0, le=0.9)
+    """At most this fraction of an object's box may be hidden by objects drawn later (0: none overlap; 0.1 cost
+    VOC AP90 half its value at the main job's budget)."""
+    edge_blur: float = Field(2.0, ge=0.0, le=32.0)
+    """Each object's edge is blurred by a Gaussian of sigma drawn from [0, edge_blur] px (at ``size``): its
+    extent is uncertain by about that much (the data's localisation difficulty)."""
+    truncation: float = Field(0.5, ge=0.0, le=1.0)
+    """The share of objects that may reach past the image's border (by up to half their side); their box is the
+    part inside, as VOC's boxes are: a partial shape is harder to recognise, not to localise."""
 
 
 class DataConfig(Strict):

@@ -1,6 +1,8 @@
-"""Intervals and verdicts (ablab.evidence): the seed interval by hand and by simulation, and a reproduced, a
-contradicted and an inconclusive claim from runs and bootstrap artifacts written to a real MLflow store, as
-`ablab.claims`, `ablab table` and the report show them."""
+"""Intervals and verdicts (ablab.evidence): the seed interval, power and detectable effect by hand and by
+simulation (identical arms decided in <= 5% of draws, a known effect at its computed power); claims between
+models undecided below the seed minimum whatever their val-image interval, claims within one model decided
+from one seed; reproduced, contradicted and inconclusive claims, and one smaller than the paper's, from runs and
+bootstrap artifacts written to a real MLflow store, as `ablab.claims`, `ablab table` and the report show them."""
 import json
 import subprocess
 import sys
@@ -9,8 +11,10 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
-from ablab.evidence import CONTRADICTED, INCONCLUSIVE, REPRODUCED, estimate, seed_half_width, verdict, Estimate
+from ablab.evidence import (BETWEEN, CONTRADICTED, INCONCLUSIVE, LARGER, REPRODUCED, SMALLER, WITHIN, Estimate,
+                            against_paper, detectable, estimate, judge, power, seed_half_width, verdict)
 
 
 def test_the_seed_interval_by_hand():
@@ -47,40 +51,116 @@ def test_the_verdict_reads_the_interval_on_the_papers_side():
     assert verdict(+3.8, Estimate(1.0)) == INCONCLUSIVE  # no interval: one seed, no replicates
 
 
+def test_an_interval_that_excludes_the_papers_difference_says_smaller_or_larger():
+    assert against_paper(+3.8, Estimate(1.0, 0.2, 1.8)) == SMALLER  # reproduced, but smaller than the paper's
+    assert against_paper(+3.8, Estimate(1.0, -0.5, 2.5)) == SMALLER  # inconclusive, and not the paper's size
+    assert against_paper(+0.5, Estimate(1.0, 0.8, 1.2)) == LARGER
+    assert against_paper(-0.5, Estimate(-1.0, -1.2, -0.8)) == LARGER  # in the paper's direction (down)
+    assert against_paper(-3.0, Estimate(-1.0, -1.2, -0.8)) == SMALLER
+    assert against_paper(+3.8, Estimate(3.0, 1.0, 5.0)) == ""
+    assert against_paper(+3.8, Estimate(3.0)) == ""
+
+
+def test_power_and_the_detectable_difference_by_hand():
+    # 3 seeds, interval +-4.3027 (t(0.975, 2) x SE 1): against +5, power = P(noncentral t(2, 5) > 4.3027)
+    ours = Estimate(0.0, -4.3027, 4.3027, seeds=3)
+    assert power(5.0, ours) == pytest.approx(stats.nct.sf(4.3027, 2, 5.0), abs=1e-4)
+    # (Z + 5) / sqrt(chi2(2) / 2) > 4.3027 in 0.7196 of 2,000,000 draws
+    assert power(5.0, ours) == pytest.approx(0.7196, abs=2e-3)
+    assert power(-5.0, ours) == power(5.0, ours)
+    d = detectable(ours)  # the difference called reproduced 80% of the time
+    assert stats.nct.sf(4.3027, 2, d) == pytest.approx(0.8, abs=1e-3) and 5 < d < 6.5  # above the 5 at 0.72
+    assert power(5.0, Estimate(0.0, -1.0, 1.0, seeds=1)) is None and detectable(Estimate(0.0)) is None
+
+
+def test_a_claim_between_models_needs_the_seed_minimum_and_one_within_a_model_does_not():
+    images_only = Estimate(2.0, 1.5, 2.5, seeds=1, source="images")  # narrow: val images alone
+    assert judge(+2.0, images_only, BETWEEN, 3).text == "inconclusive (needs 3 seeds)"
+    assert judge(+2.0, images_only, WITHIN, 3).text == "reproduced"
+    two = Estimate(2.0, 1.5, 2.5, seeds=2, source="seeds+images")
+    assert judge(+2.0, two, BETWEEN, 3).verdict == INCONCLUSIVE and judge(+2.0, two, BETWEEN, 2).verdict == REPRODUCED
+    j = judge(+4.0, Estimate(2.0, 1.5, 2.5, seeds=3), BETWEEN, 3)
+    assert j.text == "reproduced, smaller than the paper's" and j.power > 0.99 and j.detectable < 1
+    assert judge(+4.0, Estimate(2.0, 1.5, 2.5, seeds=3), WITHIN, 3).power is None
+
+
+def _simulated_arms(rng, effect: float, seeds: int, sd: float, image_sd: float, draws: int):
+    """Per draw: (seeds,) paired differences of two arms trained with ``sd`` of noise each, and (seeds, 200)
+    val-image bootstrap replicates of each seed's difference."""
+    per_seed = effect + rng.normal(0, sd, (draws, seeds)) - rng.normal(0, sd, (draws, seeds))
+    replicates = per_seed[..., None] + rng.normal(0, image_sd, (draws, seeds, 200))
+    return per_seed, replicates
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_identical_arms_are_decided_in_at_most_5_percent_of_draws(seeds):
+    rng = np.random.default_rng(7)
+    per_seed, reps = _simulated_arms(rng, 0.0, seeds, sd=0.85, image_sd=0.4, draws=2000)
+    decided = np.mean([judge(+2.2, estimate(d, r), BETWEEN, 3).verdict != INCONCLUSIVE for d, r in zip(per_seed, reps)])
+    assert decided <= 0.05, decided
+    # The same arms judged on val images alone, the unsound rule this replaced, decide far more often.
+    naive = np.mean([judge(+2.2, estimate(d[:1], r[:1]), WITHIN, 3).verdict != INCONCLUSIVE
+                     for d, r in zip(per_seed, reps)])
+    assert naive > 0.5, naive
+
+
+def test_a_known_effect_is_reproduced_at_its_computed_power():
+    rng = np.random.default_rng(11)
+    seeds, sd = 4, 0.85
+    se = sd * np.sqrt(2) / np.sqrt(seeds)  # of the mean paired difference
+    crit = stats.t.ppf(0.975, seeds - 1)
+    effect = 2.2
+    expected = power(effect, Estimate(0.0, -crit * se, crit * se, seeds=seeds))
+    per_seed, _ = _simulated_arms(rng, effect, seeds, sd=sd, image_sd=0.0, draws=4000)
+    rate = np.mean([judge(effect, estimate(d, None), BETWEEN, 3).verdict == REPRODUCED for d in per_seed])
+    assert 0.5 < expected < 0.95 and rate == pytest.approx(expected, abs=0.025), (rate, expected)
+
+
 STUDY = {
-    "study": "claims_t", "paper": "iou_aware", "table": "t", "variants": ["cls"],
+    "study": "claims_t", "paper": "iou_aware", "table": "t", "variants": ["cls", "alpha=0.5"],
     "trials": [{"name": n} for n in ("base", "up", "down", "same")],
-    "seeds": [0, 1], "profiles": {"smoke": {}},
+    "seeds": [0, 1, 2], "profiles": {"smoke": {}, "strict": {"min_seeds": 4}},
     "layout": {"columns": ["AP"], "rows": [
-        {"label": "Baseline", "trial": "base", "reference": {"AP": 30.0}},
-        {"label": "Up", "trial": "up", "reference": {"AP": 33.0}},
-        {"label": "Down", "trial": "down", "reference": {"AP": 32.0}},
-        {"label": "Same", "trial": "same", "reference": {"AP": 31.0}}]},
+        {"label": "Baseline", "trial": "base", "variant": "cls", "reference": {"AP": 30.0}},
+        {"label": "Up", "trial": "up", "variant": "cls", "reference": {"AP": 33.0}},
+        {"label": "Down", "trial": "down", "variant": "cls", "reference": {"AP": 32.0}},
+        {"label": "Same", "trial": "same", "variant": "cls", "reference": {"AP": 31.0}},
+        {"label": "Up rescored", "trial": "up", "variant": "alpha=0.5", "reference": {"AP": 34.0}}]},
     "claims": [{"row": "Up", "vs": "Baseline", "metric": "AP", "says": "up by 3"},
                {"row": "Down", "vs": "Baseline", "metric": "AP"},
-               {"row": "Same", "vs": "Baseline", "metric": "AP"}],
+               {"row": "Same", "vs": "Baseline", "metric": "AP"},
+               {"row": "Up rescored", "vs": "Up", "metric": "AP", "says": "rescoring adds 1"}],
 }
-# Our AP per trial and seed; every trial's replicates are the baseline's noise shifted (as paired draws are).
-OURS = {"base": (0.30, 0.31), "up": (0.35, 0.36), "down": (0.25, 0.26), "same": (0.305, 0.305)}
+# Our AP per trial and seed (cls; alpha=0.5 adds 0.4 points to up's); every trial's replicates are the baseline's
+# noise shifted (as paired draws are).
+OURS = {"base": (0.30, 0.31, 0.305), "up": (0.35, 0.36, 0.355), "down": (0.25, 0.26, 0.255),
+        "same": (0.305, 0.305, 0.305)}
 
 
 @pytest.fixture
 def store(tmp_path):
-    """A real MLflow store holding the study's runs as ablab logs them, with their bootstrap artifacts."""
+    """A real MLflow store holding the study's runs as ablab logs them (for the launches of both profiles), with
+    their bootstrap artifacts."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("ablab/claims_t", artifact_location=(tmp_path / "art").as_uri())
     noise = np.random.default_rng(0).normal(0, 0.01, 200)
-    for trial, values in OURS.items():
-        for seed, ap in enumerate(values):
-            run = client.create_run(exp, tags={"ablab.role": "trial", "ablab.profile": "smoke", "ablab.trial": trial,
-                                               "ablab.seed": str(seed), "ablab.trial_key": f"{trial}_seed{seed}",
-                                               "ablab.variants": json.dumps(["cls"])})
-            client.log_metric(run.info.run_id, "cls/AP", ap)
-            path = tmp_path / "bootstrap.json"
-            path.write_text(json.dumps({"cls": {"AP": list(ap + noise + (0.002 * seed if trial == "same" else 0))}}))
-            client.log_artifact(run.info.run_id, str(path))
-            client.set_terminated(run.info.run_id, "FINISHED")
+    for profile in ("smoke", "strict"):
+        for trial, values in OURS.items():
+            for seed, ap in enumerate(values):
+                run = client.create_run(exp, tags={"ablab.role": "trial", "ablab.profile": profile,
+                                                   "ablab.trial": trial, "ablab.seed": str(seed),
+                                                   "ablab.trial_key": f"{trial}_seed{seed}",
+                                                   "ablab.variants": json.dumps(["cls", "alpha=0.5"])})
+                rescored = ap + (0.004 if trial == "up" else 0.0)
+                client.log_metric(run.info.run_id, "cls/AP", ap)
+                client.log_metric(run.info.run_id, "alpha_0.5/AP", rescored)
+                path = tmp_path / "bootstrap.json"
+                shift = 0.002 * seed if trial == "same" else 0
+                path.write_text(json.dumps({"cls": {"AP": list(ap + noise + shift)},
+                                            "alpha=0.5": {"AP": list(rescored + noise + shift)}}))
+                client.log_artifact(run.info.run_id, str(path))
+                client.set_terminated(run.info.run_id, "FINISHED")
     study = tmp_path / "claims_t.yaml"
     study.write_text(yaml.safe_dump(STUDY, sort_keys=False))
     return study, uri
@@ -91,14 +171,33 @@ def test_claims_come_out_reproduced_contradicted_and_inconclusive(store):
 
     study, uri = store
     frame = ablab.claims(str(study), profile="smoke", tracking_uri=uri)
-    assert list(frame["verdict"]) == [REPRODUCED, CONTRADICTED, INCONCLUSIVE]
-    assert list(frame["paper"]) == [3.0, 2.0, 1.0]
-    assert frame["ours"].tolist() == pytest.approx([5.0, -5.0, 0.0])
-    assert list(frame["interval"]) == ["seeds+images"] * 3 and list(frame["seeds"]) == [2, 2, 2]
-    # Up: the same difference for both seeds (no seed spread) and paired replicates: an interval of width ~0
+    assert list(frame["verdict"]) == [REPRODUCED, CONTRADICTED, INCONCLUSIVE, REPRODUCED]
+    assert list(frame["kind"]) == [BETWEEN, BETWEEN, BETWEEN, WITHIN]
+    assert list(frame["paper"]) == [3.0, 2.0, 1.0, 1.0]
+    assert frame["ours"].tolist() == pytest.approx([5.0, -5.0, 0.0, 0.4])
+    assert list(frame["interval"]) == ["seeds+images"] * 4 and list(frame["seeds"]) == [3] * 4
+    # Up: the same difference for every seed (no seed spread) and paired replicates: an interval of width ~0
     assert frame.loc[0, "hi"] - frame.loc[0, "lo"] < 0.01
-    # Same: +0.5 and -0.5 points on the two seeds: t(0.975, 1) makes it wide
-    assert frame.loc[2, "lo"] < 0 < frame.loc[2, "hi"]
+    assert frame.loc[0, "against_paper"] == LARGER and frame.loc[3, "against_paper"] == SMALLER
+    # Same: +0.5, -0.5 and 0 points on the three seeds: t(0.975, 2) makes it wide, and weak against +1
+    assert frame.loc[2, "lo"] < 0 < frame.loc[2, "hi"] and frame.loc[2, "power"] < 0.5
+    assert frame.loc[2, "detectable"] > 1.0
+    assert frame["power"].isna().tolist() == [False, False, False, True]  # within one model: no seeds needed
+
+
+def test_below_the_seed_minimum_a_claim_between_models_is_inconclusive_and_says_why(store):
+    import ablab
+
+    study, uri = store
+    frame = ablab.claims(str(study), profile="strict", tracking_uri=uri)  # min_seeds: 4, three seeds ran
+    assert list(frame["verdict"]) == [INCONCLUSIVE, INCONCLUSIVE, INCONCLUSIVE, REPRODUCED]
+    assert list(frame["reason"]) == ["needs 4 seeds"] * 3 + [""]
+    assert frame["ours"].tolist() == pytest.approx([5.0, -5.0, 0.0, 0.4])  # the value is still shown
+    r = subprocess.run([sys.executable, "-m", "ablab.cli", "table", str(study), "--profile", "strict",
+                        "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| Up vs Baseline | between models | AP | +3.0 | +5.0 [+5.0, +5.0] | inconclusive (needs 4 seeds) |" in r.stdout
+    assert "Up vs Baseline on AP: 3 paired seeds of these separately trained models; a verdict needs 4" in r.stdout
 
 
 def test_ablab_table_shows_each_cells_interval_and_each_claims_verdict(store, tmp_path):
@@ -106,15 +205,18 @@ def test_ablab_table_shows_each_cells_interval_and_each_claims_verdict(store, tm
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "table", str(study), "--tracking-uri", uri],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "| Up vs Baseline | AP | +3.0 | +5.0 [+5.0, +5.0] | reproduced | seeds+images (2 seeds) |" in r.stdout
-    assert "| Down vs Baseline | AP | +2.0 | -5.0" in r.stdout and "| contradicted |" in r.stdout
-    assert "| inconclusive |" in r.stdout
-    assert "30.5±" in r.stdout  # the baseline's cell: the mean of 30 and 31, with its interval
+    assert ("| Up vs Baseline | between models | AP | +3.0 | +5.0 [+5.0, +5.0] | reproduced, larger than the "
+            "paper's | 1.00 (detects 0.0) | seeds+images (3 seeds) |") in r.stdout
+    assert "| Down vs Baseline | between models | AP | +2.0 | -5.0" in r.stdout and "| contradicted |" in r.stdout
+    assert "| inconclusive |" in r.stdout and "one model: seeds not needed" in r.stdout
+    assert "Same vs Baseline on AP: its 3 seeds had only" in r.stdout  # a weak claim says so
+    assert "| Baseline    | 30.5±2.3 / 30.0 |" in r.stdout  # the mean of 30, 31 and 30.5, with its interval and "(+0.5)" not in r.stdout  # smoke is not the paper's setting: no delta
 
     from dashboards.report import build_report
 
     page = build_report(str(study), "smoke", uri, dashboards_dir=str(tmp_path / "dash")).read_text()
     assert 'class="ablab-table claims"' in page and "reproduced" in page and "contradicted" in page
+    assert "(needs" not in page and 'class="findings"' in page and "excludes the paper&#x27;s +3.0" in page
 
 
 def test_the_effect_view_gives_each_change_against_its_baseline(store, tmp_path):
@@ -122,13 +224,17 @@ def test_the_effect_view_gives_each_change_against_its_baseline(store, tmp_path)
 
     study, uri = store
     frame = ablab.effects(str(study), profile="smoke", tracking_uri=uri)
-    # ours: (0.35 + 0.36) / 2 - (0.30 + 0.31) / 2 = +5 points, and so on; paper: the references' differences
-    assert list(zip(frame["row"], frame["vs"])) == [("Up", "Baseline"), ("Down", "Baseline"), ("Same", "Baseline")]
-    assert frame["ours"].tolist() == pytest.approx([5.0, -5.0, 0.0])
-    assert frame["paper"].tolist() == [3.0, 2.0, 1.0]
-    assert list(frame["verdict"]) == [REPRODUCED, CONTRADICTED, INCONCLUSIVE]
+    # ours: mean over seeds of up - base = +5 points, and so on; paper: the references' differences
+    assert list(zip(frame["row"], frame["vs"])) == [("Up", "Baseline"), ("Down", "Baseline"), ("Same", "Baseline"),
+                                                    ("Up rescored", "Up")]
+    assert frame["ours"].tolist() == pytest.approx([5.0, -5.0, 0.0, 0.4])
+    assert frame["paper"].tolist() == [3.0, 2.0, 1.0, 1.0]
+    assert list(frame["verdict"]) == ["reproduced, larger than the paper's", CONTRADICTED, INCONCLUSIVE,
+                                      "reproduced, smaller than the paper's"]
     r = subprocess.run([sys.executable, "-m", "ablab.cli", "table", str(study), "--effects", "--tracking-uri", uri],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "| Up vs Baseline | +5.0 [+5.0, +5.0] / +3.0 (reproduced) |" in r.stdout
+    assert "| Up vs Baseline | +5.0 [+5.0, +5.0] / +3.0 (reproduced, larger than the paper's) |" in r.stdout
     assert "| Down vs Baseline | -5.0 " in r.stdout and "/ +2.0 (contradicted) |" in r.stdout
+    strict = ablab.effects(str(study), profile="strict", tracking_uri=uri)
+    assert list(strict["verdict"])[:3] == ["inconclusive (needs 4 seeds)"] * 3

@@ -20,16 +20,62 @@ def test_synthetic_same_seed_same_annotations(tmp_path):
     assert read(a) != read(c)
 
 
-def test_synthetic_is_varied_enough(tmp_path):
-    root = write_synthetic(tmp_path / "s", train=60, val=0, size=256, seed=0)
+def test_synthetic_is_varied_enough_and_none_is_tiny(tmp_path):
+    """Generator 2: every class, 1 to MAX_OBJECTS objects an image, sides from 1/5 to 0.6 of the image."""
+    from detector.data.synthetic import HUES, MAX_OBJECTS, MAX_SIDE, MIN_SIDE
+
+    root = write_synthetic(tmp_path / "s", train=60, val=1, size=256, seed=0)
     data = json.loads((root / "annotations" / "instances_train.json").read_text())
     per_image = np.bincount([a["image_id"] for a in data["annotations"]])
     per_image = per_image[per_image > 0]
     areas = np.array([a["area"] for a in data["annotations"]])
-    assert len(data["categories"]) == len(CLASSES) >= 6
+    sides = np.array([max(a["bbox"][2:]) for a in data["annotations"]])
+    assert len(data["categories"]) == len(CLASSES) == len(HUES) >= 6
     assert {a["category_id"] for a in data["annotations"]} == set(range(1, 7))
-    assert per_image.min() >= 1 and per_image.max() <= 10 and len(per_image) == 60
-    assert (areas < 32 ** 2).any() and ((areas >= 32 ** 2) & (areas < 96 ** 2)).any() and (areas >= 96 ** 2).any()
+    assert per_image.min() >= 1 and per_image.max() <= MAX_OBJECTS and len(per_image) == 60
+    boxes = np.array([a["bbox"] for a in data["annotations"]])
+    cut = (boxes[:, 0] == 0) | (boxes[:, 1] == 0) | (boxes[:, :2] + boxes[:, 2:] >= 256).any(axis=1)
+    assert cut.any() and (~cut).sum() > len(cut) / 2  # truncation: half of the objects may reach past the border
+    assert sides[~cut].min() >= 0.9 * MIN_SIDE * 256 and sides.max() <= 1.4 * MAX_SIDE * 256  # aspect up to e^0.3
+    assert sides[cut].min() >= 0.4 * MIN_SIDE * 256  # at most half outside
+    assert (areas < 96 ** 2).any() and (areas >= 96 ** 2).any()  # a shape's area: a star's is a third of its box
+
+
+def test_each_class_is_drawn_in_its_own_hue(tmp_path):
+    import colorsys
+
+    from PIL import Image
+
+    from detector.data.synthetic import HUES
+
+    root = write_synthetic(tmp_path / "s", train=20, val=1, size=256, seed=1, occlusion=0.0, edge_blur=0.0)
+    data = json.loads((root / "annotations" / "instances_train.json").read_text())
+    files = {i["id"]: root / i["file_name"] for i in data["images"]}
+    for a in data["annotations"]:
+        x, y, w, h = (int(v) for v in a["bbox"])
+        pixels = np.asarray(Image.open(files[a["image_id"]]).convert("RGB"))[y + h // 2, x + w // 2] / 255
+        if a["category_id"] in (2, 4, 6) or not pixels.any():  # a ring's or a star's centre, a cross's is inside
+            continue
+        hue = colorsys.rgb_to_hsv(*pixels)[0]
+        assert min(abs(hue - HUES[a["category_id"] - 1]), 1 - abs(hue - HUES[a["category_id"] - 1])) < 0.08, a
+
+
+def test_a_set_written_by_another_generator_is_rewritten_with_one_line(tmp_path, capsys):
+    from detector.data.synthetic import MARKER
+
+    root = write_synthetic(tmp_path / "s", train=3, val=2, size=64, seed=0)
+    marker = json.loads((root / MARKER).read_text())
+    old = {k: marker[k] for k in ("train", "val", "size", "seed")}  # what generator 1 recorded
+    (root / MARKER).write_text(json.dumps(old))
+    cfg = DataConfig(kind="synthetic", root=str(root), synthetic=old)
+    assert len(build_split(cfg, "train")) == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if "generator" in line]
+    assert len(lines) == 1 and "written by synthetic generator 1" in lines[0] and "rewriting it" in lines[0]
+    assert json.loads((root / MARKER).read_text())["generator"] == 2
+    cfg = DataConfig(kind="synthetic", root=str(root), synthetic={**old, "edge_blur": 0.5})  # other settings too
+    build_split(cfg, "train")
+    assert "rewriting it" in capsys.readouterr().err
+    assert json.loads((root / MARKER).read_text())["edge_blur"] == 0.5
 
 
 def test_voc_tree_agrees_with_coco_json(synthetic_root):

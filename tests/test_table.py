@@ -134,7 +134,8 @@ def test_a_smoke_table_names_the_backbone_it_trained_beside_the_papers():
     assert as_trained(shown, "smoke").table_layout.rows[1].label == labels[1]  # once, not twice
     assert {c.row for c in shown.claims} <= set(labels) and {c.vs for c in shown.claims} <= set(labels)
     assert as_trained(study, "paper") is study  # the paper's profile trains the paper's backbones
-    assert setting(study, "smoke") == "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"
+    assert setting(study, "smoke") == ("synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 8 epochs, 1 to 4 "
+                                       "seeds per model")  # trial_seeds: the R50 rows on 4
 
 
 @pytest.mark.parametrize("label, trained, shown", [

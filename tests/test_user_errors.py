@@ -134,6 +134,7 @@ CASES = [
      ["s.yaml", "train.lr", "nan"]),
     ("seed_too_large", lambda c: ["validate", c.study(seeds=[2**32])], ["s.yaml", "seeds.0", "4294967296"]),
     ("seeds_zero", lambda c: ["validate", c.study(), "--seeds", "0"], ["--seeds", "0", "at least 1"]),
+    ("min_seeds_below_2", lambda c: ["validate", c.study(min_seeds=1)], ["s.yaml", "min_seeds", "greater than or equal to 2", "1"]),
     ("claim_on_an_unknown_row", lambda c: ["validate", c.study(claims=[{"row": "nope", "vs": "x", "metric": "AP"}])],
      ["s.yaml", "claims.0.row", "'nope'", "layout row"]),
     ("set_into_a_scalar_in_a_study", lambda c: ["validate", c.study(trials=[{"name": "a", "set": {"train.epochs.x": 1}}])],

@@ -21,7 +21,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from ..config import DataConfig, shown_value
-from .synthetic import is_complete, write_synthetic, written_with
+from .synthetic import is_complete, same_generator, write_synthetic, written_with
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +269,24 @@ def category_ids(ds: DetectionSet) -> list[int]:
 
 
 def ensure_synthetic(cfg: DataConfig) -> Path:
-    """The synthetic root, written on first use (or rewritten when an earlier writer stopped half-way)."""
+    """The synthetic root, written on first use, and rewritten when an earlier writer stopped half-way or
+    another generator (version or settings) wrote it."""
     root = Path(cfg.root)
     params = cfg.synthetic.model_dump()
+    say = lambda m: print(f"[data] {m}", file=sys.stderr, flush=True)
     if is_complete(root):
         written = written_with(root)
-        if written != params:  # e.g. a set the tests wrote, or one from before the profile grew
-            print(f"[data] {root} holds a synthetic set written with {written}, not {params} as configured: it is "
-                  f"used as it is (delete it, or point data.root elsewhere, for the configured one)",
-                  file=sys.stderr, flush=True)
-        return root
-    print(f"[data] writing synthetic dataset to {root} ({params})", file=sys.stderr, flush=True)
+        if same_generator(written, params):
+            if written != params:  # e.g. a set the tests wrote, or one from before the profile grew
+                say(f"{root} holds a synthetic set written with {written}, not {params} as configured: it is used "
+                    f"as it is (delete it, or point data.root elsewhere, for the configured one)")
+            return root
+        say(f"{root} was written by synthetic generator {written['generator']} with other settings ({written}); "
+            f"rewriting it with generator {params['generator']} ({params})")
+    else:
+        say(f"writing synthetic dataset to {root} ({params})")
     try:
-        return write_synthetic(root, **params, progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+        return write_synthetic(root, **params, progress=say)
     except FileExistsError as err:
         raise DatasetError(f"data.root: {err}") from None
 

@@ -8,9 +8,17 @@ Layout under ``root``::
     VOCdevkit/VOC2007/ImageSets/Main/{split}.txt
     annotations/instances_{split}.json          (file_name relative to root)
 
-Images hold 1-10 shapes of six classes, each with its own colour and texture, sized from COCO-small
-to COCO-large, partly occluding each other, on a noisy background with clutter (lines, blobs)
-that belongs to no class. Image i of a split depends only on (seed, split, i).
+Generator 2 aims at the operating point of the papers' baselines (PASCAL VOC: AP50 ~80, AP90 ~15-20), so that
+a better ranking by localisation quality has true positives spread over IoU 0.5-0.95 to act on:
+
+- *recognition is easy*: six shapes, each class its own hue (jittered), objects from 1/5 to 0.6 of the image
+  side (none tiny at the trained size), on a desaturated background; clutter is thin lines and specks, unlike
+  any object at its scale;
+- *localisation is not*: each object's edge is blurred by its own amount (up to ``edge_blur`` px), so its
+  extent is uncertain by about that much, and later objects may hide up to ``occlusion`` of an earlier one's
+  box (boxes are the whole shape's, as VOC's and COCO's are).
+
+Image i of a split depends only on (seed, split, i) and the generator's settings.
 """
 from __future__ import annotations
 
@@ -24,11 +32,17 @@ from typing import Callable
 from xml.etree import ElementTree as ET
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
+HUES = (0.0, 0.33, 0.63, 0.14, 0.82, 0.48)
+"""Each class's hue (red, green, blue, yellow, magenta, cyan), in CLASSES' order."""
 _SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
 JPEG_DIR = Path("VOCdevkit/VOC2007/JPEGImages")
+MIN_SIDE, MAX_SIDE = 0.2, 0.6
+"""Object sides as fractions of the image side (log-uniform between them)."""
+MAX_OBJECTS = 5
+"""Objects tried per image (1 to this many; one that does not fit beside the others is left out)."""
 
 
 def _polygon(kind: str, x0: float, y0: float, w: float, h: float) -> list[tuple[float, float]]:
@@ -45,8 +59,8 @@ def _polygon(kind: str, x0: float, y0: float, w: float, h: float) -> list[tuple[
     raise ValueError(kind)
 
 
-def _shape_mask(kind: str, w: int, h: int) -> np.ndarray:
-    """(h, w) bool mask of a shape filling a w x h box."""
+def _shape_mask(kind: str, w: int, h: int) -> Image.Image:
+    """An 'L' image (w, h) of a shape filling the w x h box (255 inside)."""
     img = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(img)
     box = (0, 0, w - 1, h - 1)
@@ -64,87 +78,94 @@ def _shape_mask(kind: str, w: int, h: int) -> np.ndarray:
         d.rectangle((0, (h - th) // 2, w - 1, (h - th) // 2 + th), fill=255)
     else:
         d.polygon(_polygon(kind, 0, 0, w - 1, h - 1), fill=255)
-    return np.asarray(img) > 127
+    return img
 
 
-def _texture(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """(h, w, 3) float texture: solid, stripes, checker or noise around a saturated colour."""
-    base = rng.uniform(0, 255, 3)
-    base[rng.integers(3)] = rng.choice([rng.uniform(0, 50), rng.uniform(205, 255)])
-    kind = rng.integers(4)
-    if kind == 0:
-        return np.broadcast_to(base, (h, w, 3)).astype(np.float32)
-    other = np.clip(base + rng.uniform(-90, 90, 3), 0, 255)
-    yy, xx = np.mgrid[0:h, 0:w]
-    period = rng.integers(3, 8)
-    if kind == 1:
-        sel = ((xx + yy * rng.integers(0, 2)) // period) % 2 == 0
-    elif kind == 2:
-        sel = ((xx // period) + (yy // period)) % 2 == 0
-    else:
-        noise = rng.normal(0, 25, (h, w, 3))
-        return np.clip(base + noise, 0, 255).astype(np.float32)
-    return np.where(sel[..., None], base, other).astype(np.float32)
+def _class_colour(rng: np.random.Generator, k: int) -> np.ndarray:
+    """(3,) RGB of class k: its hue, jittered, saturated and bright enough to stand out of the background."""
+    import colorsys
+
+    hue = (HUES[k] + rng.uniform(-0.03, 0.03)) % 1.0
+    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0)), np.float32) * 255
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    low = rng.uniform(40, 200, (3, 3, 3)).astype(np.float32)
-    bg = np.asarray(Image.fromarray(low.astype(np.uint8)).resize((size, size), Image.BILINEAR), dtype=np.float32)
-    bg = bg + rng.normal(0, 12, bg.shape)
-    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    """(size, size, 3) float: a smooth, desaturated colour field with noise, thin lines and small specks."""
+    grey = rng.uniform(70, 180, (3, 3, 1))
+    low = np.clip(grey + rng.normal(0, 12, (3, 3, 3)), 0, 255).astype(np.uint8)
+    bg = np.asarray(Image.fromarray(low).resize((size, size), Image.BILINEAR), dtype=np.float32)
+    img = Image.fromarray(np.clip(bg + rng.normal(0, 8, bg.shape), 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
-    for _ in range(rng.integers(2, 8)):  # clutter lines
-        x = rng.uniform(0, size, 4)
-        d.line(tuple(x), fill=tuple(int(c) for c in rng.uniform(0, 255, 3)), width=int(rng.integers(1, 3)))
-    for _ in range(rng.integers(1, 5)):  # clutter blobs: irregular polygons of no class
-        cx, cy, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(3, size * 0.12)
-        n = int(rng.integers(5, 9))
-        ang = np.sort(rng.uniform(0, 2 * math.pi, n))
-        rad = r * rng.uniform(0.4, 1.0, n)
-        d.polygon([(cx + a * math.cos(t), cy + a * math.sin(t)) for a, t in zip(rad, ang)],
-                  fill=tuple(int(c) for c in rng.uniform(30, 220, 3)))
+    for _ in range(rng.integers(0, 3)):  # thin lines: no object is a line
+        shade = int(rng.uniform(30, 220))
+        d.line(tuple(rng.uniform(0, size, 4)), fill=(shade,) * 3, width=1 + int(size >= 384))
+    for _ in range(rng.integers(0, 4)):  # specks: a tenth of the smallest object's side, or less
+        cx, cy, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(1, size * MIN_SIDE / 10)]
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(c) for c in rng.uniform(40, 200, 3)))
     return np.asarray(img, dtype=np.float32).copy()
 
 
-def _overlap_ok(box: tuple[int, int, int, int], placed: list[tuple[int, int, int, int]]) -> bool:
-    """Allow partial occlusion but never hide more than half of an earlier object's box."""
+def _hidden_ok(box: tuple[int, int, int, int], placed: list[tuple[int, int, int, int]], occlusion: float) -> bool:
+    """A new object on top may hide at most ``occlusion`` of each earlier object's box."""
     x0, y0, x1, y1 = box
     for a0, b0, a1, b1 in placed:
         iw, ih = min(x1, a1) - max(x0, a0), min(y1, b1) - max(y0, b0)
-        if iw > 0 and ih > 0 and iw * ih > 0.5 * (a1 - a0) * (b1 - b0):
+        if iw > 0 and ih > 0 and iw * ih > occlusion * (a1 - a0) * (b1 - b0):
             return False
     return True
 
 
-def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[dict]]:
-    """One image (size, size, 3) uint8 and its objects [{bbox: [x, y, w, h], category: k, area: a}]."""
+def _place(rng: np.random.Generator, size: int, truncation: float) -> tuple[int, int, int, int]:
+    """An object's (x0, y0, w, h) in the image's pixels; with probability ``truncation`` it may reach past the
+    border by up to half its side."""
+    side = size * math.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_SIDE)))
+    aspect = math.exp(rng.uniform(-0.3, 0.3))
+    w, h = min(size - 1, int(side * aspect)), min(size - 1, int(side / aspect))
+    past = rng.random() < truncation
+    x0 = int(rng.integers(-(w // 2), size - w // 2)) if past else int(rng.integers(0, size - w))
+    y0 = int(rng.integers(-(h // 2), size - h // 2)) if past else int(rng.integers(0, size - h))
+    return x0, y0, w, h
+
+
+def render_image(seed: int, split: str, index: int, size: int, occlusion: float, edge_blur: float,
+                 truncation: float) -> tuple[np.ndarray, list[dict]]:
+    """One image (size, size, 3) uint8 and its objects [{bbox: [x, y, w, h], category: k, area: a}]. The box
+    is the visible part (inside the image) of the shape before its edge is blurred; ``edge_blur`` is the largest
+    blur (Gaussian sigma, px); ``truncation``: the share of objects that may reach past the border."""
     rng = np.random.default_rng([seed, _SPLIT_IDS.get(split, 9), index])
     img = _background(rng, size)
     placed: list[tuple[int, int, int, int]] = []
     objects = []
-    min_side, max_side = size / 12, 0.8 * size
-    for _ in range(int(rng.integers(1, 11))):
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         for _attempt in range(20):
-            side = math.exp(rng.uniform(math.log(min_side), math.log(max_side)))
-            aspect = math.exp(rng.uniform(-0.35, 0.35))
-            w, h = max(6, int(side * aspect)), max(6, int(side / aspect))
-            if w >= size or h >= size:
-                continue
-            x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-            if _overlap_ok((x0, y0, x0 + w, y0 + h), placed):
+            x0, y0, w, h = _place(rng, size, truncation)
+            box = (max(0, x0), max(0, y0), min(size, x0 + w), min(size, y0 + h))
+            if _hidden_ok(box, placed, occlusion):
                 break
         else:
             continue
         k = int(rng.integers(len(CLASSES)))
-        mask = _shape_mask(CLASSES[k], w, h)
-        tex = _texture(rng, w, h)
-        region = img[y0:y0 + h, x0:x0 + w]
-        region[mask] = tex[mask]
-        ys, xs = np.nonzero(mask)
-        bx0, by0, bx1, by1 = x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1
-        placed.append((x0, y0, x0 + w, y0 + h))
-        objects.append({"bbox": [float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0)],
-                        "category": k, "area": float(mask.sum())})
+        shape = _shape_mask(CLASSES[k], w, h)
+        # The blur spreads the edge outwards too: drawn in a margin around the box, clipped to the image.
+        sigma = rng.uniform(0, edge_blur)
+        m = int(math.ceil(3 * sigma))
+        alpha = Image.new("L", (w + 2 * m, h + 2 * m), 0)
+        alpha.paste(shape, (m, m))
+        if sigma > 0:
+            alpha = alpha.filter(ImageFilter.GaussianBlur(sigma))
+        ax0, ay0 = max(0, x0 - m), max(0, y0 - m)
+        ax1, ay1 = min(size, x0 + w + m), min(size, y0 + h + m)
+        a = np.asarray(alpha, np.float32)[ay0 - (y0 - m):ay1 - (y0 - m), ax0 - (x0 - m):ax1 - (x0 - m), None] / 255
+        colour = _class_colour(rng, k) + rng.normal(0, 6, (ay1 - ay0, ax1 - ax0, 3))
+        region = img[ay0:ay1, ax0:ax1]
+        region[:] = a * colour + (1 - a) * region
+        ys, xs = np.nonzero(np.asarray(shape) > 127)
+        ys, xs = ys + y0, xs + x0
+        inside = (xs >= 0) & (xs < size) & (ys >= 0) & (ys < size)
+        ys, xs = ys[inside], xs[inside]
+        placed.append(box)
+        objects.append({"bbox": [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()),
+                                 float(ys.max() + 1 - ys.min())], "category": k, "area": float(inside.sum())})
     return np.clip(img, 0, 255).astype(np.uint8), objects
 
 
@@ -170,13 +191,15 @@ MARKER = "ablab-synthetic.json"
 """Written last, holding the arguments: a folder without it is not a complete synthetic set."""
 
 
-def write_synthetic(root: str | Path, train: int = 400, val: int = 100, size: int = 256, seed: int = 0,
-                    progress: Callable[[str], None] | None = None) -> Path:
-    """Write the dataset at ``root`` and return it. Same arguments, same annotations. It is written into a
-    hidden sibling folder and renamed into place, so ``root`` is either absent or complete (MARKER), however
-    the writer ends; a folder left half-written by an older version is rewritten."""
+def write_synthetic(root: str | Path, progress: Callable[[str], None] | None = None, **settings) -> Path:
+    """Write the dataset at ``root`` and return it; ``settings``: detector.config.SyntheticConfig's fields (its
+    defaults for the rest). Same settings, same annotations. It is written into a hidden sibling folder and
+    renamed into place, so ``root`` is either absent or complete (MARKER), however the writer ends; a folder left
+    half-written, or written with other settings, is rewritten."""
+    from detector.config import SyntheticConfig
+
     root = Path(root)
-    params = {"train": train, "val": val, "size": size, "seed": seed}
+    params = SyntheticConfig(**settings).model_dump()
     if _holds(root, params):
         return root
     _check_replaceable(root)
@@ -206,12 +229,18 @@ def is_complete(root: Path) -> bool:
     return (root / MARKER).is_file()
 
 
-def written_with(root: Path) -> dict[str, int]:
-    """The arguments a complete set was written with."""
-    return json.loads((root / MARKER).read_text())
+def written_with(root: Path) -> dict:
+    """The arguments a complete set was written with (generator 1 recorded no version: it says 1)."""
+    return {"generator": 1, **json.loads((root / MARKER).read_text())}
 
 
-def _holds(root: Path, params: dict[str, int]) -> bool:
+def same_generator(written: dict, params: dict) -> bool:
+    """Whether a set written with ``written`` looks as ``params`` asks (version and settings; counts, size and
+    seed aside)."""
+    return all(written.get(k) == params.get(k) for k in ("generator", "occlusion", "edge_blur", "truncation"))
+
+
+def _holds(root: Path, params: dict) -> bool:
     """``root`` is a complete set written with exactly these arguments."""
     return is_complete(root) and written_with(root) == params
 
@@ -238,7 +267,7 @@ def _remove_stale_partials(root: Path) -> None:
             pass  # alive, another user's
 
 
-def _write_tree(root: Path, params: dict[str, int], progress: Callable[[str], None] | None) -> None:
+def _write_tree(root: Path, params: dict, progress: Callable[[str], None] | None) -> None:
     seed, size = params["seed"], params["size"]
     voc = root / "VOCdevkit" / "VOC2007"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -251,7 +280,8 @@ def _write_tree(root: Path, params: dict[str, int], progress: Callable[[str], No
         images, annotations, stems = [], [], []
         for i in range(count):
             stem = f"{split}_{i:06d}"
-            pixels, objects = render_image(seed, split, i, size)
+            pixels, objects = render_image(seed, split, i, size, params["occlusion"], params["edge_blur"],
+                                           params["truncation"])
             # Encoded in memory, then written: PIL writing to a file ignores a failed write (a full disk) and
             # leaves a truncated JPEG; Python's write raises.
             jpeg = io.BytesIO()

@@ -9,9 +9,23 @@ variation, each where the study has it:
 - **seeds**: with two or more seeds, the Student t 95% interval of the mean over seeds (a difference paired by
   seed). The same val images serve every seed, so this is training noise alone.
 
-With both, each side's half-width is the root sum of squares of the two (independent sources). The verdict
-of a claim compares our interval with 0 on the side of the paper's difference: *reproduced* (it excludes 0
-there), *contradicted* (it excludes 0 on the other side) or *inconclusive*.
+With both, each side's half-width is the root sum of squares of the two (independent sources).
+
+A claim is of one of two kinds:
+
+- *within one model*: both rows read the same trained weights (two inference variants of one trial). Training
+  noise is common to both sides, so the val-image bootstrap is a sound interval and one seed may decide.
+- *between models*: the rows are separately trained models. Two seeds of one config differ by far more than the
+  val-image interval (AP90 by up to 6 points on the smoke set), so a verdict needs the seed interval: at least
+  ``min_seeds`` paired seeds (3 unless the study or profile says otherwise). Below that the claim shows its value
+  and is *inconclusive (needs N seeds)*.
+
+The verdict compares our interval with 0 on the side of the paper's difference: *reproduced* (it excludes 0
+there), *contradicted* (it excludes 0 on the other side) or *inconclusive*. It is also weighed against the
+paper's own difference: where our interval excludes it, the effect here is *smaller* (or *larger*) than the
+paper's. For a between-model claim, ``power`` is the chance that these seeds would call the claim reproduced
+were the true effect the paper's, and ``detectable`` the smallest effect they would at 80% power (a paired t
+test whose standard error is the interval's: seeds and images).
 """
 from __future__ import annotations
 
@@ -21,13 +35,18 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from .study import Row, Study
-from .table import finished, row_results, row_variant
+from .rows import finished, row_results, row_variant
 
 LEVEL = 0.95
+POWER = 0.8
+"""The power at which ``detectable`` is stated."""
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
+NOT_MEASURED = "not measured"
+WITHIN, BETWEEN = "within one model", "between models"
+SMALLER, LARGER = "smaller", "larger"
 
 Replicates = dict[str, dict[str, dict[str, np.ndarray]]]
 """run id -> variant -> metric -> (R,) bootstrap replicates (a trial's bootstrap.json)."""
@@ -80,6 +99,83 @@ def verdict(paper: float, ours: Estimate) -> str:
     return INCONCLUSIVE
 
 
+def against_paper(paper: float, ours: Estimate) -> str:
+    """SMALLER / LARGER where our interval excludes the paper's difference (in the paper's direction), else ""."""
+    if ours.lo is None:
+        return ""
+    lo, hi = (ours.lo, ours.hi) if paper > 0 else (-ours.hi, -ours.lo)  # in the paper's direction
+    return SMALLER if hi < abs(paper) else LARGER if lo > abs(paper) else ""
+
+
+def _t_crit(seeds: int, level: float = LEVEL) -> float:
+    return float(stats.t.ppf(0.5 + level / 2, seeds - 1))
+
+
+def _standard_error(ours: Estimate, level: float) -> Optional[float]:
+    """The standard error an interval over two or more seeds implies (half-width / t), else None."""
+    if ours.lo is None or ours.seeds < 2:
+        return None
+    return (ours.hi - ours.lo) / (2 * _t_crit(ours.seeds, level))
+
+
+def power(effect: float, ours: Estimate, level: float = LEVEL) -> Optional[float]:
+    """The chance that an interval like ours (its seeds, its width) calls a true difference ``effect``
+    reproduced: a paired t test with ``seeds - 1`` degrees of freedom whose standard error is the interval's
+    (half-width / t). None without an interval over two or more seeds."""
+    se = _standard_error(ours, level)
+    if se is None:
+        return None
+    # No spread to speak of (scipy's noncentral t gives NaN far out, where the power is 1 to 15 digits).
+    nc = abs(effect) / se if se > 0 else math.inf
+    return float(stats.nct.sf(_t_crit(ours.seeds, level), ours.seeds - 1, nc)) if nc < 1e4 else 1.0
+
+
+def detectable(ours: Estimate, level: float = LEVEL, at_power: float = POWER) -> Optional[float]:
+    """The smallest difference an interval like ours calls reproduced with probability ``at_power``."""
+    se = _standard_error(ours, level)
+    if se is None:
+        return None
+    df, crit = ours.seeds - 1, _t_crit(ours.seeds, level)
+    return float(se * optimize.brentq(lambda nc: stats.nct.sf(crit, df, nc) - at_power, 0.0, 1e3))
+
+
+@dataclass
+class Judgement:
+    """A claim's verdict, why it is inconclusive where a rule (not the data) says so, how it stands against the
+    paper's difference, and for a between-model claim the power and detectable effect of its seeds."""
+
+    verdict: str
+    reason: str = ""
+    against_paper: str = ""
+    power: Optional[float] = None
+    detectable: Optional[float] = None
+
+    @property
+    def text(self) -> str:
+        """E.g. 'reproduced', 'inconclusive (needs 3 seeds)', 'inconclusive, smaller than the paper's'."""
+        return (self.verdict + (f" ({self.reason})" if self.reason else "")
+                + (f", {self.against_paper} than the paper's" if self.against_paper else ""))
+
+
+def judge(paper: float, ours: Estimate, kind: str, min_seeds: int) -> Judgement:
+    """The verdict on a claim of ``kind`` (WITHIN / BETWEEN) whose paper difference is ``paper``."""
+    if ours.value is None:
+        return Judgement(NOT_MEASURED)
+    if kind == BETWEEN and ours.seeds < min_seeds:
+        return Judgement(INCONCLUSIVE, f"needs {min_seeds} seeds")
+    between, word = kind == BETWEEN, verdict(paper, ours)
+    return Judgement(word, against_paper=against_paper(paper, ours) if word != CONTRADICTED else "",
+                     power=power(paper, ours) if between else None, detectable=detectable(ours) if between else None)
+
+
+def claim_kind(study: Study, row: str, vs: str) -> str:
+    """WITHIN where both rows (labels) read the same trained weights (the same trial and grid point), else
+    BETWEEN."""
+    rows = {r.label: r for r in study.table_layout.rows}
+    a, b = rows[row], rows[vs]
+    return WITHIN if (a.trial, a.where) == (b.trial, b.where) else BETWEEN
+
+
 def _per_seed(row: Row, done: pd.DataFrame, metric: str, replicates: Replicates, scale: float):
     """A row's value per seed (its runs of that seed averaged, e.g. over a grid it spans) and, where every run
     has them, their replicates: (seeds (S,), values (S,), replicates (S, R) or None)."""
@@ -127,18 +223,26 @@ def metric_difference(study: Study, row: str, vs: str, metric: str, results: pd.
     return estimate(v_a[ia] - v_b[ib], reps)
 
 
-def claims_frame(study: Study, results: pd.DataFrame, replicates: Replicates) -> pd.DataFrame:
-    """One row per claim of the study: the paper's difference, ours with its 95% interval (table units), the
-    seeds it pairs, what the interval covers, and the verdict."""
+CLAIM_COLUMNS = ["claim", "kind", "row", "vs", "metric", "paper", "ours", "lo", "hi", "seeds", "interval", "verdict",
+                 "reason", "against_paper", "power", "detectable", "says"]
+
+
+def claims_frame(study: Study, results: pd.DataFrame, replicates: Replicates, min_seeds: int) -> pd.DataFrame:
+    """One row per claim of the study: its kind, the paper's difference, ours with its 95% interval (table units),
+    the seeds it pairs, what the interval covers, the verdict and the rule that kept it inconclusive (``reason``),
+    how it stands against the paper's difference, and (between models) the power against the paper's difference
+    and the smallest difference these seeds detect at 80% power. ``min_seeds``: the launch's (Study.min_seeds_for)."""
     out = []
     for i, claim in enumerate(study.claims):
         ours = difference_estimate(study, claim.row, claim.vs, claim.metric, results, replicates)
-        out.append({"claim": i, "row": claim.row, "vs": claim.vs, "metric": claim.metric, "paper": claim.paper,
-                    "ours": ours.value, "lo": ours.lo, "hi": ours.hi, "seeds": ours.seeds, "interval": ours.source,
-                    "verdict": verdict(claim.paper, ours) if ours.value is not None else "not measured",
+        kind = claim_kind(study, claim.row, claim.vs)
+        j = judge(claim.paper, ours, kind, min_seeds)
+        out.append({"claim": i, "kind": kind, "row": claim.row, "vs": claim.vs, "metric": claim.metric,
+                    "paper": claim.paper, "ours": ours.value, "lo": ours.lo, "hi": ours.hi, "seeds": ours.seeds,
+                    "interval": ours.source, "verdict": j.verdict, "reason": j.reason,
+                    "against_paper": j.against_paper, "power": j.power, "detectable": j.detectable,
                     "says": claim.says})
-    return pd.DataFrame(out, columns=["claim", "row", "vs", "metric", "paper", "ours", "lo", "hi", "seeds",
-                                      "interval", "verdict", "says"])
+    return pd.DataFrame(out, columns=CLAIM_COLUMNS)
 
 
 def effect_pairs(study: Study) -> list[tuple[str, str]]:
@@ -149,19 +253,21 @@ def effect_pairs(study: Study) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
-def effects_frame(study: Study, results: pd.DataFrame, replicates: Replicates) -> pd.DataFrame:
+def effects_frame(study: Study, results: pd.DataFrame, replicates: Replicates, min_seeds: int) -> pd.DataFrame:
     """Each change's effect against its baseline, per column: ours (row - vs, table units) with its 95%
-    interval, the paper's (the rows' references), and the verdict where the paper gives a difference."""
+    interval, the paper's (the rows' references), and where the paper gives a difference the verdict as the
+    claims get it (``verdict``: Judgement.text, e.g. 'inconclusive (needs 3 seeds)')."""
     layout = study.table_layout
     refs = {r.label: r.reference for r in layout.rows}
     out = []
     for row, vs in effect_pairs(study):
+        kind = claim_kind(study, row, vs)
         for column in layout.columns:
             ours = difference_estimate(study, row, vs, column, results, replicates)
             a, b = refs[row].get(column), refs[vs].get(column)
             paper = None if a is None or b is None else round(a - b, 6)
-            word = "" if ours.value is None else verdict(paper, ours) if paper else ""
-            out.append({"row": row, "vs": vs, "column": column, "ours": ours.value, "lo": ours.lo, "hi": ours.hi,
-                        "paper": paper, "seeds": ours.seeds, "interval": ours.source, "verdict": word})
-    return pd.DataFrame(out, columns=["row", "vs", "column", "ours", "lo", "hi", "paper", "seeds", "interval",
+            word = judge(paper, ours, kind, min_seeds).text if paper and ours.value is not None else ""
+            out.append({"row": row, "vs": vs, "kind": kind, "column": column, "ours": ours.value, "lo": ours.lo,
+                        "hi": ours.hi, "paper": paper, "seeds": ours.seeds, "interval": ours.source, "verdict": word})
+    return pd.DataFrame(out, columns=["row", "vs", "kind", "column", "ours", "lo", "hi", "paper", "seeds", "interval",
                                       "verdict"])

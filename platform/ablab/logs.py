@@ -14,10 +14,19 @@ class _Tagged(logging.Formatter):
         return text if text.startswith(("[", " ")) else f"[ablab] {text}"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted: a caller (a notebook, a test's capture) may
+    have replaced the one that was there when the handler was attached, and closed it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging() -> None:
     """Attach the stderr handler once per process (the CLI and run_study call it; a library user may too)."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(_Tagged("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

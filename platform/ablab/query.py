@@ -114,7 +114,8 @@ def replicates(frame: pd.DataFrame, tracking_uri: str) -> dict[str, dict[str, di
 def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
            out_root: Optional[str] = None, overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Every claim of a study file against its runs in MLflow (of the launch ``profile`` with ``overrides``): the
-    paper's difference, ours with its 95% interval, and the verdict (ablab.evidence.claims_frame)."""
+    claim's kind, the paper's difference, ours with its 95% interval, the verdict and why, how it stands against
+    the paper's difference, and for a claim between models the power of its seeds (ablab.evidence.claims_frame)."""
     from .evidence import claims_frame
     from .study import load_launch
     from .table import as_trained
@@ -123,7 +124,8 @@ def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = Non
     out_root = results_root(spec.study, out_root)
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
-    return claims_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})
+    return claims_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {},
+                        spec.min_seeds_for(profile))
 
 
 def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
@@ -138,4 +140,5 @@ def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = No
     out_root = results_root(spec.study, out_root)
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
-    return effects_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {})
+    return effects_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {},
+                         spec.min_seeds_for(profile))

@@ -85,9 +85,11 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds: {seeds} must be at least 1")
-        study.profile(profile).seeds = list(range(seeds))
+        study.set_seeds(profile, list(range(seeds)))
     elif resume and launch_file.is_file():
-        study.profile(profile).seeds = json.loads(launch_file.read_text()).get("seeds", study.seeds_for(profile))
+        ran = json.loads(launch_file.read_text())
+        study.set_seeds(profile, ran.get("seeds", study.seeds_for(profile)),
+                        ran.get("trial_seeds", study.profile(profile).trial_seeds))
     count = study.trial_count(profile)
     if count > MAX_TRIALS and not allow_large_grid:
         raise ConfigError(f"{study_path}: grid: profile {profile} has {count} trials (trials x seeds x grid values), "
@@ -377,7 +379,8 @@ def _check_claims(plan: Plan, tracking_uri: str) -> None:
     except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost
         log.warning(f"claims: not checked ({type(err).__name__}: {str(err)[:200]}); `ablab table` checks them")
         return
-    counts = frame["verdict"].value_counts()
+    counts = frame.assign(said=[f"{v} ({r})" if r else v for v, r in zip(frame["verdict"], frame["reason"])])[
+        "said"].value_counts()
     log.info(f"claims of the paper: {', '.join(f'{n} {v}' for v, n in counts.items())} "
              f"(`ablab table {plan.study_path} {plan.args}` shows each)")
 
@@ -430,7 +433,8 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
         raise
     kept = json.loads(launch_file.read_text()) if resume else {}  # e.g. the launch's estimate and wall
     launch_file.write_text(json.dumps({**kept, "study": plan.study_path, "profile": plan.profile, "set": plan.sets,
-                                       "tracking_uri": tracking_uri, "seeds": plan.study.seeds_for(plan.profile)}, indent=1))
+                                       "tracking_uri": tracking_uri, "seeds": plan.study.seeds_for(plan.profile),
+                                       "trial_seeds": plan.study.profile(plan.profile).trial_seeds}, indent=1))
     return tracking_uri
 
 

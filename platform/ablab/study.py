@@ -155,6 +155,11 @@ class Profile(Strict):
     """Restrict the profile to these trials (None: all)."""
     seeds: Optional[list[Annotated[int, Field(ge=0, le=2**32 - 1)]]] = Field(None, min_length=1)
     """This profile's seeds instead of the study's (e.g. several where a claim needs them at smoke scale)."""
+    trial_seeds: dict[str, list[Annotated[int, Field(ge=0, le=2**32 - 1)]]] = Field(default_factory=dict)
+    """Seeds of named trials instead of the profile's: e.g. the rows a claim between models reads get the seeds
+    its verdict needs while the rest run one (``ablab run --seeds N`` gives every trial N instead)."""
+    min_seeds: Optional[int] = Field(None, ge=2)
+    """This profile's seed minimum for a between-model verdict, instead of the study's."""
 
 
 class Study(Strict):
@@ -170,6 +175,10 @@ class Study(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     """Extra training axes crossed with the trials: dotted key -> values."""
     seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
+    min_seeds: int = Field(3, ge=2)
+    """The paired seeds a claim between two separately trained models needs for a verdict (ablab.evidence): with
+    fewer it is inconclusive, whatever its val-image interval says. At least 2: one seed says nothing of training
+    noise."""
     variants: list[str | VariantConfig] = Field(default_factory=list)
     """Inference axis: shorthand (``cls``, ``none``, ``alpha=0.4``, ``alpha=0.4,truth``, ``cls,q>0.5``) or full specs."""
     resources: Resources = Resources()
@@ -206,9 +215,15 @@ class Study(Strict):
         slugs = [variant_slug(v.name) for v in self.variant_configs()]
         if len(set(slugs)) != len(slugs):
             raise ValueError(f"variants: two names become the same metric key ({sorted(slugs)}): rename one")
-        for where, seeds in [("seeds", self.seeds)] + [(f"profiles.{n}.seeds", p.seeds) for n, p in self.profiles.items()]:
-            if seeds and len(set(seeds)) != len(seeds):
-                raise ValueError(f"{where}: {seeds} lists a seed twice")
+        names = [t.name for t in self.trials]
+        for where, seeds in [("seeds", self.seeds)] + [(f"profiles.{n}.seeds", p.seeds) for n, p in self.profiles.items()] \
+                + [(f"profiles.{n}.trial_seeds.{t}", s) for n, p in self.profiles.items() for t, s in p.trial_seeds.items()]:
+            if seeds is not None and len(set(seeds)) != len(seeds) or seeds == []:
+                raise ValueError(f"{where}: {seeds} must list distinct seeds (at least one)")
+        for pname, p in self.profiles.items():
+            for t in p.trial_seeds:
+                if t not in names:
+                    raise ValueError(f"profiles.{pname}.trial_seeds: unknown trial {t!r} (known: {names})")
         for where, grid in [("grid", self.grid)] + [(f"trials.{t.name}.grid", t.grid) for t in self.trials]:
             for key, values in grid.items():
                 encoded = [json.dumps(v) for v in values]
@@ -219,7 +234,6 @@ class Study(Strict):
                 check_name(f"profiles.{pname}", pname)
             except ConfigError as err:
                 raise ValueError(str(err)) from None
-        names = [t.name for t in self.trials]
         if len(set(names)) != len(names):
             raise ValueError(f"trials: duplicate names in {names}")
         for t in self.trials:
@@ -324,7 +338,21 @@ class Study(Strict):
         return Resources.model_validate({**base.model_dump(), **sets}) if sets else base
 
     def seeds_for(self, profile: str) -> list[int]:
+        """The profile's seeds (each trial's unless ``trial_seeds`` names it: seeds_of)."""
         return self.profile(profile).seeds or self.seeds
+
+    def seeds_of(self, profile: str, trial: str) -> list[int]:
+        """The seeds ``trial`` trains with in ``profile``."""
+        return self.profile(profile).trial_seeds.get(trial) or self.seeds_for(profile)
+
+    def set_seeds(self, profile: str, seeds: list[int], trial_seeds: Optional[dict[str, list[int]]] = None) -> None:
+        """The launch's seeds (``--seeds N``, or what a resumed launch ran): ``seeds`` for every trial but those
+        ``trial_seeds`` names."""
+        p = self.profile(profile)
+        p.seeds, p.trial_seeds = list(seeds), dict(trial_seeds or {})
+
+    def min_seeds_for(self, profile: str) -> int:
+        return self.profile(profile).min_seeds or self.min_seeds
 
     def _trial_names(self, profile: str) -> list[str]:
         allowed = self.profile(profile).trials
@@ -335,7 +363,7 @@ class Study(Strict):
 
     def trial_count(self, profile: str) -> int:
         """len(trial_points(profile)), without building them."""
-        return sum(len(self.seeds_for(profile)) * math.prod(len(v) for v in self._grid_of(n).values())
+        return sum(len(self.seeds_of(profile, n)) * math.prod(len(v) for v in self._grid_of(n).values())
                    for n in self._trial_names(profile))
 
     def trial_points(self, profile: str) -> list[dict[str, Any]]:
@@ -345,7 +373,7 @@ class Study(Strict):
         points = []
         for name in self._trial_names(profile):
             grid = self._grid_of(name)
-            for seed, *values in itertools.product(self.seeds_for(profile), *grid.values()):
+            for seed, *values in itertools.product(self.seeds_of(profile, name), *grid.values()):
                 points.append({"trial": name, "seed": seed, **dict(zip(grid, values))})
         return points
 

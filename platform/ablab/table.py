@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ import pandas as pd
 
 from detector.config import sets_source
 
+from .evidence import INCONCLUSIVE, POWER, WITHIN, Judgement, cell_estimate, claims_frame, effects_frame
+from .rows import finished, row_results
 from .study import Row, Study
 
 
@@ -34,29 +35,6 @@ class Cell:
     @property
     def delta(self) -> Optional[float]:
         return None if self.ours is None or self.paper is None else self.ours - self.paper
-
-
-def finished(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows of finished runs (a failed or interrupted trial's partial metrics are never shown)."""
-    return results[results["status"] == "FINISHED"] if "status" in results else results
-
-
-def row_variant(row: Row, results: pd.DataFrame) -> Optional[str]:
-    """The variant a row reads: its own, else the first its trial evaluated (the same rule the study check uses)."""
-    if row.variant or results.empty:
-        return row.variant
-    evaluated = results.loc[results["trial"] == row.trial, "variant"]
-    return evaluated.iloc[0] if len(evaluated) else None
-
-
-def row_results(row: Row, results: pd.DataFrame) -> pd.DataFrame:
-    """The results a measured row reads: its trial, its variant, and the grid values of its ``where``."""
-    if not row.measured or results.empty:
-        return results[:0]
-    sel = (results["trial"] == row.trial) & (results["variant"] == row_variant(row, results))
-    for key, value in row.where.items():  # compared as JSON: a grid value may be a list (train.steps)
-        sel &= results[key].map(json.dumps) == json.dumps(value) if key in results else False
-    return results[sel]
 
 
 BACKBONE_NAMES = {"resnet10": "ResNet10", "resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
@@ -126,10 +104,16 @@ def setting(study: Study, profile: str, results: Optional[pd.DataFrame] = None) 
     init_text = " / ".join(sorted({{"none": "from scratch", "imagenet": "ImageNet-initialised"}.get(
         c.model.backbone.pretrained, "initialised from a weights file") for c in configs}))
     epochs = sorted({c.train.epochs for c in configs})
-    seeds = done["seed"].nunique() if done is not None and "seed" in done else len(study.seeds_for(profile))
+    if done is not None and "seed" in done:
+        per_model = done.groupby("trial")["seed"].nunique()
+        counts = sorted(set(per_model)) or [0]
+    else:
+        counts = sorted({len(study.seeds_of(profile, t)) for t in {p["trial"] for p in study.trial_points(profile)}})
+    seeds = (f"{counts[0]} seed{'s' if counts[0] != 1 else ''}" if len(counts) == 1
+             else f"{counts[0]} to {counts[-1]} seeds per model")
     return sets_source(f"{data.kind} {data.val_split}{images}, {size}, {', '.join(names)} {init_text}, "
-                       f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, "
-                       f"{seeds} seed{'s' if seeds != 1 else ''}", study.overrides(profile))
+                       f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, {seeds}",
+                       study.overrides(profile))
 
 
 def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None,
@@ -141,12 +125,8 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
     if layout is None:
         raise ValueError(f"study {study.study} has no table layout")
     if replicates is not None:
-        from .evidence import cell_estimate
-
         return [(row, [_cell(cell_estimate(study, row, col, results, replicates), row.reference.get(col))
                        for col in layout.columns]) for row in layout.rows]
-    if layout is None:
-        raise ValueError(f"study {study.study} has no table layout")
     scale = layout.scale if scale is None else scale
     done = finished(results)
     out = []
@@ -179,23 +159,21 @@ def table_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, repl
     """The paper's table with our results beside it, captioned with the profile's data set, as md/csv/html/latex;
     with ``replicates``, each cell's interval, and (md, html) the study's claims with their verdicts below."""
     study = as_trained(study, profile)
+    comparable = profile == "paper"
     text = render(study, build_table(study, results, replicates=replicates), fmt,
-                  caption(study, profile, setting(study, profile, results)))
+                  caption(study, profile, setting(study, profile, results), comparable), deltas=comparable)
     if study.claims and fmt in ("md", "html"):
-        from .evidence import claims_frame
-
         digits = 1 if study.table_layout.scale >= 100 else 3
-        text += ("\n" if fmt == "md" else "") + render_claims(claims_frame(study, results, replicates or {}), fmt, digits)
+        frame = claims_frame(study, results, replicates or {}, study.min_seeds_for(profile))
+        text += ("\n" if fmt == "md" else "") + render_claims(frame, fmt, digits)
     return text
 
 
 def effects_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
     """Each change against its baseline (the claims' pairs, and rows' ``baseline``), per column: ours (row - vs)
     with its 95% interval / the paper's, and the verdict where the paper gives a difference; md, csv or html."""
-    from .evidence import effects_frame
-
     study = as_trained(study, profile)
-    frame = effects_frame(study, results, replicates or {})
+    frame = effects_frame(study, results, replicates or {}, study.min_seeds_for(profile))
     digits = 1 if study.table_layout.scale >= 100 else 3
     cap = (f"Effects of {study.paper} table {study.table}: row - baseline, ours [95% interval] / paper (verdict). "
            f"Ours: profile '{profile}': {setting(study, profile, results)}.")
@@ -212,23 +190,71 @@ def effects_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, re
 
 
 def render_claims(frame: pd.DataFrame, fmt: str, digits: int = 1) -> str:
-    """The claims as md or html: the pair, the metric, the paper's difference, ours [95% interval], verdict."""
+    """The claims as md or html: the pair, its kind, the metric, the paper's difference, ours [95% interval], the
+    verdict (with why, and against the paper's difference), the power of its seeds against the paper's difference
+    and the difference they detect at 80% power (between models), what the interval covers; then, in words, what
+    each claim that says more than its verdict found."""
+    num = lambda x, signed=True: "-" if x is None or pd.isna(x) else f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
     def ours(r) -> str:
         if r["ours"] is None or pd.isna(r["ours"]):
             return "-"
-        interval = (f" [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]" if r["lo"] is not None and not pd.isna(r["lo"])
-                    else "")
-        return f"{r['ours']:+.{digits}f}{interval}"
+        return num(r["ours"]) + (f" [{num(r['lo'])}, {num(r['hi'])}]" if not _missing(r["lo"]) else "")
 
-    head = ["claim", "metric", "paper", "ours [95%]", "verdict", "covers"]
-    rows = [[f"{r['row']} vs {r['vs']}", r["metric"], f"{r['paper']:+.{digits}f}",
-             ours(r), r["verdict"], f"{r['interval'] or 'no interval'} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"]
+    def powered(r) -> str:
+        if r["kind"] == WITHIN:
+            return "one model: seeds not needed"
+        if _missing(r["power"]):
+            return "-"
+        return f"{r['power']:.2f} (detects {num(r['detectable'], signed=False)})"
+
+    head = ["claim", "kind", "metric", "paper", "ours [95%]", "verdict", "power vs paper (detects at 80%)", "covers"]
+    rows = [[f"{r['row']} vs {r['vs']}", r["kind"], r["metric"], num(r["paper"]), ours(r), verdict_text(r),
+             powered(r), f"{r['interval'] or 'no interval'} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"]
             for _, r in frame.iterrows()]
     title = ("Claims of the paper: ours is row - vs with its 95% interval; reproduced / contradicted: the interval "
-             "excludes 0 on the paper's side / the other side; inconclusive: it holds 0.")
-    opens = [f"<tr class=\"{html.escape(r[4].replace(' ', '-'))}\" title=\"{html.escape(says)}\">"
-             for r, says in zip(rows, frame["says"])]
-    return _grid(head, rows, title, fmt, "claims", opens)
+             "excludes 0 on the paper's side / the other side; inconclusive: it holds 0, or (between models) fewer "
+             "paired seeds than a verdict needs; smaller / larger: it excludes the paper's difference too.")
+    opens = [f"<tr class=\"{html.escape(r['verdict'].replace(' ', '-'))}\" title=\"{html.escape(r['says'])}\">"
+             for _, r in frame.iterrows()]
+    text = _grid(head, rows, title, fmt, "claims", opens)
+    said = [f"{r['row']} vs {r['vs']} on {r['metric']}: {line}" for _, r in frame.iterrows()
+            if (line := finding(r, digits))]
+    if not said:
+        return text
+    if fmt == "html":
+        return text + "<ul class=\"findings\">" + "".join(f"<li>{html.escape(x)}</li>" for x in said) + "</ul>\n"
+    return text + "\n" + "".join(f"- {x}\n" for x in said)
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def verdict_text(r) -> str:
+    """A claims-frame row's verdict in words: 'reproduced', 'inconclusive (needs 3 seeds)', 'reproduced,
+    smaller than the paper's' (ablab.evidence.Judgement.text)."""
+    return Judgement(r["verdict"], r["reason"], r["against_paper"]).text
+
+
+def finding(r, digits: int = 1) -> str:
+    """What a claims-frame row says beyond its verdict, in a sentence, or "" where it says nothing more."""
+    paper = f"{r['paper']:+.{digits}f}"
+    if r["reason"]:
+        return (f"{r['seeds']} paired seed{'s' if r['seeds'] != 1 else ''} of these separately trained models; a "
+                f"verdict needs {r['reason'].split()[1]}, as the val-image interval alone does not cover training "
+                f"noise")
+    if r["against_paper"]:
+        return (f"our interval [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}] excludes the paper's {paper}: the "
+                f"effect here is {r['against_paper']} than the paper's")
+    if r["verdict"] == INCONCLUSIVE and not _missing(r["power"]):
+        if r["power"] >= POWER:
+            return (f"inconclusive although its {r['seeds']} seeds had {r['power']:.2f} power against the paper's "
+                    f"{paper}: an effect of the paper's size would likely have shown, so the effect here is likely "
+                    f"smaller")
+        return (f"its {r['seeds']} seeds had only {r['power']:.2f} power against the paper's {paper} (they detect "
+                f"{r['detectable']:.{digits}f} at 80%): more seeds would tell")
+    return ""
 
 
 def _grid(head: list[str], rows: list[list], title: str, fmt: str, css: str, opens: list[str],
@@ -245,12 +271,15 @@ def _grid(head: list[str], rows: list[list], title: str, fmt: str, css: str, ope
     return "\n".join(lines) + "\n"
 
 
-def caption(study: Study, profile: str, dataset: str) -> str:
+def caption(study: Study, profile: str, dataset: str, deltas: bool = True) -> str:
+    """The table's caption; ``deltas``: the cells give ours - paper (only where both ran the paper's setting)."""
     layout = study.table_layout
     base = layout.caption if layout and layout.caption else f"{study.paper} table {study.table}"
+    cells = ("ours±(its 95% interval's farther end, where known) / paper (delta)" if deltas else
+             "ours±(its 95% interval's farther end, where known) / paper, without a delta: ours is not the paper's "
+             "setting, so the effects (ablab table --effects) are what compare")
     return (f"{base}. Ours: profile '{profile}': {dataset}; paper: as published ({study.title or 'its setting'}). "
-            f"Cells: ours±(its 95% interval's farther end, where known) / paper (delta); '-' = not measured. "
-            f"alpha convention: {study.alpha_convention}.")
+            f"Cells: {cells}; '-' = not measured. alpha convention: {study.alpha_convention}.")
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -262,15 +291,16 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str) -> str:
-    """md | csv | html | latex."""
+def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str, deltas: bool = True) -> str:
+    """md | csv | html | latex; ``deltas``: each cell with ours - paper (else the csv's delta column is empty)."""
     layout = study.table_layout
     digits = 1 if layout.scale >= 100 else 3
     cols = layout.columns
     label = lambda row: row.label + (" (cited)" if row.cited else f" (not reproduced: {row.not_reproduced})"
                                      if row.not_reproduced else "")
     ours = lambda c: _fmt(c.ours, digits) + (f"±{c.half_width:.{digits}f}" if c.half_width is not None else "")
-    cell_text = lambda c: f"{ours(c)} / {_fmt(c.paper, digits)} ({_fmt(c.delta, digits, True)})"
+    delta = lambda c: c.delta if deltas else None
+    cell_text = lambda c: f"{ours(c)} / {_fmt(c.paper, digits)}" + (f" ({_fmt(c.delta, digits, True)})" if deltas else "")
     if fmt == "csv":  # the csv module quotes whatever a label holds (commas, quotes, newlines)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -280,7 +310,7 @@ def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str
         for row, cells in table:
             vals = [row.label, str(row.cited).lower(), row.not_reproduced or ""]
             for c in cells:
-                vals += [num(c.ours), num(c.lo), num(c.hi), "" if c.paper is None else f"{c.paper}", num(c.delta)]
+                vals += [num(c.ours), num(c.lo), num(c.hi), "" if c.paper is None else f"{c.paper}", num(delta(c))]
             writer.writerow(vals)
         return out.getvalue()
     if fmt == "html":
@@ -289,8 +319,9 @@ def render(study: Study, table: list[tuple[Row, list[Cell]]], fmt: str, cap: str
         for row, cells in table:
             tds = "".join(f"<td><b>{_fmt(c.ours, digits)}</b>"
                           + (f"<small>±{c.half_width:.{digits}f}</small>" if c.half_width is not None else "")
-                          + f" / {_fmt(c.paper, digits)} "
-                          f"<small>({_fmt(c.delta, digits, True)})</small></td>" for c in cells)
+                          + f" / {_fmt(c.paper, digits)}"
+                          + (f" <small>({_fmt(c.delta, digits, True)})</small>" if deltas else "") + "</td>"
+                          for c in cells)
             body.append(f"<tr class=\"{'ours' if row.measured else 'cited'}\"><th>{html.escape(label(row))}</th>{tds}</tr>")
         return (f"<table class=\"ablab-table\"><caption>{html.escape(cap)}</caption><thead><tr><th></th>{head}</tr></thead>"
                 f"<tbody>{''.join(body)}</tbody></table>\n")

@@ -341,21 +341,26 @@ class MlflowStudyLogger(Callback):
 
 def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: Path, overrides: list[str]):
     """Check the study's claims against its finished runs (ablab.query.claims) and put them on the launch run:
-    metrics ``claim/<i>/ours``, ``/lo``, ``/hi``, ``/paper`` and tags ``ablab.claim.<i>`` (verdict: the pair)
-    and ``ablab.claims`` (the count of each verdict). Returns the claims frame."""
+    metrics ``claim/<i>/ours``, ``/lo``, ``/hi``, ``/paper``, ``/power``, ``/detectable``; tags ``ablab.claim.<i>``
+    (the verdict in words, the pair, the claim's kind), ``ablab.claim.<i>.reason`` where a rule kept it
+    inconclusive, and ``ablab.claims`` (the count of each verdict). Returns the claims frame."""
     from mlflow.entities import Metric, RunTag
 
     from .query import claims
+    from .table import verdict_text
 
     frame = claims(study_path, profile=profile, tracking_uri=tracking_uri, overrides=overrides)
     run_id = RunRegistry(registry_path).data["parent"]
     now = int(time.time() * 1000)
     metrics, tags = [], []
     for _, c in frame.iterrows():
-        for name in ("ours", "lo", "hi", "paper"):
+        for name in ("ours", "lo", "hi", "paper", "power", "detectable"):
             if c[name] is not None and not pd.isna(c[name]):
                 metrics.append(Metric(f"claim/{c['claim']}/{name}", float(c[name]), now, 0))
-        tags.append(RunTag(f"ablab.claim.{c['claim']}", f"{c['verdict']}: {c['row']} vs {c['vs']} on {c['metric']}"[:5000]))
+        tags.append(RunTag(f"ablab.claim.{c['claim']}", f"{verdict_text(c)}: {c['row']} vs {c['vs']} on "
+                                                        f"{c['metric']} ({c['kind']})"[:5000]))
+        if c["reason"]:
+            tags.append(RunTag(f"ablab.claim.{c['claim']}.reason", c["reason"]))
     counts = frame["verdict"].value_counts()
     tags.append(RunTag("ablab.claims", ", ".join(f"{n} {v}" for v, n in counts.items())))
     MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
