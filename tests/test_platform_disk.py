@@ -96,7 +96,7 @@ def test_a_full_disk_fails_the_trial_with_its_reason_stops_the_study_with_one_li
         synthetic_root, tmp_path, small_disk, executor):
     """In fp32, whatever the CPU: torch.save fails an fp32 state's write with no errno at all (the test above
     covers both precisions' writes)."""
-    study = write_study(tmp_path / "full_disk.yaml", synthetic_root, epochs=EPOCHS, max_images=24, layout=None,
+    study = write_study(tmp_path / "full_disk.yaml", synthetic_root, epochs=EPOCHS, max_images=40, layout=None,
                         trials=[{"name": "iou", "set": {"model.quality.branch": "iou", "train.precision": "fp32"}}],
                         resources={"workers": 1, "cpus_per_worker": 1, "max_failures": 1,
                                    "executor": executor})
@@ -107,7 +107,8 @@ def test_a_full_disk_fails_the_trial_with_its_reason_stops_the_study_with_one_li
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
     try:
         # The first checkpoint on disk, seen within a poll (MLflow's view of the epoch lags by seconds, long
-        # enough on a fast machine for the trial to finish before the disk fills).
+        # enough on a fast machine for the trial to finish before the disk fills; 40 images an epoch leave
+        # seconds between the first checkpoint and the last, in fp32 on a fast CPU too: 24 did not, once).
         wait_until(lambda: _checkpointed(small_disk / "out") or driver.poll() is not None, 600, "a first checkpoint")
         filler = small_disk / "filler"
         with open(filler, "wb") as f:  # the disk fills up: no room for the next checkpoint

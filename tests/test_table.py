@@ -127,15 +127,19 @@ def test_a_smoke_table_names_the_backbone_it_trained_beside_the_papers():
     from ablab.table import as_trained, setting
 
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "table5.yaml")
-    shown = as_trained(study, "smoke")
+    shown = as_trained(study, "smoke_full")
     labels = [r.label for r in shown.table_layout.rows]
     assert labels[:3] == ["RetinaNet (ResNet-50-FPN -> ResNet10)", "RetinaNet (ResNet-101-FPN -> ResNet18)",
                           "RetinaNet (ResNeXt-32x8d-101-FPN -> ResNet34)"]
-    assert as_trained(shown, "smoke").table_layout.rows[1].label == labels[1]  # once, not twice
+    assert as_trained(shown, "smoke_full").table_layout.rows[1].label == labels[1]  # once, not twice
     assert {c.row for c in shown.claims} <= set(labels) and {c.vs for c in shown.claims} <= set(labels)
     assert as_trained(study, "paper") is study  # the paper's profile trains the paper's backbones
-    assert setting(study, "smoke") == ("synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 8 epochs, 1 to 4 "
-                                       "seeds per model")  # trial_seeds: the R50 rows on 4
+    # A row the profile does not train keeps the paper's label (smoke: the R50 rows only).
+    assert [r.label for r in as_trained(study, "smoke").table_layout.rows][:2] == [
+        "RetinaNet (ResNet-50-FPN -> ResNet10)", "RetinaNet (ResNet-101-FPN)"]
+    assert setting(study, "smoke_full") == ("synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 5 epochs, "
+                                            "1 to 4 seeds per model")  # trial_seeds: the R50 rows on 4
+    assert setting(study, "smoke") == "synthetic val (500 images), 128 px, ResNet10 from scratch, 5 epochs, 4 seeds"
 
 
 @pytest.mark.parametrize("label, trained, shown", [

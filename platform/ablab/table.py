@@ -242,8 +242,8 @@ def finding(r, digits: int = 1) -> str:
     paper = f"{r['paper']:+.{digits}f}"
     if r["reason"]:
         return (f"{r['seeds']} paired seed{'s' if r['seeds'] != 1 else ''} of these separately trained models; a "
-                f"verdict needs {r['reason'].split()[1]}, as the val-image interval alone does not cover training "
-                f"noise")
+                f"verdict needs {r['reason'].removeprefix('needs ')}, as the val-image interval alone does not cover "
+                f"training noise")
     if r["against_paper"]:
         return (f"our interval [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}] excludes the paper's {paper}: the "
                 f"effect here is {r['against_paper']} than the paper's")
