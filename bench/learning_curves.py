@@ -5,9 +5,13 @@ This is how the smoke data's difficulty was calibrated (issue: the main job answ
 baseline (RetinaNet, cls scores) should land near the papers' baseline operating point, VOC AP50 75-90 and
 AP90 10-30, on the main job's budget. Seeds train two at a time, one thread each, as the main job's trials do.
 
-    python bench/learning_curves.py [--seeds 3] [--epochs 4] [--train 400] [--val 500] [--backbone resnet10]
-                                    [--quality none|iou|iou_grad] [--edge-blur 2] [--occlusion 0.2]
-                                    [--precision auto|fp32] [--data DIR]
+    python bench/learning_curves.py [--seeds 3] [--epochs 4] [--steps 3] [--train 400] [--val 500] [--size 256]
+                                    [--backbone resnet10] [--quality none|iou|iou_grad] [--batch 4] [--warmup 100]
+                                    [--edge-blur 2] [--occlusion 0] [--truncation 0.5] [--precision auto|fp32]
+                                    [--data DIR] [--parallel 2]
+
+The README's learning curve: ``--seeds 3 --epochs 5 --steps 4 --val 500`` (the generator's and the smoke
+profile's defaults for the rest).
 
 Prints one line per (seed, epoch), then per epoch the mean and SD over seeds, and the wall per trial.
 """
@@ -87,9 +91,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2)
     args = ap.parse_args()
 
-    from detector.config import SyntheticConfig
+    from detector.config import SyntheticConfig, parse_config
     from detector.data import build_split
-    from detector.config import parse_config
 
     defaults = SyntheticConfig()
     args.steps = [args.epochs - 1] if args.steps is None and args.epochs > 2 else args.steps or []
@@ -97,7 +100,7 @@ def main() -> None:
     args.occlusion = defaults.occlusion if args.occlusion is None else args.occlusion
     args.truncation = defaults.truncation if args.truncation is None else args.truncation
     if args.data is None:
-        args.data = Path("/tmp/ablab-curves") / (f"g{defaults.generator}-t{args.train}-v{args.val}-s{args.size}-"
+        args.data = Path("/tmp/ablab-curves") / (f"g{defaults.generator}-n{args.train}-v{args.val}-s{args.size}-"
                                                 f"b{args.edge_blur:g}-o{args.occlusion:g}-t{args.truncation:g}")
     cfg = parse_config(config(args, 0))
     build_split(cfg.data, "train")  # written once, before the workers start

@@ -29,6 +29,7 @@ def main() -> int:
     env = {**os.environ, **({"ABLAB_NATIVE_BF16": "0"} if args.fp32 else {})}
 
     import ablab
+    from ablab.evidence import verdict_text
 
     rows = []
     for study in studies:
@@ -42,7 +43,7 @@ def main() -> int:
                         f"{run.stderr.strip().splitlines()[-1][:200] if run.stderr.strip() else ''} |")
         else:
             claims = ablab.claims(str(study), profile="smoke", out_root=str(out))
-            said = [f"{v} ({r})" if r else v for v, r in zip(claims["verdict"], claims["reason"])]
+            said = [verdict_text(r) for _, r in claims.iterrows()]
             counts = ", ".join(f"{said.count(v)} {v}" for v in dict.fromkeys(sorted(said))) or "no claims"
             kinds = ", ".join(f"{n} {k}" for k, n in claims["kind"].value_counts().items())
             rows.append(f"| {study.stem} | {wall / 60:.1f} min | {counts} | {kinds} |")

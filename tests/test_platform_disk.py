@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -43,32 +44,30 @@ def _checkpointed(out) -> bool:
     return size > 0 and states[0].stat().st_size == size
 
 
-def _mount_tmpfs(mount, size: str):
+@contextmanager
+def _tmpfs(mount, size: str):
+    """A tmpfs of ``size`` mounted at ``mount`` (the test is skipped where mounting is not allowed)."""
     mount.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                        text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): needs root or CAP_SYS_ADMIN")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    _mount_tmpfs(mount, "300m")
-    try:
+    with _tmpfs(tmp_path / "disk", "300m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    mount = tmp_path / "tiny"
-    _mount_tmpfs(mount, "4m")
-    try:
+    with _tmpfs(tmp_path / "tiny", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

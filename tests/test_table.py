@@ -156,3 +156,17 @@ def test_the_trained_backbone_goes_beside_the_papers_name_or_after_the_label(lab
     from ablab.table import as_trained
 
     assert as_trained(study, "smoke").table_layout.rows[0].label == shown
+
+
+def test_the_delta_to_the_paper_is_shown_only_in_the_papers_setting(monkeypatch):
+    """ours - paper is printed where a profile trains the paper's data with the paper's backbones (`paper`, and
+    table1's `testdev`, which writes results for the COCO server), never on the synthetic stand-in."""
+    from pathlib import Path
+
+    from ablab.study import load_study
+    from ablab.table import papers_setting
+
+    monkeypatch.setenv("ABLAB_COCO_ROOT", "/data/coco")
+    study = load_study(Path(__file__).resolve().parents[1] / "studies" / "table1.yaml")
+    assert papers_setting(study, "paper") and papers_setting(study, "testdev")
+    assert not papers_setting(study, "smoke")

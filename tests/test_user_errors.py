@@ -135,6 +135,8 @@ CASES = [
     ("seed_too_large", lambda c: ["validate", c.study(seeds=[2**32])], ["s.yaml", "seeds.0", "4294967296"]),
     ("seeds_zero", lambda c: ["validate", c.study(), "--seeds", "0"], ["--seeds", "0", "at least 1"]),
     ("min_seeds_below_2", lambda c: ["validate", c.study(min_seeds=1)], ["s.yaml", "min_seeds", "greater than or equal to 2", "1"]),
+    ("trial_seeds_of_no_trial", lambda c: ["validate", c.study(profiles={"smoke": {"trial_seeds": {"nope": [0, 1]}}})],
+     ["s.yaml", "profiles.smoke.trial_seeds", "'nope'", "not a trial of the profile"]),
     ("claim_on_an_unknown_row", lambda c: ["validate", c.study(claims=[{"row": "nope", "vs": "x", "metric": "AP"}])],
      ["s.yaml", "claims.0.row", "'nope'", "layout row"]),
     ("set_into_a_scalar_in_a_study", lambda c: ["validate", c.study(trials=[{"name": "a", "set": {"train.epochs.x": 1}}])],
@@ -251,6 +253,8 @@ CASES = [
     # --- ablab data synthetic
     ("synthetic_negative_count", lambda c: ["data", "synthetic", "--out", str(c.tmp / "d"), "--train", "-3"],
      ["--train", "-3"]),
+    ("synthetic_truncation_above_1", lambda c: ["data", "synthetic", "--out", str(c.tmp / "d"), "--truncation", "2"],
+     ["--truncation", "less than or equal to 1", "2.0"]),
     ("synthetic_size_0", lambda c: ["data", "synthetic", "--out", str(c.tmp / "d"), "--size", "0"], ["--size", "32", "0"]),
     ("synthetic_too_large", lambda c: ["data", "synthetic", "--out", str(c.tmp / "d"), "--size", "100000"],
      ["--size", "4096", "100000"]),

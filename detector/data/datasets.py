@@ -21,7 +21,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from ..config import DataConfig, shown_value
-from .synthetic import is_complete, same_generator, write_synthetic, written_with
+from .synthetic import is_complete, same_generator, settings_key, write_synthetic, written_with
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,10 @@ def category_ids(ds: DetectionSet) -> list[int]:
 
 
 def ensure_synthetic(cfg: DataConfig) -> Path:
-    """The synthetic root, written on first use, and rewritten when an earlier writer stopped half-way or
-    another generator (version or settings) wrote it."""
+    """The folder of the synthetic set ``cfg`` asks for, written on first use. It is ``data.root``, unless that
+    holds a set another generator (version or settings) wrote: that set is never reused, nor replaced (another
+    study may be reading it), and this config's set lives beside it in a folder keyed by its settings
+    (``synthetic@g2-1a2b3c4d``). A set of the same generator with other counts, size or seed is used as it is."""
     root = Path(cfg.root)
     params = cfg.synthetic.model_dump()
     say = lambda m: print(f"[data] {m}", file=sys.stderr, flush=True)
@@ -281,8 +283,11 @@ def ensure_synthetic(cfg: DataConfig) -> Path:
                 say(f"{root} holds a synthetic set written with {written}, not {params} as configured: it is used "
                     f"as it is (delete it, or point data.root elsewhere, for the configured one)")
             return root
-        say(f"{root} was written by synthetic generator {written['generator']} with other settings ({written}); "
-            f"rewriting it with generator {params['generator']} ({params})")
+        keyed = root.with_name(f"{root.name}@{settings_key(params)}")
+        say(f"{root} holds a set of synthetic generator {written['generator']} with other settings ({written}): "
+            f"not used; generator {params['generator']}'s ({params}) is {keyed}"
+            + ("" if is_complete(keyed) else ", written now"))
+        root = keyed
     else:
         say(f"writing synthetic dataset to {root} ({params})")
     try:

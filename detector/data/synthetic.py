@@ -16,12 +16,16 @@ a better ranking by localisation quality has true positives spread over IoU 0.5-
   any object at its scale;
 - *localisation is not*: each object's edge is blurred by its own amount (up to ``edge_blur`` px), so its
   extent is uncertain by about that much, and later objects may hide up to ``occlusion`` of an earlier one's
-  box (boxes are the whole shape's, as VOC's and COCO's are).
+  box (boxes are the whole shape's, as VOC's and COCO's are);
+- ``truncation``: that share of the objects may reach past the border, by up to half their side; their box is
+  the part inside, as VOC's are: a partial shape is harder to recognise, not to localise.
 
 Image i of a split depends only on (seed, split, i) and the generator's settings.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import math
@@ -211,17 +215,16 @@ def write_synthetic(root: str | Path, progress: Callable[[str], None] | None = N
     except BaseException:  # a full disk, Ctrl-C: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if _holds(root, params):
-        shutil.rmtree(tmp, ignore_errors=True)  # another writer finished the same set first: readers may use it
-        return root
-    if root.exists():
-        shutil.rmtree(root)  # half-written, or other parameters
-    try:
+    # One writer at a time decides and moves: a check, then a delete, would race another writer's rename and
+    # delete the set it had just put in place.
+    with open(root.with_name(f".{root.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _holds(root, params):
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer finished the same set first: readers may use it
+            return root
+        if root.exists():
+            shutil.rmtree(root)  # half-written, or asked for with other settings (`ablab data synthetic --out`)
         tmp.rename(root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process renamed its copy into place in between
-        if not is_complete(root):
-            raise
     return root
 
 
@@ -238,6 +241,12 @@ def same_generator(written: dict, params: dict) -> bool:
     """Whether a set written with ``written`` looks as ``params`` asks (version and settings; counts, size and
     seed aside)."""
     return all(written.get(k) == params.get(k) for k in ("generator", "occlusion", "edge_blur", "truncation"))
+
+
+def settings_key(params: dict) -> str:
+    """A folder-name key of a set's settings, e.g. ``g2-1a2b3c4d`` (the generator, then a digest of them all)."""
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return f"g{params['generator']}-{digest}"
 
 
 def _holds(root: Path, params: dict) -> bool:

@@ -25,14 +25,22 @@ def cmd_data_synthetic(args) -> int:
     from detector.config import SyntheticConfig
     from detector.data import write_synthetic
 
-    try:  # the flags are checked as the config's data.synthetic is
-        params = SyntheticConfig(train=args.train, val=args.val, size=args.size, seed=args.seed).model_dump()
+    given = {k: getattr(args, k) for k in SYNTHETIC_FLAGS if getattr(args, k) is not None}
+    try:  # the flags are checked as the config's data.synthetic is; the rest are its defaults
+        params = SyntheticConfig(**given).model_dump()
     except ValidationError as err:
         e = err.errors()[0]
-        raise ConfigError(f"--{e['loc'][0]}: {e['msg']} (got {e['input']!r})") from None
+        raise ConfigError(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e['input']!r})") from None
     root = write_synthetic(args.out, **params, progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
-    print(f"synthetic dataset written to {root} ({args.train} train / {args.val} val, {args.size}px, seed {args.seed})")
+    print(f"synthetic dataset written to {root} ({params['train']} train / {params['val']} val, {params['size']}px, "
+          f"seed {params['seed']}, generator {params['generator']}: occlusion {params['occlusion']:g}, edge blur "
+          f"{params['edge_blur']:g}, truncation {params['truncation']:g})")
     return 0
+
+
+SYNTHETIC_FLAGS = {"train": int, "val": int, "size": int, "seed": int, "occlusion": float, "edge_blur": float,
+                   "truncation": float}
+"""``ablab data synthetic``'s flags: data.synthetic's fields (detector.config.SyntheticConfig holds the defaults)."""
 
 
 def cmd_train(args) -> int:
@@ -202,10 +210,8 @@ def _single_process_commands(sub) -> None:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     syn = _command(data, "synthetic", cmd_data_synthetic, "write the synthetic COCO/VOC dataset")
     syn.add_argument("--out", required=True)
-    syn.add_argument("--train", type=int, default=400)
-    syn.add_argument("--val", type=int, default=100)
-    syn.add_argument("--size", type=int, default=256)
-    syn.add_argument("--seed", type=int, default=0)
+    for name, kind in SYNTHETIC_FLAGS.items():
+        syn.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"data.synthetic.{name}")
 
     _command(sub, "doctor", cmd_doctor, "this machine's fitness for studies: CPU and the precision auto picks, torch "
                                         "and CUDA, Ray, MLflow, the report browser, data roots, disk")

@@ -23,9 +23,9 @@ A claim is of one of two kinds:
 The verdict compares our interval with 0 on the side of the paper's difference: *reproduced* (it excludes 0
 there), *contradicted* (it excludes 0 on the other side) or *inconclusive*. It is also weighed against the
 paper's own difference: where our interval excludes it, the effect here is *smaller* (or *larger*) than the
-paper's. For a between-model claim, ``power`` is the chance that these seeds would call the claim reproduced
-were the true effect the paper's, and ``detectable`` the smallest effect they would at 80% power (a paired t
-test whose standard error is the interval's: seeds and images).
+paper's. For a between-model claim, ``power`` is the chance that the rule, on seeds and images as ours are, calls
+the claim reproduced were the true difference the paper's, and ``detectable`` the smallest difference it calls
+reproduced 80% of the time (power()).
 """
 from __future__ import annotations
 
@@ -60,6 +60,15 @@ class Estimate:
     seeds: int = 0
     source: str = ""
     """What the interval covers: ``seeds+images``, ``images``, ``seeds``, or "" (no interval)."""
+    seed_half: Optional[float] = None
+    """The seed interval's half-width (Student t), where there are two or more seeds."""
+    image_below: float = 0.0
+    """How far below the value the val-image interval reaches (0 without replicates); ``image_above`` above it."""
+    image_above: float = 0.0
+
+
+def _t_crit(seeds: int, level: float = LEVEL) -> float:
+    return float(stats.t.ppf(0.5 + level / 2, seeds - 1))
 
 
 def seed_half_width(values: np.ndarray, level: float = LEVEL) -> Optional[float]:
@@ -67,7 +76,7 @@ def seed_half_width(values: np.ndarray, level: float = LEVEL) -> Optional[float]
     n = len(values)
     if n < 2:
         return None
-    return float(stats.t.ppf(0.5 + level / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    return _t_crit(n, level) * float(np.std(values, ddof=1)) / math.sqrt(n)
 
 
 def estimate(per_seed: np.ndarray, replicates: Optional[np.ndarray], level: float = LEVEL) -> Estimate:
@@ -81,11 +90,11 @@ def estimate(per_seed: np.ndarray, replicates: Optional[np.ndarray], level: floa
         lo_i, hi_i = np.percentile(replicates.mean(axis=0), [50 * (1 - level), 50 * (1 + level)])
         below, above = max(value - lo_i, 0.0), max(hi_i - value, 0.0)
         if seed_h is None:
-            return Estimate(value, value - below, value + above, len(per_seed), "images")
+            return Estimate(value, value - below, value + above, len(per_seed), "images", None, below, above)
         return Estimate(value, value - math.hypot(below, seed_h), value + math.hypot(above, seed_h),
-                        len(per_seed), "seeds+images")
+                        len(per_seed), "seeds+images", seed_h, below, above)
     if seed_h is not None:
-        return Estimate(value, value - seed_h, value + seed_h, len(per_seed), "seeds")
+        return Estimate(value, value - seed_h, value + seed_h, len(per_seed), "seeds", seed_h)
     return Estimate(value, seeds=len(per_seed))
 
 
@@ -107,36 +116,40 @@ def against_paper(paper: float, ours: Estimate) -> str:
     return SMALLER if hi < abs(paper) else LARGER if lo > abs(paper) else ""
 
 
-def _t_crit(seeds: int, level: float = LEVEL) -> float:
-    return float(stats.t.ppf(0.5 + level / 2, seeds - 1))
-
-
-def _standard_error(ours: Estimate, level: float) -> Optional[float]:
-    """The standard error an interval over two or more seeds implies (half-width / t), else None."""
-    if ours.lo is None or ours.seeds < 2:
-        return None
-    return (ours.hi - ours.lo) / (2 * _t_crit(ours.seeds, level))
+POWER_DRAWS = 20_000
+"""Monte Carlo draws behind power() where the interval has a val-image part (fixed: the same figure every time)."""
 
 
 def power(effect: float, ours: Estimate, level: float = LEVEL) -> Optional[float]:
-    """The chance that an interval like ours (its seeds, its width) calls a true difference ``effect``
-    reproduced: a paired t test with ``seeds - 1`` degrees of freedom whose standard error is the interval's
-    (half-width / t). None without an interval over two or more seeds."""
-    se = _standard_error(ours, level)
-    if se is None:
+    """The chance that the verdict rule, on seeds and images as ours are, calls a true difference ``effect``
+    reproduced. The rule: the interval, the seeds' t half-width (of ``seeds - 1`` degrees of freedom) and the
+    val-image half-width on the paper's side added in quadrature, excludes 0. Our mean then scatters by the
+    seeds' standard error (seed half-width / t) and the images' (image half-width / z) together, and the seed
+    half-width with the seeds' sample SD. With no image part that is the paired t test's power, a noncentral t;
+    with one, it is drawn (POWER_DRAWS, a fixed generator). None without two or more seeds."""
+    if ours.seed_half is None or ours.seeds < 2:
         return None
-    # No spread to speak of (scipy's noncentral t gives NaN far out, where the power is 1 to 15 digits).
-    nc = abs(effect) / se if se > 0 else math.inf
-    return float(stats.nct.sf(_t_crit(ours.seeds, level), ours.seeds - 1, nc)) if nc < 1e4 else 1.0
+    df, crit = ours.seeds - 1, _t_crit(ours.seeds, level)
+    seed_se = ours.seed_half / crit
+    image_h = ours.image_below if effect > 0 else ours.image_above
+    if image_h == 0:
+        # No spread to speak of: scipy's noncentral t gives NaN far out, where the power is 1 to 15 digits.
+        nc = abs(effect) / seed_se if seed_se > 0 else math.inf if effect else 0.0
+        return float(stats.nct.sf(crit, df, nc)) if nc < 1e4 else 1.0
+    rng = np.random.default_rng(0)
+    z, spread = rng.standard_normal(POWER_DRAWS), np.sqrt(rng.chisquare(df, POWER_DRAWS) / df)  # s / sigma
+    mean = abs(effect) + z * math.hypot(seed_se, image_h / stats.norm.ppf(0.5 + level / 2))
+    return float(np.mean(mean > np.hypot(crit * seed_se * spread, image_h)))
 
 
 def detectable(ours: Estimate, level: float = LEVEL, at_power: float = POWER) -> Optional[float]:
-    """The smallest difference an interval like ours calls reproduced with probability ``at_power``."""
-    se = _standard_error(ours, level)
-    if se is None:
-        return None
-    df, crit = ours.seeds - 1, _t_crit(ours.seeds, level)
-    return float(se * optimize.brentq(lambda nc: stats.nct.sf(crit, df, nc) - at_power, 0.0, 1e3))
+    """The smallest difference the rule, on seeds and images as ours are, calls reproduced with probability
+    ``at_power`` (power() of it is ``at_power``)."""
+    at_zero = power(0.0, ours, level)
+    if at_zero is None or at_zero >= at_power:  # no interval; or no spread at all, when any difference shows
+        return None if at_zero is None else 0.0
+    scale = math.hypot(ours.seed_half, max(ours.image_below, ours.image_above)) or 1e-9
+    return float(optimize.brentq(lambda d: power(d, ours, level) - at_power, 0.0, 100 * scale, xtol=1e-4 * scale))
 
 
 @dataclass
@@ -166,6 +179,12 @@ def judge(paper: float, ours: Estimate, kind: str, min_seeds: int) -> Judgement:
     between, word = kind == BETWEEN, verdict(paper, ours)
     return Judgement(word, against_paper=against_paper(paper, ours) if word != CONTRADICTED else "",
                      power=power(paper, ours) if between else None, detectable=detectable(ours) if between else None)
+
+
+def verdict_text(r) -> str:
+    """A claims-frame row's verdict in words: 'reproduced', 'inconclusive (needs 3 seeds)', 'reproduced,
+    smaller than the paper's' (Judgement.text): what the table, the report, the run's log and MLflow's tags say."""
+    return Judgement(r["verdict"], r["reason"], r["against_paper"]).text
 
 
 def claim_kind(study: Study, row: str, vs: str) -> str:

@@ -216,7 +216,8 @@ def caused_by_full_disk(err: BaseException) -> bool:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return True
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None),
+        context = None if e.__suppress_context__ else e.__context__  # one handled on the way is not a cause
+        todo += [e.__cause__, context, getattr(e, "cause", None), getattr(e, "controller_failure", None),
                  *(getattr(e, "worker_failures", None) or {}).values()]
     return False
 

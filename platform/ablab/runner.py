@@ -23,6 +23,7 @@ from detector.config import Config, ConfigError, set_text
 from detector.data import build_split
 
 from .estimate import RunEstimate
+from .evidence import verdict_text
 from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking_uri, results_root, study_dir
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
@@ -87,9 +88,8 @@ def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, ch
             raise ConfigError(f"--seeds: {seeds} must be at least 1")
         study.set_seeds(profile, list(range(seeds)))
     elif resume and launch_file.is_file():
-        ran = json.loads(launch_file.read_text())
-        study.set_seeds(profile, ran.get("seeds", study.seeds_for(profile)),
-                        ran.get("trial_seeds", study.profile(profile).trial_seeds))
+        ran = json.loads(launch_file.read_text())  # a launch from before trial_seeds ran its seeds on every trial
+        study.set_seeds(profile, ran.get("seeds", study.seeds_for(profile)), ran.get("trial_seeds", {}))
     count = study.trial_count(profile)
     if count > MAX_TRIALS and not allow_large_grid:
         raise ConfigError(f"{study_path}: grid: profile {profile} has {count} trials (trials x seeds x grid values), "
@@ -379,8 +379,7 @@ def _check_claims(plan: Plan, tracking_uri: str) -> None:
     except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost
         log.warning(f"claims: not checked ({type(err).__name__}: {str(err)[:200]}); `ablab table` checks them")
         return
-    counts = frame.assign(said=[f"{v} ({r})" if r else v for v, r in zip(frame["verdict"], frame["reason"])])[
-        "said"].value_counts()
+    counts = frame.apply(verdict_text, axis=1).value_counts()
     log.info(f"claims of the paper: {', '.join(f'{n} {v}' for v, n in counts.items())} "
              f"(`ablab table {plan.study_path} {plan.args}` shows each)")
 

@@ -222,8 +222,9 @@ class Study(Strict):
                 raise ValueError(f"{where}: {seeds} must list distinct seeds (at least one)")
         for pname, p in self.profiles.items():
             for t in p.trial_seeds:
-                if t not in names:
-                    raise ValueError(f"profiles.{pname}.trial_seeds: unknown trial {t!r} (known: {names})")
+                if t not in names or (p.trials is not None and t not in p.trials):
+                    raise ValueError(f"profiles.{pname}.trial_seeds: {t!r} is not a trial of the profile "
+                                     f"(its trials: {p.trials if p.trials is not None else names})")
         for where, grid in [("grid", self.grid)] + [(f"trials.{t.name}.grid", t.grid) for t in self.trials]:
             for key, values in grid.items():
                 encoded = [json.dumps(v) for v in values]
@@ -471,7 +472,7 @@ def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Co
 
 def _check_rows_evaluable(study: Study, resolved: list[tuple[dict[str, Any], Config]]) -> None:
     """Every table row must read a variant its trial actually evaluates (e.g. no alpha on a model without q);
-    a row without one reads its trial's first (``ablab.table.row_variant``)."""
+    a row without one reads its trial's first (``ablab.rows.row_variant``)."""
     if not study.table_layout:
         return
     evaluated = {p["trial"]: {v.name for v in c.variants()} for p, c in resolved}

@@ -14,7 +14,7 @@ import pandas as pd
 
 from detector.config import sets_source
 
-from .evidence import INCONCLUSIVE, POWER, WITHIN, Judgement, cell_estimate, claims_frame, effects_frame
+from .evidence import INCONCLUSIVE, POWER, WITHIN, cell_estimate, claims_frame, effects_frame, verdict_text
 from .rows import finished, row_results
 from .study import Row, Study
 
@@ -79,6 +79,17 @@ def as_trained(study: Study, profile: str) -> Study:
     for row in shown.table_layout.rows:
         row.baseline = renamed.get(row.baseline, row.baseline)
     return shown
+
+
+def papers_setting(study: Study, profile: str) -> bool:
+    """Whether ``profile`` trains in the paper's setting: the paper's data (not the synthetic stand-in) and the
+    paper's backbones (as_trained renames no row). Only there is ours - paper a number worth printing."""
+    if profile == "paper":
+        return True
+    if any(study.trial_config(profile, p).data.kind == "synthetic" for p in study.trial_points(profile)):
+        return False
+    shown = as_trained(study, profile)
+    return shown is study or [r.label for r in shown.table_layout.rows] == [r.label for r in study.table_layout.rows]
 
 
 def setting(study: Study, profile: str, results: Optional[pd.DataFrame] = None) -> str:
@@ -158,8 +169,8 @@ def _fmt(x: Optional[float], digits: int, signed: bool = False) -> str:
 def table_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
     """The paper's table with our results beside it, captioned with the profile's data set, as md/csv/html/latex;
     with ``replicates``, each cell's interval, and (md, html) the study's claims with their verdicts below."""
+    comparable = papers_setting(study, profile)
     study = as_trained(study, profile)
-    comparable = profile == "paper"
     text = render(study, build_table(study, results, replicates=replicates), fmt,
                   caption(study, profile, setting(study, profile, results), comparable), deltas=comparable)
     if study.claims and fmt in ("md", "html"):
@@ -231,19 +242,12 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def verdict_text(r) -> str:
-    """A claims-frame row's verdict in words: 'reproduced', 'inconclusive (needs 3 seeds)', 'reproduced,
-    smaller than the paper's' (ablab.evidence.Judgement.text)."""
-    return Judgement(r["verdict"], r["reason"], r["against_paper"]).text
-
-
 def finding(r, digits: int = 1) -> str:
     """What a claims-frame row says beyond its verdict, in a sentence, or "" where it says nothing more."""
     paper = f"{r['paper']:+.{digits}f}"
     if r["reason"]:
-        return (f"{r['seeds']} paired seed{'s' if r['seeds'] != 1 else ''} of these separately trained models; a "
-                f"verdict needs {r['reason'].removeprefix('needs ')}, as the val-image interval alone does not cover "
-                f"training noise")
+        return (f"{r['seeds']} paired seed{'s' if r['seeds'] != 1 else ''} of these separately trained models, fewer "
+                f"than the {r['reason'].removeprefix('needs ')} a verdict between models needs")
     if r["against_paper"]:
         return (f"our interval [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}] excludes the paper's {paper}: the "
                 f"effect here is {r['against_paper']} than the paper's")

@@ -347,7 +347,7 @@ def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: 
     from mlflow.entities import Metric, RunTag
 
     from .query import claims
-    from .table import verdict_text
+    from .evidence import verdict_text
 
     frame = claims(study_path, profile=profile, tracking_uri=tracking_uri, overrides=overrides)
     run_id = RunRegistry(registry_path).data["parent"]
@@ -361,7 +361,7 @@ def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: 
                                                         f"{c['metric']} ({c['kind']})"[:5000]))
         if c["reason"]:
             tags.append(RunTag(f"ablab.claim.{c['claim']}.reason", c["reason"]))
-    counts = frame["verdict"].value_counts()
+    counts = frame.apply(verdict_text, axis=1).value_counts()
     tags.append(RunTag("ablab.claims", ", ".join(f"{n} {v}" for v, n in counts.items())))
     MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
     return frame
