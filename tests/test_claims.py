@@ -124,7 +124,7 @@ def test_a_known_effect_is_reproduced_at_its_computed_power(image_sd):
 STUDY = {
     "study": "claims_t", "paper": "iou_aware", "table": "t", "variants": ["cls", "alpha=0.5"],
     "trials": [{"name": n} for n in ("base", "up", "down", "same")],
-    "seeds": [0, 1, 2], "profiles": {"smoke": {}, "strict": {"min_seeds": 4}},
+    "seeds": [0, 1, 2], "profiles": {"smoke": {}, "strict": {"min_seeds": 4}, "partial": {"trials": ["base", "up"]}},
     "layout": {"columns": ["AP"], "rows": [
         {"label": "Baseline", "trial": "base", "variant": "cls", "reference": {"AP": 30.0}},
         {"label": "Up", "trial": "up", "variant": "cls", "reference": {"AP": 33.0}},
@@ -244,3 +244,17 @@ def test_the_effect_view_gives_each_change_against_its_baseline(store, tmp_path)
     assert "| Down vs Baseline | -5.0 " in r.stdout and "/ +2.0 (contradicted) |" in r.stdout
     strict = ablab.effects(str(study), profile="strict", tracking_uri=uri)
     assert list(strict["verdict"])[:3] == ["inconclusive (needs 4 seeds)"] * 3
+
+
+def test_a_claim_on_a_row_the_profile_does_not_train_says_so(tmp_path):
+    import pandas as pd
+
+    from ablab.evidence import NOT_MEASURED, claims_frame, verdict_text
+    from ablab.study import load_study
+
+    path = tmp_path / "claims_t.yaml"
+    path.write_text(yaml.safe_dump(STUDY, sort_keys=False))
+    frame = claims_frame(load_study(path), pd.DataFrame(), {}, "partial")  # nothing ran yet
+    assert list(frame["verdict"]) == [NOT_MEASURED] * 4
+    assert list(frame["reason"]) == ["", "profile partial does not train down", "profile partial does not train same", ""]
+    assert verdict_text(frame.iloc[1]) == "not measured (profile partial does not train down)"

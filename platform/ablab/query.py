@@ -125,7 +125,7 @@ def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = Non
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
     return claims_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {},
-                        spec.min_seeds_for(profile))
+                        profile)
 
 
 def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
@@ -141,4 +141,4 @@ def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = No
     frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
     uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
     return effects_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {},
-                         spec.min_seeds_for(profile))
+                         profile)

@@ -175,7 +175,7 @@ def table_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, repl
                   caption(study, profile, setting(study, profile, results), comparable), deltas=comparable)
     if study.claims and fmt in ("md", "html"):
         digits = 1 if study.table_layout.scale >= 100 else 3
-        frame = claims_frame(study, results, replicates or {}, study.min_seeds_for(profile))
+        frame = claims_frame(study, results, replicates or {}, profile)
         text += ("\n" if fmt == "md" else "") + render_claims(frame, fmt, digits)
     return text
 
@@ -184,7 +184,7 @@ def effects_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, re
     """Each change against its baseline (the claims' pairs, and rows' ``baseline``), per column: ours (row - vs)
     with its 95% interval / the paper's, and the verdict where the paper gives a difference; md, csv or html."""
     study = as_trained(study, profile)
-    frame = effects_frame(study, results, replicates or {}, study.min_seeds_for(profile))
+    frame = effects_frame(study, results, replicates or {}, profile)
     digits = 1 if study.table_layout.scale >= 100 else 3
     cap = (f"Effects of {study.paper} table {study.table}: row - baseline, ours [95% interval] / paper (verdict). "
            f"Ours: profile '{profile}': {setting(study, profile, results)}.")
@@ -245,7 +245,7 @@ def _missing(x) -> bool:
 def finding(r, digits: int = 1) -> str:
     """What a claims-frame row says beyond its verdict, in a sentence, or "" where it says nothing more."""
     paper = f"{r['paper']:+.{digits}f}"
-    if r["reason"]:
+    if r["verdict"] == INCONCLUSIVE and r["reason"]:
         return (f"{r['seeds']} paired seed{'s' if r['seeds'] != 1 else ''} of these separately trained models, fewer "
                 f"than the {r['reason'].removeprefix('needs ')} a verdict between models needs")
     if r["against_paper"]:
