@@ -162,4 +162,4 @@ def test_run_measures_only_where_the_benchmark_is_a_small_share_of_the_study(syn
     assert benchmark_share(tiny, split_images(tiny)) == (8, 4)
     table3 = plan_study(str(Path(__file__).resolve().parents[1] / "studies" / "table3.yaml"), "smoke", check_data=False)
     bench, study = benchmark_share(table3, split_images(table3))
-    assert (bench, study) == (8, 2 * 16 * 50) and bench <= MAX_BENCH_SHARE * study  # 400 images in batches of 8
+    assert (bench, study) == (8, 2 * 5 * 100) and bench <= MAX_BENCH_SHARE * study  # 5 epochs of 400 images in batches of 4

@@ -91,6 +91,7 @@ def test_a_checkpoint_that_does_not_fit_raises_enospc_whatever_torch_save_said(t
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("executor", ["train"])  # Train's wrappers around the error: the Tune trial's path is inside them
 def test_a_full_disk_fails_the_trial_with_its_reason_stops_the_study_with_one_line_and_resume_finishes_it(
         synthetic_root, tmp_path, small_disk, executor):
     """In fp32, whatever the CPU: torch.save fails an fp32 state's write with no errno at all (the test above

@@ -93,7 +93,9 @@ def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(sy
             if t != "diverges"} == finished_at
 
 
-@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+# A resume from either executor's checkpoint after a kill; the preemption's orderly stop on Train, the executor
+# with more to stop (its controller and worker group): the fourth pairing would add a minute and no new path.
+@pytest.mark.parametrize(("stop", "executor"), [("SIGKILL", "tune"), ("SIGKILL", "train"), ("SIGTERM", "train")])
 def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tmp_path, executor):
     """SIGKILL: the driver and its cluster die at once. SIGTERM (a preempted node, a scheduler's stop): the
     study stops itself within 30 s, the stopped trial's run is left KILLED (interrupted), and no Ray process
