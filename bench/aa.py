@@ -31,12 +31,11 @@ sys.path.insert(0, str(REPO / "platform"))
 
 def aa_study(study_path: Path, trial: str, seeds: int, folder: Path) -> Path:
     """A copy of the study with one trial, ``seeds`` seeds and no table, its paths made absolute."""
-    from ablab.study import load_study
+    from ablab.launch import open_launch
 
-    study = load_study(study_path)
-    smoke = study.profile("smoke")
-    point = next(p for p in study.trial_points("smoke") if p["trial"] == trial)
-    data_root = study.path_of(study.trial_config("smoke", point).data.root)
+    launch = open_launch(study_path, "smoke")
+    study, smoke = launch.study, launch.spec
+    data_root = study.path_of(launch.first_config(trial).data.root)
     raw = yaml.safe_load(study_path.read_text())
     for key in ("layout", "claims"):
         raw.pop(key, None)
@@ -68,10 +67,10 @@ def main() -> int:
     from ablab.evidence import BETWEEN, INCONCLUSIVE, WITHIN, estimate, judge
     from ablab.paths import resolve_tracking_uri
     from ablab.query import replicates
-    from ablab.study import load_study
+    from ablab.launch import open_launch
 
-    study = load_study(args.study)
-    n = args.per_arm or study.min_seeds_for("smoke")
+    study = open_launch(args.study, "smoke").study
+    n = args.per_arm or open_launch(args.study, "smoke").min_seeds
     if args.seeds < 2 * n:
         ap.error(f"--seeds {args.seeds}: an A/A pair of {n} + {n} seeds needs at least {2 * n}")
     layout = study.table_layout

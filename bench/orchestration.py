@@ -120,7 +120,7 @@ def _bare_train_trial(params: dict, *, data_root: str, epochs: int, storage: str
 def bare_ray(trials: int, epochs: int, workers: int, concurrency: int, data_root: str, storage: str) -> None:
     """The same trials with nothing of ablab's (run in its own process by main); prints the trials' wall time
     and compute in the form ablab's summary line has the first."""
-    from ablab.runner import start_ray
+    from ablab.cluster import start_ray
 
     start_ray(None)  # before Ray is imported: it reads its settings once
     from ray import tune

@@ -10,18 +10,18 @@ import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ablab.paths import browse_hint, output_root, resolve_tracking_uri, results_root, run_url, study_dir
-from ablab.query import replicates, results
-from ablab.study import Study, load_launch
 from ablab.evidence import effect_pairs
-from ablab.table import as_trained, effects_text, setting, table_text
+from ablab.launch import Launch
 from ablab.logs import log
-from ablab.naming import EXPERIMENT_PREFIX, SCATTER_FILE, launch_key
+from ablab.naming import EXPERIMENT_PREFIX, SCATTER_FILE
+from ablab.paths import browse_hint, output_root, run_url
+from ablab.query import launch_results
+from ablab.table import as_trained, effects_text, setting, table_text
 
 from . import plots
 
@@ -63,8 +63,9 @@ def _curve_histories(client: MlflowClient, df) -> dict[str, dict[str, list[tuple
     return out
 
 
-def _launch_run(client: MlflowClient, experiment_id: str, profile: str) -> Optional[str]:
-    runs = client.search_runs([experiment_id], f"tags.`ablab.role` = 'launch' and tags.`ablab.profile` = '{profile}'",
+def _launch_run(client: MlflowClient, experiment_id: str, key: str) -> Optional[str]:
+    """The latest launch run of the launch named ``key`` (its ``ablab.profile`` tag)."""
+    runs = client.search_runs([experiment_id], f"tags.`ablab.role` = 'launch' and tags.`ablab.profile` = '{key}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -86,10 +87,9 @@ def _cost(client: MlflowClient, launch: Optional[str]) -> str:
             f'{html.escape(tags.get("ablab.estimate_source", "?"))} (<code>ablab plan</code> prints the estimate).</p>')
 
 
-def _page(study: Study, profile: str, df, table_html: str, images: list[Path], runs_html: str, browse: str,
-          cost: str = "") -> str:
-    key = launch_key(profile, study.overrides(profile))
-    title = f"{study.study} ({key}): {setting(study, profile, df)}"
+def _page(launch: Launch, df, table_html: str, images: list[Path], runs_html: str, browse: str, cost: str = "") -> str:
+    study, key = launch.study, launch.key
+    title = f"{study.study} ({key}): {setting(launch, df)}"
     paper_setting = study.title or study.paper + " table " + study.table
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = "".join(_img(p) for p in images) or "<p>No plots for this study yet.</p>"
@@ -137,23 +137,19 @@ def _runs_table(df, tracking_uri: str, experiment_id: str) -> str:
     return f'<table class="ablab-table runs"><thead><tr><th>trial</th><th>status</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
-                 out_root: Optional[str] = None, dashboards_dir: Optional[str] = None,
-                 overrides: Sequence[str] = ()) -> Path:
+def build_report(launch: Launch, tracking_uri: Optional[str] = None, out_root: Optional[str] = None,
+                 dashboards_dir: Optional[str] = None) -> Path:
     """Write <dashboards>/<study>-<launch key>.html (the key: the profile, with a digest of the launch's
-    ``--set`` ``overrides`` where it had some) and refresh the index; returns the page's path."""
-    study = load_launch(study_path, profile, overrides)
-    sets = study.overrides(profile)
-    out_root = results_root(study.study, out_root)
-    uri = resolve_tracking_uri(study.study, tracking_uri, out_root)
-    df = results(study_path, profile=profile, tracking_uri=uri, out_root=out_root, overrides=overrides)
+    ``--set`` where it had some) and refresh the index; returns the page's path."""
+    read = launch_results(launch, tracking_uri, out_root)
+    df, reps, uri, out_root = read.frame, read.replicates, read.tracking_uri, read.out_root
     client = MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name(EXPERIMENT_PREFIX + study.study).experiment_id
+    experiment_id = client.get_experiment_by_name(EXPERIMENT_PREFIX + launch.study.study).experiment_id
 
-    plot_dir = study_dir(study.study, profile, out_root, sets) / "plots"
+    plot_dir = launch.folder(out_root) / "plots"
     images = []
-    reps = replicates(df, uri) if not df.empty else {}
-    study = as_trained(study, profile)  # labels and legends name the backbones this profile trained
+    launch = as_trained(launch)  # labels and legends name the backbones this launch trained
+    study = launch.study
     if not df.empty:  # e.g. a profile never run
         runs = {r["trial_key"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
         effects = plots.effects_vs_iou(study, df, reps, plot_dir)
@@ -161,21 +157,21 @@ def build_report(study_path: str, profile: str = "smoke", tracking_uri: Optional
                               plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
                               None if effects else plots.ap_vs_iou(study, df, plot_dir),
                               plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
-    launch = _launch_run(client, experiment_id, launch_key(profile, sets))
-    if launch:
+    launch_run = _launch_run(client, experiment_id, launch.key)
+    if launch_run:
         for p in images:
-            client.log_artifact(launch, str(p), "plots")
+            client.log_artifact(launch_run, str(p), "plots")
 
     table_html = ""
     if study.table_layout:  # the effect view first (what an ablation is read for), then the paper's table
-        table_html = (effects_text(study, profile, df, "html", reps) if effect_pairs(study) else "") + \
-            table_text(study, profile, df, "html", reps)
-    page = _page(study, profile, df, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id),
-                 _cost(client, launch))
+        table_html = (effects_text(launch, df, "html", reps) if effect_pairs(study) else "") + \
+            table_text(launch, df, "html", reps)
+    page = _page(launch, df, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id),
+                 _cost(client, launch_run))
 
     out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{study.study}-{launch_key(profile, sets)}.html"
+    path = out / f"{study.study}-{launch.key}.html"
     path.write_text(page)
     write_index(out)
     log.info(f"[report] {path} ({len(images)} plots, {0 if df.empty else df['run_id'].nunique()} runs); index: {out / INDEX}")

@@ -65,6 +65,6 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise RayStarted("a user error reached start_ray")
 
-    monkeypatch.setattr(runner, "start_ray", refuse)
+    monkeypatch.setattr(runner, "start_ray", refuse)  # the name run_study calls (ablab.cluster's)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

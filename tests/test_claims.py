@@ -218,9 +218,10 @@ def test_ablab_table_shows_each_cells_interval_and_each_claims_verdict(store, tm
     assert "Same vs Baseline on AP: its 3 seeds had only" in r.stdout  # a weak claim says so
     assert "| Baseline    | 30.5±2.3 / 30.0 |" in r.stdout  # the mean of 30, 31 and 30.5, with its interval and "(+0.5)" not in r.stdout  # smoke is not the paper's setting: no delta
 
+    from ablab.launch import open_launch
     from dashboards.report import build_report
 
-    page = build_report(str(study), "smoke", uri, dashboards_dir=str(tmp_path / "dash")).read_text()
+    page = build_report(open_launch(str(study), "smoke"), uri, dashboards_dir=str(tmp_path / "dash")).read_text()
     assert 'class="ablab-table claims"' in page and "reproduced" in page and "contradicted" in page
     assert "(needs" not in page and 'class="findings"' in page and "excludes the paper&#x27;s +3.0" in page
 
@@ -250,11 +251,11 @@ def test_a_claim_on_a_row_the_profile_does_not_train_says_so(tmp_path):
     import pandas as pd
 
     from ablab.evidence import NOT_MEASURED, claims_frame, verdict_text
-    from ablab.study import load_study
+    from ablab.launch import open_launch
 
     path = tmp_path / "claims_t.yaml"
     path.write_text(yaml.safe_dump(STUDY, sort_keys=False))
-    frame = claims_frame(load_study(path), pd.DataFrame(), {}, "partial")  # nothing ran yet
+    frame = claims_frame(open_launch(path, "partial"), pd.DataFrame(), {})  # nothing ran yet
     assert list(frame["verdict"]) == [NOT_MEASURED] * 4
     assert list(frame["reason"]) == ["", "profile partial does not train down", "profile partial does not train same", ""]
     assert verdict_text(frame.iloc[1]) == "not measured (profile partial does not train down)"

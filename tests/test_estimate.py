@@ -155,11 +155,12 @@ def test_a_gpu_profile_without_a_figure_is_one_line_naming_the_table_and_backbon
 
 def test_run_measures_only_where_the_benchmark_is_a_small_share_of_the_study(synthetic_root, tmp_path):
     from ablab.estimate import MAX_BENCH_SHARE, benchmark_share, split_images
-    from ablab.runner import plan_study
+    from ablab.launch import open_launch, plan_study
 
-    tiny = plan_study(str(write_study(tmp_path / "tiny.yaml", synthetic_root)), "smoke", check_data=False)
+    tiny = plan_study(open_launch(str(write_study(tmp_path / "tiny.yaml", synthetic_root)), "smoke"), check_data=False)
     # Two models of 1 epoch on 8 images in batches of 4: 4 steps in all, against a warm-up + 3 steps per model.
     assert benchmark_share(tiny, split_images(tiny)) == (8, 4)
-    table3 = plan_study(str(Path(__file__).resolve().parents[1] / "studies" / "table3.yaml"), "smoke", check_data=False)
+    table3 = plan_study(open_launch(str(Path(__file__).resolve().parents[1] / "studies" / "table3.yaml"), "smoke"),
+                        check_data=False)
     bench, study = benchmark_share(table3, split_images(table3))
     assert (bench, study) == (8, 2 * 5 * 100) and bench <= MAX_BENCH_SHARE * study  # 5 epochs of 400 images in batches of 4

@@ -28,12 +28,12 @@ def _train_here(study_path):
     """The study's one trial trained and evaluated in this process: its final metrics under MLflow's names, and
     its per-epoch losses."""
     from ablab.naming import metric_key
-    from ablab.runner import plan_study
+    from ablab.launch import open_launch, plan_study
     from detector.engine import evaluate, train
 
     import torch
 
-    (cfg,) = plan_study(str(study_path), "smoke").configs.values()
+    (cfg,) = plan_study(open_launch(str(study_path), "smoke")).configs.values()
     cfg.train.threads = 1
     threads = torch.get_num_threads()
     try:

@@ -10,7 +10,7 @@ import yaml
 
 from ablab.cli import _parser, main
 from ablab.provenance import PROFILE, flat_settings, other_command, problems, records_for, resolved_trials
-from ablab.runner import plan_study
+from ablab.launch import open_launch, plan_study
 from ablab.study import load_study
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
@@ -38,9 +38,9 @@ def test_the_other_value_is_one_set_away(path, tmp_path, monkeypatch):
         argv = shlex.split(other_command(study, rec))
         assert argv[:2] == ["ablab", "run"], field
         args = _parser().parse_args(argv[1:])
-        plan = plan_study(args.study, args.profile, str(tmp_path / "out"), check_data=False, overrides=args.overrides)
+        plan = plan_study(open_launch(args.study, args.profile, args.overrides), str(tmp_path / "out"), check_data=False)
         wanted = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in rec.other_sets)}
-        resources = plan.study.resources_for(args.profile).model_dump()
+        resources = plan.resources.model_dump()
         for cfg in plan.configs.values():
             settings = {**flat_settings(cfg), **{f"resources.{k}": v for k, v in resources.items()}}
             assert {k: settings[k] for k in wanted} == wanted, field

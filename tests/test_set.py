@@ -10,7 +10,7 @@ import pytest
 
 from ablab.cli import _parser, main
 from ablab.naming import launch_key
-from ablab.runner import plan_study
+from ablab.launch import open_launch, plan_study
 from ablab.submit import entrypoint
 from conftest import RayStarted
 from detector.config import parse_sets, set_text
@@ -84,17 +84,17 @@ def test_launch_json_holds_the_overrides_and_a_resume_takes_exactly_the_launchs(
 
 def test_the_overrides_reach_every_trial_config_after_the_trials_own(tmp_path, synthetic_root):
     study = write_study(tmp_path / "two.yaml", synthetic_root, layout=None)  # trial iou sets model.quality.branch
-    plan = plan_study(str(study), "smoke", str(tmp_path / "out"), check_data=False,
-                      overrides=["model.quality.branch=conf", "train.steps=[1]"])
+    plan = plan_study(open_launch(str(study), "smoke", ["model.quality.branch=conf", "train.steps=[1]"]),
+                      str(tmp_path / "out"), check_data=False)
     assert {c.model.quality.branch for c in plan.configs.values()} == {"conf"}  # the --set wins
     assert {tuple(c.train.steps) for c in plan.configs.values()} == {(1,)}
     assert sorted(plan.configs) == ["baseline_seed0", "iou_seed0"]  # the trials' keys (the rows' ids) stay
-    assert plan.out_dir.name == plan.key == launch_key("smoke", plan.sets)
+    assert plan.out_dir.name == plan.key == launch_key("smoke", plan.launch.sets)
 
 
 def test_submit_forwards_the_overrides_to_the_jobs_run(tmp_path, synthetic_root):
     study = write_study(tmp_path / "s.yaml", synthetic_root, layout=None)
-    plan = plan_study(str(study), "smoke", check_data=False, overrides=["train.steps=[8,11]", "data.root=a b"])
+    plan = plan_study(open_launch(str(study), "smoke", ["train.steps=[8,11]", "data.root=a b"]), check_data=False)
     command = entrypoint("studies/s.yaml", plan, allow_large_grid=False, seeds=2)
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "ablab.cli"]

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from ablab.runner import plan_study
-from ablab.study import load_study, resolve_configs
+from ablab.launch import Launch, open_launch, plan_study
+from ablab.study import load_study
 from detector.config import ConfigError
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
@@ -13,7 +13,7 @@ STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
 def test_smoke_profile_resolves_with_its_data(path, synthetic_root, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # relative synthetic roots are generated here, not in the checkout
-    plan = plan_study(str(path), "smoke", out_root=str(tmp_path / "out"), check_data=False)
+    plan = plan_study(open_launch(str(path), "smoke"), out_root=str(tmp_path / "out"), check_data=False)
     assert plan.points and all(c.data.kind == "synthetic" for c in plan.configs.values())
 
 
@@ -23,11 +23,11 @@ def test_paper_profile_data_path_comes_from_the_environment(path, monkeypatch, t
     for var in ("ABLAB_COCO_ROOT", "ABLAB_VOC_ROOT"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="ABLAB_(COCO|VOC)_ROOT"):
-        plan_study(str(path), "paper", out_root=str(tmp_path / "out"))
+        plan_study(open_launch(str(path), "paper"), out_root=str(tmp_path / "out"))
     monkeypatch.setenv("ABLAB_COCO_ROOT", str(tmp_path / "no_coco"))
     monkeypatch.setenv("ABLAB_VOC_ROOT", str(tmp_path / "no_voc"))
     with pytest.raises(Exception, match="no_coco|no_voc"):
-        plan_study(str(path), "paper", out_root=str(tmp_path / "out"))
+        plan_study(open_launch(str(path), "paper"), out_root=str(tmp_path / "out"))
     assert study.profile("paper").description
 
 
@@ -49,8 +49,8 @@ def test_trial_overrides_per_profile_and_shared_profile_files(tmp_path):
         "trials:\n  - {name: r101, profiles: {paper: {model.backbone.name: resnet101}, smoke: {model.backbone.name: resnet34}}}\n"
         "profiles:\n  paper: {}\n  smoke: {extends: shared.yaml, base: {train: {epochs: 3}}}\n")
     study = load_study(tmp_path / "s.yaml")
-    point = study.trial_points("smoke")[0]
-    smoke, paper = study.trial_config("smoke", point), study.trial_config("paper", point)
+    point = Launch.of(study, "smoke").trial_points()[0]
+    smoke, paper = Launch.of(study, "smoke").trial_config(point), Launch.of(study, "paper").trial_config(point)
     assert (smoke.model.backbone.name, paper.model.backbone.name) == ("resnet34", "resnet101")
     assert (smoke.train.epochs, smoke.train.lr, smoke.model.fpn_width) == (3, 0.02, 32)
     assert paper.train.epochs == 12
@@ -82,7 +82,7 @@ def test_every_smoke_trial_trains_and_scores_every_variant(tmp_path):
     seen: dict[str, str] = {}
     for path in STUDIES:
         study = load_study(path)
-        for point, cfg in resolve_configs(study, "smoke"):
+        for point, cfg in Launch.of(study, "smoke").resolve():
             raw = cfg.model_dump()
             key = json.dumps({k: raw[k] for k in ("model", "inference")}, sort_keys=True)
             if key in seen:
@@ -101,13 +101,13 @@ def test_seeds_come_from_the_profile_or_from_seeds_n_and_a_resume_keeps_the_laun
     import json
 
     path, out = str(STUDIES[0].parent / "table3.yaml"), str(tmp_path / "out")
-    one = plan_study(path, "smoke", out_root=out, check_data=False)
-    three = plan_study(path, "smoke", out_root=out, check_data=False, seeds=3)
+    one = plan_study(open_launch(path, "smoke"), out_root=out, check_data=False)
+    three = plan_study(open_launch(path, "smoke"), out_root=out, check_data=False, seeds=3)
     assert {p["seed"] for p in one.points} == {0} and {p["seed"] for p in three.points} == {0, 1, 2}
     assert len(three.points) == 3 * len(one.points)
     (three.out_dir).mkdir(parents=True)
     (three.out_dir / "launch.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
-    assert len(plan_study(path, "smoke", out_root=out, check_data=False, resume=True).points) == len(three.points)
+    assert len(plan_study(open_launch(path, "smoke"), out_root=out, check_data=False, resume=True).points) == len(three.points)
 
 
 def test_a_relative_data_root_is_relative_to_the_study_file_not_to_where_the_command_runs(tmp_path, monkeypatch):
@@ -120,5 +120,5 @@ def test_a_relative_data_root_is_relative_to_the_study_file_not_to_where_the_com
         "study": "s", "paper": "iou_aware", "table": "t", "trials": [{"name": "a"}],
         "profiles": {"smoke": {"base": {"data": {"kind": "synthetic", "root": "../data/synthetic"}}}}}))
     monkeypatch.chdir(tmp_path)  # elsewhere
-    plan = plan_study(str(study.relative_to(tmp_path)), "smoke", out_root=str(tmp_path / "out"), check_data=False)
+    plan = plan_study(open_launch(str(study.relative_to(tmp_path)), "smoke"), out_root=str(tmp_path / "out"), check_data=False)
     assert [c.data.root for c in plan.configs.values()] == [str(tmp_path / "project" / "data" / "synthetic")]

@@ -2,6 +2,7 @@
 import pandas as pd
 import pytest
 
+from ablab.launch import Launch
 from ablab.study import Study
 from ablab.table import build_table, caption, render
 
@@ -33,7 +34,7 @@ def test_renderings_show_missing_cells_as_missing():
     df = pd.DataFrame([{"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.31, "AP90": 0.11}])
     study = _study()
     table = build_table(study, df)
-    cap = caption(study, "smoke", "synthetic val")
+    cap = caption(Launch.of(study, "smoke"), "synthetic val")
     md = render(study, table, "md", cap)
     assert "| baseline" in md and "31.0 / 34.4 (-3.4)" in md and "YOLOv3 (cited)" in md
     assert "- / 35.5 (-)" in md and "profile 'smoke': synthetic val" in md
@@ -53,7 +54,7 @@ def test_exports_stay_well_formed_whatever_a_label_holds():
     study.table_layout.rows[1].label = nasty
     df = pd.DataFrame([{"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.31, "AP90": 0.11}])
     table = build_table(study, df)
-    cap = caption(study, "smoke", "synthetic val")
+    cap = caption(Launch.of(study, "smoke"), "synthetic val")
     rows = list(csv.reader(io.StringIO(render(study, table, "csv", cap))))
     assert rows[2][0] == nasty and len(rows[2]) == len(rows[0])
     latex = render(study, table, "latex", cap)
@@ -100,7 +101,7 @@ def test_a_row_reads_the_grid_point_its_where_names(tmp_path):
         "layout": {"columns": ["mAP"], "scale": 1, "rows": [
             {"label": "T 0.4", "trial": "piou", "where": {"model.assigner.threshold": 0.4}, "reference": {"mAP": 0.8}},
             {"label": "T 0.3", "trial": "piou", "where": {"model.assigner.threshold": 0.3}}]}})
-    assert [p.get("model.assigner.threshold") for p in study.trial_points("smoke")] == [None, 0.3, 0.4]
+    assert [p.get("model.assigner.threshold") for p in Launch.of(study, "smoke").trial_points()] == [None, 0.3, 0.4]
     df = pd.DataFrame([{"trial": "piou", "variant": "cls", "model.assigner.threshold": t, "mAP": m, "status": "FINISHED"}
                        for t, m in ((0.3, 0.5), (0.4, 0.7))])
     (r04, cells04), (r03, cells03) = build_table(study, df)
@@ -127,19 +128,20 @@ def test_a_smoke_table_names_the_backbone_it_trained_beside_the_papers():
     from ablab.table import as_trained, setting
 
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "table5.yaml")
-    shown = as_trained(study, "smoke_full")
+    smoke_full, paper, smoke = (Launch.of(study, p) for p in ("smoke_full", "paper", "smoke"))
+    shown = as_trained(smoke_full).study
     labels = [r.label for r in shown.table_layout.rows]
     assert labels[:3] == ["RetinaNet (ResNet-50-FPN -> ResNet10)", "RetinaNet (ResNet-101-FPN -> ResNet18)",
                           "RetinaNet (ResNeXt-32x8d-101-FPN -> ResNet34)"]
-    assert as_trained(shown, "smoke_full").table_layout.rows[1].label == labels[1]  # once, not twice
+    assert as_trained(as_trained(smoke_full)).study.table_layout.rows[1].label == labels[1]  # once, not twice
     assert {c.row for c in shown.claims} <= set(labels) and {c.vs for c in shown.claims} <= set(labels)
-    assert as_trained(study, "paper") is study  # the paper's profile trains the paper's backbones
+    assert as_trained(paper) is paper  # the paper's profile trains the paper's backbones
     # A row the profile does not train keeps the paper's label (smoke: the R50 rows only).
-    assert [r.label for r in as_trained(study, "smoke").table_layout.rows][:2] == [
+    assert [r.label for r in as_trained(smoke).study.table_layout.rows][:2] == [
         "RetinaNet (ResNet-50-FPN -> ResNet10)", "RetinaNet (ResNet-101-FPN)"]
-    assert setting(study, "smoke_full") == ("synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 5 epochs, "
+    assert setting(smoke_full) == ("synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 5 epochs, "
                                             "1 to 4 seeds per model")  # trial_seeds: the R50 rows on 4
-    assert setting(study, "smoke") == "synthetic val (500 images), 128 px, ResNet10 from scratch, 5 epochs, 4 seeds"
+    assert setting(smoke) == "synthetic val (500 images), 128 px, ResNet10 from scratch, 5 epochs, 4 seeds"
 
 
 @pytest.mark.parametrize("label, trained, shown", [
@@ -155,7 +157,7 @@ def test_the_trained_backbone_goes_beside_the_papers_name_or_after_the_label(lab
         "layout": {"columns": ["AP"], "rows": [{"label": label, "trial": "a"}]}})
     from ablab.table import as_trained
 
-    assert as_trained(study, "smoke").table_layout.rows[0].label == shown
+    assert as_trained(Launch.of(study, "smoke")).study.table_layout.rows[0].label == shown
 
 
 def test_the_delta_to_the_paper_is_shown_only_in_the_papers_setting(monkeypatch):
@@ -168,5 +170,5 @@ def test_the_delta_to_the_paper_is_shown_only_in_the_papers_setting(monkeypatch)
 
     monkeypatch.setenv("ABLAB_COCO_ROOT", "/data/coco")
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "table1.yaml")
-    assert papers_setting(study, "paper") and papers_setting(study, "testdev")
-    assert not papers_setting(study, "smoke")
+    assert papers_setting(Launch.of(study, "paper")) and papers_setting(Launch.of(study, "testdev"))
+    assert not papers_setting(Launch.of(study, "smoke"))

@@ -358,10 +358,10 @@ def test_a_half_written_synthetic_set_is_detected_and_rewritten(tmp_path):
 
 def test_a_grid_over_a_list_valued_field_runs_as_one_axis(tmp_path, synthetic_root):
     """``train.steps`` takes a list: a grid over it has lists as values, each its own trial."""
-    from ablab.runner import plan_study
+    from ablab.launch import open_launch, plan_study
 
     study = write_study(tmp_path / "g.yaml", synthetic_root, trials=[{"name": "a"}], layout=None,
                         grid={"train.steps": [[1], [1, 2]]})
-    plan = plan_study(str(study), "smoke", out_root=str(tmp_path / "out"))
+    plan = plan_study(open_launch(str(study), "smoke"), out_root=str(tmp_path / "out"))
     assert sorted(plan.configs) == ["a_seed0_steps=1", "a_seed0_steps=1,2"]
     assert [c.train.steps for c in plan.configs.values()] == [[1], [1, 2]]

@@ -56,12 +56,19 @@ def cmd_evaluate(args) -> int:
                                    args.overrides)
 
 
-def cmd_validate(args) -> int:
-    from .paths import resolve_tracking_uri
-    from .runner import plan_study, preflight
+def _launch(args):
+    """The launch a study command names: its study file, --profile and --set (launch.open_launch)."""
+    from .launch import open_launch
 
-    plan = plan_study(args.study, args.profile, args.out_root, allow_large_grid=args.allow_large_grid, seeds=args.seeds,
-                      overrides=args.overrides)
+    return open_launch(args.study, args.profile, args.overrides)
+
+
+def cmd_validate(args) -> int:
+    from .launch import plan_study
+    from .paths import resolve_tracking_uri
+    from .runner import preflight
+
+    plan = plan_study(_launch(args), args.out_root, allow_large_grid=args.allow_large_grid, seeds=args.seeds)
     preflight(plan, args.address, resolve_tracking_uri(plan.study.study, args.tracking_uri, args.out_root),
               explicit_uri=bool(args.tracking_uri), create=False)
     print(f"{args.study}: valid; {plan.args}: {len(plan.points)} trials, "
@@ -72,8 +79,7 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from .estimate import plan_command
 
-    return plan_command(args.study, args.profile, args.address, args.seeds, args.gpu_throughput,
-                        args.throughput_table, args.overrides)
+    return plan_command(_launch(args), args.address, args.seeds, args.gpu_throughput, args.throughput_table)
 
 
 def cmd_show(args) -> int:
@@ -89,10 +95,9 @@ def cmd_show(args) -> int:
 def cmd_run(args) -> int:
     from .runner import run_study
 
-    outcome = run_study(args.study, args.profile, args.address, args.tracking_uri, args.out_root,
+    outcome = run_study(_launch(args), args.address, args.tracking_uri, args.out_root,
                         resume=args.command == "resume", allow_large_grid=args.allow_large_grid,
-                        retry_failed=getattr(args, "retry_failed", False), seeds=getattr(args, "seeds", None),
-                        overrides=args.overrides)
+                        retry_failed=getattr(args, "retry_failed", False), seeds=getattr(args, "seeds", None))
     if outcome.interrupted:
         return 130  # as a shell reports Ctrl-C; the report waits for the resumed study
     if outcome.tracking_pending:
@@ -114,14 +119,16 @@ def cmd_doctor(args) -> int:
 def cmd_sync(args) -> int:
     from .runner import sync_study
 
-    return 1 if sync_study(args.study, args.profile, args.tracking_uri, args.out_root, args.overrides) else 0
+    return 1 if sync_study(_launch(args), args.tracking_uri, args.out_root) else 0
 
 
 def cmd_submit(args) -> int:
+    from .preflight import check_job_server
     from .submit import submit
 
-    return submit(args.study, args.address, args.profile, args.tracking_uri, args.working_dir, args.pip, args.wait,
-                  args.allow_large_grid, args.seeds, args.overrides)
+    check_job_server(args.address)  # before the study is read: a wrong address is the first thing to say
+    return submit(_launch(args), args.address, args.tracking_uri, args.working_dir, args.pip, args.wait,
+                  args.allow_large_grid, args.seeds)
 
 
 def cmd_results(args) -> int:
@@ -150,29 +157,26 @@ def cmd_results(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .paths import resolve_tracking_uri, results_root
-    from .query import replicates, results
-    from .study import load_launch
+    from .query import launch_results
     from .table import effects_text, table_text
 
-    study = load_launch(args.study, args.profile, args.overrides)
-    args.out_root = results_root(study.study, args.out_root)
-    df = results(args.study, profile=args.profile, tracking_uri=args.tracking_uri, out_root=args.out_root,
-                 overrides=args.overrides)
-    if df.empty:
-        sets = study.overrides(args.profile)
-        named = launch_args(args.profile, sets)
-        what = f"{named} (a launch is named by its profile and its --set)" if sets else f"profile {args.profile!r}"
-        raise ConfigError(f"{args.study}: no runs of {what} in MLflow yet; `ablab run {args.study} {named}` makes them")
-    reps = replicates(df, resolve_tracking_uri(study.study, args.tracking_uri, args.out_root))
+    launch = _launch(args)
+    read = launch_results(launch, args.tracking_uri, args.out_root)
+    if read.frame.empty:
+        what = f"{launch.args} (a launch is named by its profile and its --set)" if launch.sets else \
+            f"profile {args.profile!r}"
+        raise ConfigError(f"{args.study}: no runs of {what} in MLflow yet; `ablab run {args.study} {launch.args}` "
+                          f"makes them")
+    if launch.study.table_layout is None:
+        flag = "--effects: " if args.effects else ""
+        raise ConfigError(f"{args.study}: {flag}the study has no layout (its rows are what a table shows and effects "
+                          f"compare); `ablab results {args.study} {launch.args}` lists its runs")
     if args.effects:
-        if study.table_layout is None:
-            raise ConfigError(f"{args.study}: --effects: the study has no layout (its rows are what effects compare)")
         if args.format == "latex":
             raise ConfigError("--effects: prints md, csv or html (not latex)")
-        print(effects_text(study, args.profile, df, args.format, reps), end="")
+        print(effects_text(launch, read.frame, args.format, read.replicates), end="")
         return 0
-    print(table_text(study, args.profile, df, args.format, reps), end="")
+    print(table_text(launch, read.frame, args.format, read.replicates), end="")
     return 0
 
 
@@ -184,8 +188,7 @@ def cmd_report(args) -> int:
 def _report(args, tracking_uri: Optional[str] = None) -> None:
     from dashboards.report import build_report
 
-    build_report(args.study, args.profile, tracking_uri or args.tracking_uri, args.out_root,
-                 getattr(args, "dashboards", None), args.overrides)
+    build_report(_launch(args), tracking_uri or args.tracking_uri, args.out_root, getattr(args, "dashboards", None))
 
 
 SET_HELP = ("override a config field of every trial, after the profile and the trials' own `set`, so it wins "

@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
@@ -46,6 +46,8 @@ from detector.benchmark import MAX_STEPS
 from detector.config import Config, ConfigError, format_validation_error, read_yaml_mapping
 from detector.data import build_split
 
+from .cluster import start_ray
+from .launch import Launch, Plan, plan_study
 from .logs import log
 from .study import Resources
 
@@ -100,8 +102,8 @@ def cost_key(cfg: Config, res: Resources) -> str:
     return json.dumps({"network": network, "data": data, "step": step}, sort_keys=True)
 
 
-def distinct_configs(plan, res: Resources) -> dict[str, list[str]]:
-    """``cost_key`` -> the keys of the trials (runner.Plan's, in grid order) that share its benchmark."""
+def distinct_configs(plan: Plan, res: Resources) -> dict[str, list[str]]:
+    """``cost_key`` -> the keys of the trials (the Plan's, in grid order) that share its benchmark."""
     groups: dict[str, list[str]] = {}
     for key, cfg in plan.configs.items():
         groups.setdefault(cost_key(cfg, res), []).append(key)
@@ -398,14 +400,12 @@ def machine_resources(count_gpus: bool = True) -> dict[str, float]:
     return {"CPU": float(cpus), "GPU": float(gpus)}
 
 
-def cluster_concurrency(plan, total: dict[str, float], where: str) -> tuple[int, str, list[str]]:
-    """runner.concurrency on ``total``; a cluster that cannot hold one trial is planned as one that holds one
+def cluster_concurrency(plan: Plan, total: dict[str, float], where: str) -> tuple[int, str, list[str]]:
+    """Plan.concurrency on ``total``; a cluster that cannot hold one trial is planned as one that holds one
     trial at a time, with a note saying so."""
-    from .runner import concurrency
-
     text = f"{where}: {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs"
     try:
-        return concurrency(plan, total), text, []
+        return plan.concurrency(total), text, []
     except ConfigError as err:
         return 1, text, [f"{err}: planned as on a cluster that holds one trial at a time (--address of a cluster "
                          f"that can hold it plans on its resources)"]
@@ -423,13 +423,13 @@ class Pricing:
     bench_s: float
 
 
-def price(plan, gpu_throughput: Optional[float] = None, table_path: Optional[Path] = None,
+def price(plan: Plan, gpu_throughput: Optional[float] = None, table_path: Optional[Path] = None,
           at_once: Optional[int] = None, images: Optional[dict[str, tuple[int, int]]] = None) -> Pricing:
-    """The cost of each distinct config of ``plan`` (runner.Plan): a GPU profile is measured on this machine's GPU
+    """The cost of each distinct config of ``plan``: a GPU profile is measured on this machine's GPU
     where it has one (unless a table or a figure is given), else costed from the throughput table; a CPU profile
     is measured here, in as many copies at once as trials fit on this machine (``at_once`` caps it: the
     cluster's concurrency)."""
-    res = plan.study.resources_for(plan.profile)
+    res = plan.resources
     groups = distinct_configs(plan, res)
     firsts = [plan.configs[keys[0]] for keys in groups.values()]
     images = split_images(plan) if images is None else images  # first: it may write a missing synthetic set
@@ -447,10 +447,10 @@ def price(plan, gpu_throughput: Optional[float] = None, table_path: Optional[Pat
     return Pricing(list(groups.values()), costs, images, time.perf_counter() - t0)
 
 
-def estimate_study(plan, pricing: Pricing, concurrency: int, cluster: str,
+def estimate_study(plan: Plan, pricing: Pricing, concurrency: int, cluster: str,
                    notes: Optional[list[str]] = None) -> StudyEstimate:
     """Every trial of ``plan`` costed (``pricing``) and packed onto ``concurrency`` slots."""
-    res = plan.study.resources_for(plan.profile)
+    res = plan.resources
     needs = (f"{res.workers} worker{'s' if res.workers > 1 else ''} x {res.cpus_per_worker:g} CPU"
              + (f" + {res.gpus_per_worker:g} GPU" if res.gpus_per_worker else "") + f", executor {executor_of(res)}")
     trials = []
@@ -463,13 +463,13 @@ def estimate_study(plan, pricing: Pricing, concurrency: int, cluster: str,
     order = {key: i for i, key in enumerate(plan.configs)}  # the grid's order: Tune starts the trials in it
     trials.sort(key=lambda t: order[t.key])
     costs = [(describe(plan.configs[keys[0]], res), c, keys) for c, keys in zip(pricing.costs, pricing.groups)]
-    est = StudyEstimate(plan.study.study, plan.profile, trials, costs, res, concurrency, cluster,
+    est = StudyEstimate(plan.study.study, plan.launch.profile, trials, costs, res, concurrency, cluster,
                         bench_s=pricing.bench_s, notes=list(notes or []))
     est.wall_s = STUDY_OVERHEAD_S + pack([t.total_s for t in trials], concurrency)
     return est
 
 
-def split_images(plan) -> dict[str, tuple[int, int]]:
+def split_images(plan: Plan) -> dict[str, tuple[int, int]]:
     """Trial key -> (train, val) images as it reads them (``data.max_images`` applied), each split opened once."""
     counts: dict[tuple, int] = {}
 
@@ -482,9 +482,9 @@ def split_images(plan) -> dict[str, tuple[int, int]]:
     return {key: (count(cfg, cfg.data.train_split), count(cfg, cfg.data.val_split)) for key, cfg in plan.configs.items()}
 
 
-def benchmark_share(plan, images: dict[str, tuple[int, int]]) -> tuple[int, int]:
+def benchmark_share(plan: Plan, images: dict[str, tuple[int, int]]) -> tuple[int, int]:
     """(steps the benchmark trains, steps the study trains): a warm-up and MAX_STEPS per distinct config."""
-    res = plan.study.resources_for(plan.profile)
+    res = plan.resources
     distinct = len(distinct_configs(plan, res))
     study = sum(cfg.train.epochs * steps_per_epoch(cfg, res, images[key][0]) for key, cfg in plan.configs.items())
     return distinct * (1 + MAX_STEPS), study
@@ -492,14 +492,12 @@ def benchmark_share(plan, images: dict[str, tuple[int, int]]) -> tuple[int, int]
 
 # ---- the commands -------------------------------------------------------------------------------------------------
 
-def plan_command(study_path: str, profile: str, address: Optional[str], seeds: Optional[int] = None,
-                 gpu_throughput: Optional[float] = None, throughput_table: Optional[str] = None,
-                 overrides: Sequence[str] = ()) -> int:
+def plan_command(launch: Launch, address: Optional[str], seeds: Optional[int] = None,
+                 gpu_throughput: Optional[float] = None, throughput_table: Optional[str] = None) -> int:
     """``ablab plan``: print the trials, what each needs, the concurrency and the estimate."""
     from .preflight import check_ray_address
-    from .runner import plan_study, start_ray
 
-    plan = plan_study(study_path, profile, check_data=False, seeds=seeds, overrides=overrides)
+    plan = plan_study(launch, check_data=False, seeds=seeds)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
@@ -513,9 +511,9 @@ def plan_command(study_path: str, profile: str, address: Optional[str], seeds: O
     if gpu_throughput is not None and not (math.isfinite(gpu_throughput) and gpu_throughput > 0):
         raise ConfigError(f"--gpu-throughput: {gpu_throughput:g} images/s must be positive")
     table = Path(throughput_table) if throughput_table else None
-    res = plan.study.resources_for(profile)
+    res = plan.resources
     if (gpu_throughput is not None or table is not None) and not res.gpus_per_worker:
-        raise ConfigError(f"--gpu-throughput / --throughput-table: profile {profile} trains on CPUs "
+        raise ConfigError(f"--gpu-throughput / --throughput-table: profile {launch.profile} trains on CPUs "
                           f"(resources.gpus_per_worker 0): its step is measured here")
     est = estimate_study(plan, price(plan, gpu_throughput, table, at_once=conc), conc, cluster, notes)
     print("\n".join(est.lines()))
@@ -529,7 +527,7 @@ class RunEstimate:
     launch run and in launch.json. A failure costs the study nothing but the estimate. None on a resume
     (``skip``): part of its trials are done."""
 
-    def __init__(self, plan, skip: bool):
+    def __init__(self, plan: Plan, skip: bool):
         self.plan = plan
         self.pricing: Optional[Pricing] = None
         self.estimate: Optional[StudyEstimate] = None
@@ -538,10 +536,10 @@ class RunEstimate:
         self.started = time.perf_counter()
 
     @staticmethod
-    def _price_if_cheap(plan) -> Optional[Pricing]:
+    def _price_if_cheap(plan: Plan) -> Optional[Pricing]:
         images = split_images(plan)
         bench, study = benchmark_share(plan, images)
-        if plan.study.resources_for(plan.profile).gpus_per_worker == 0 and bench > MAX_BENCH_SHARE * study:
+        if plan.resources.gpus_per_worker == 0 and bench > MAX_BENCH_SHARE * study:
             log.info(f"estimate: not measured: its benchmark ({bench} training steps) would be more than "
                      f"{MAX_BENCH_SHARE:.0%} of the study's {study}; `ablab plan` measures it anyway")
             return None
@@ -592,7 +590,7 @@ class RunEstimate:
             log.warning(f"estimate: not written to {path} ({err})")
 
 
-def _log_on_launch_run(plan, tracking_uri: str, est: StudyEstimate, wall: float, text: str) -> None:
+def _log_on_launch_run(plan: Plan, tracking_uri: str, est: StudyEstimate, wall: float, text: str) -> None:
     """Metrics ``estimate/wall_s``, ``estimate/cpu_hours``, ``estimate/gpu_hours``, ``wall_s``,
     ``wall_over_estimate`` and tags ``ablab.estimate`` (the comparison) and ``ablab.estimate_source``."""
     from mlflow.entities import Metric, RunTag

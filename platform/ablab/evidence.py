@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .launch import Launch
 from .study import Row, Study
 from .rows import finished, row_results, row_variant
 
@@ -246,22 +247,23 @@ CLAIM_COLUMNS = ["claim", "kind", "row", "vs", "metric", "paper", "ours", "lo", 
                  "reason", "against_paper", "power", "detectable", "says"]
 
 
-def claims_frame(study: Study, results: pd.DataFrame, replicates: Replicates, profile: str) -> pd.DataFrame:
+def claims_frame(launch: Launch, results: pd.DataFrame, replicates: Replicates) -> pd.DataFrame:
     """One row per claim of the study: its kind, the paper's difference, ours with its 95% interval (table units),
     the seeds it pairs, what the interval covers, the verdict and the rule that kept it inconclusive (``reason``:
     the profile's seed minimum), or why it was not measured (a row the profile does not train), how it stands
     against the paper's difference, and (between models) the power against the paper's difference and the
     smallest difference these seeds detect at 80% power."""
+    study = launch.study
     rows = {r.label: r for r in study.table_layout.rows} if study.table_layout else {}
-    trained = study.profile(profile).trials
+    trained = launch.spec.trials
     out = []
     for i, claim in enumerate(study.claims):
         ours = difference_estimate(study, claim.row, claim.vs, claim.metric, results, replicates)
         kind = claim_kind(study, claim.row, claim.vs)
-        j = judge(claim.paper, ours, kind, study.min_seeds_for(profile))
+        j = judge(claim.paper, ours, kind, launch.min_seeds)
         untrained = [rows[r].trial for r in (claim.row, claim.vs) if trained is not None and rows[r].trial not in trained]
         if j.verdict == NOT_MEASURED and untrained:
-            j.reason = f"profile {profile} does not train {', '.join(dict.fromkeys(untrained))}"
+            j.reason = f"profile {launch.profile} does not train {', '.join(dict.fromkeys(untrained))}"
         out.append({"claim": i, "kind": kind, "row": claim.row, "vs": claim.vs, "metric": claim.metric,
                     "paper": claim.paper, "ours": ours.value, "lo": ours.lo, "hi": ours.hi, "seeds": ours.seeds,
                     "interval": ours.source, "verdict": j.verdict, "reason": j.reason,
@@ -278,10 +280,11 @@ def effect_pairs(study: Study) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
-def effects_frame(study: Study, results: pd.DataFrame, replicates: Replicates, profile: str) -> pd.DataFrame:
+def effects_frame(launch: Launch, results: pd.DataFrame, replicates: Replicates) -> pd.DataFrame:
     """Each change's effect against its baseline, per column: ours (row - vs, table units) with its 95%
     interval, the paper's (the rows' references), and where the paper gives a difference the verdict as the
     claims get it (``verdict``: Judgement.text, e.g. 'inconclusive (needs 3 seeds)')."""
+    study = launch.study
     layout = study.table_layout
     refs = {r.label: r.reference for r in layout.rows}
     out = []
@@ -291,7 +294,7 @@ def effects_frame(study: Study, results: pd.DataFrame, replicates: Replicates, p
             ours = difference_estimate(study, row, vs, column, results, replicates)
             a, b = refs[row].get(column), refs[vs].get(column)
             paper = None if a is None or b is None else round(a - b, 6)
-            word = judge(paper, ours, kind, study.min_seeds_for(profile)).text if paper and ours.value is not None else ""
+            word = judge(paper, ours, kind, launch.min_seeds).text if paper and ours.value is not None else ""
             out.append({"row": row, "vs": vs, "kind": kind, "column": column, "ours": ours.value, "lo": ours.lo,
                         "hi": ours.hi, "paper": paper, "seeds": ours.seeds, "interval": ours.source, "verdict": word})
     return pd.DataFrame(out, columns=["row", "vs", "kind", "column", "ours", "lo", "hi", "paper", "seeds", "interval",

@@ -24,6 +24,7 @@ from typing import Any, Optional
 from detector.config import Config, ConfigError, parse_sets, read_yaml_mapping
 
 from .naming import launch_args
+from .launch import Launch
 from .study import Study
 
 PROFILE = "paper"
@@ -121,9 +122,10 @@ def resolved_trials(study: Study) -> list[tuple[str, dict[str, Any]]]:
     """(trial name, flat settings) of each trial of the paper profile at seed 0 and its first grid point
     (seeds and grid values are the study's axes, not settings)."""
     seen: dict[str, dict[str, Any]] = {}
-    for point in study.trial_points(PROFILE):
+    launch = Launch.of(study, PROFILE)
+    for point in launch.trial_points():
         if point["trial"] not in seen:
-            seen[point["trial"]] = flat_settings(study.trial_config(PROFILE, point))
+            seen[point["trial"]] = flat_settings(launch.trial_config(point))
     return list(seen.items())
 
 

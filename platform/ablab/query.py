@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -13,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from detector.config import ConfigError, parse_sets
 
+from .launch import Launch, open_launch
 from .paths import check_name, resolve_tracking_uri, results_root
 from .preflight import probe_tracking_server
 from .naming import BOOTSTRAP_FILE, EXPERIMENT_PREFIX, launch_key, metric_key
@@ -51,7 +53,17 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
         profile = launch_key(check_name("--profile", profile), sets)  # it goes into MLflow's filter string
     elif sets:
         raise ConfigError("--set names a launch of a profile: give --profile too")
-    uri = resolve_tracking_uri(study_id, tracking_uri, out_root)
+    df = trial_runs(resolve_tracking_uri(study_id, tracking_uri, out_root), study_id, profile, include_failed)
+    for col, value in filters.items():
+        if col not in df.columns:
+            raise KeyError(f"filter {col!r}: no such column (have e.g. {list(df.columns)[:12]})")
+        df = df[df[col] == value]
+    return df.reset_index(drop=True)
+
+
+def trial_runs(uri: str, study_id: str, key: Optional[str], include_failed: bool = True) -> pd.DataFrame:
+    """``results``' frame: the trial runs of the launch named ``key`` (naming.launch_key; None: every launch) of
+    ``study_id`` in the store at ``uri``."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise FileNotFoundError(f"no MLflow store for study {study_id} at {uri}; run the study or pass tracking_uri")
     probe_tracking_server(uri)  # a server that is down fails now, not after MLflow's minutes of retries
@@ -59,7 +71,7 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
     exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + study_id)
     if exp is None:
         raise ConfigError(f"study {study_id!r} has no MLflow experiment in {uri}")
-    query = "tags.`ablab.role` = 'trial'" + (f" and tags.`ablab.profile` = '{profile}'" if profile else "")
+    query = "tags.`ablab.role` = 'trial'" + (f" and tags.`ablab.profile` = '{key}'" if key else "")
     runs = []
     token = None
     while True:
@@ -86,12 +98,27 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
             rows.append({**identity, "variant": variant, **config, **values})
         if not variants:
             rows.append({**identity, "variant": None, **config})
-    df = pd.DataFrame(rows)
-    for col, value in filters.items():
-        if col not in df.columns:
-            raise KeyError(f"filter {col!r}: no such column (have e.g. {list(df.columns)[:12]})")
-        df = df[df[col] == value]
-    return df.reset_index(drop=True)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class LaunchResults:
+    """What every reader of a launch needs from its store: its trial runs, their bootstrap replicates, and
+    where they were read (its output root and tracking URI)."""
+
+    frame: pd.DataFrame
+    replicates: dict[str, dict[str, dict[str, np.ndarray]]]
+    out_root: Optional[str]
+    tracking_uri: str
+
+
+def launch_results(launch: Launch, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> LaunchResults:
+    """The launch's runs and replicates, read where its results are (results_root: a Ray job's from the
+    checkout too) from its store (--tracking-uri > $MLFLOW_TRACKING_URI > the study's SQLite file)."""
+    out_root = results_root(launch.study.study, out_root)
+    uri = resolve_tracking_uri(launch.study.study, tracking_uri, out_root)
+    frame = trial_runs(uri, launch.study.study, launch.key).reset_index(drop=True)
+    return LaunchResults(frame, replicates(frame, uri) if not frame.empty else {}, out_root, uri)
 
 
 def replicates(frame: pd.DataFrame, tracking_uri: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
@@ -116,16 +143,15 @@ def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = Non
     """Every claim of a study file against its runs in MLflow (of the launch ``profile`` with ``overrides``): the
     claim's kind, the paper's difference, ours with its 95% interval, the verdict and why, how it stands against
     the paper's difference, and for a claim between models the power of its seeds (ablab.evidence.claims_frame)."""
+    return launch_claims(open_launch(study, profile, overrides), tracking_uri, out_root)
+
+
+def launch_claims(launch: Launch, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> pd.DataFrame:
     from .evidence import claims_frame
-    from .study import load_launch
     from .table import as_trained
 
-    spec = load_launch(study, profile, overrides)
-    out_root = results_root(spec.study, out_root)
-    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
-    uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
-    return claims_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {},
-                        profile)
+    read = launch_results(launch, tracking_uri, out_root)
+    return claims_frame(as_trained(launch), read.frame, read.replicates)
 
 
 def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
@@ -133,12 +159,8 @@ def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = No
     """Each change of a study file against its baseline, per column (ablab.evidence.effects_frame), with the
     row labels naming what the profile trained (in the launch with ``overrides``)."""
     from .evidence import effects_frame
-    from .study import load_launch
     from .table import as_trained
 
-    spec = load_launch(study, profile, overrides)
-    out_root = results_root(spec.study, out_root)
-    frame = results(study, profile=profile, tracking_uri=tracking_uri, out_root=out_root, overrides=overrides)
-    uri = resolve_tracking_uri(spec.study, tracking_uri, out_root)
-    return effects_frame(as_trained(spec, profile), frame, replicates(frame, uri) if not frame.empty else {},
-                         profile)
+    launch = open_launch(study, profile, overrides)
+    read = launch_results(launch, tracking_uri, out_root)
+    return effects_frame(as_trained(launch), read.frame, read.replicates)

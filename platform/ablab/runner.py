@@ -3,222 +3,33 @@ its own process, or on a Ray Train TorchTrainer's workers: trial.py), mirror it 
 process, and summarise."""
 from __future__ import annotations
 
-import atexit
 import errno
 import json
 import os
-import secrets
-import shutil
 import signal
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-from detector.config import Config, ConfigError, set_text
-from detector.data import build_split
+from detector.config import ConfigError
 
+from .cluster import ray_temp, start_ray
 from .estimate import RunEstimate
 from .evidence import verdict_text
-from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking_uri, results_root, study_dir
+from .launch import Launch, Plan, plan_study
+from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking_uri
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
                         probe_tracking_server)
-from .study import Study, load_launch, resolve_configs
 from .journal import (FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, disk_full, finished_trials,
                       pending_entries)
 from .logs import log, setup_logging
-from .naming import ERROR_FILE, LAUNCH_FILE, POINT, REGISTRY_FILE, launch_args, launch_key, point_key, point_of
-from .trial import set_train_env
+from .naming import ERROR_FILE, LAUNCH_FILE, POINT, REGISTRY_FILE, launch_args, point_key, point_of
 
-@dataclass
-class Plan:
-    """Everything resolved before any compute: the study, its trial configs, where results go."""
-
-    study_path: str
-    study: Study
-    profile: str
-    points: list[dict[str, Any]]
-    configs: dict[str, Config]
-    out_dir: Path
-    sets: dict[str, Any]
-    """The launch's ``--set`` overrides (in every config above); with the profile they name the launch."""
-
-    @property
-    def key(self) -> str:
-        """The launch's name: its folder's, and its runs' ``ablab.profile`` tag (naming.launch_key)."""
-        return launch_key(self.profile, self.sets)
-
-    @property
-    def args(self) -> str:
-        """``--profile P [--set K=V ...]``: what names this launch in the commands the log suggests."""
-        return launch_args(self.profile, self.sets)
-
-    @property
-    def overrides(self) -> list[str]:
-        """The ``--set`` items, as the commands (and ablab.results) take them."""
-        return [set_text(k, v) for k, v in self.sets.items()]
-
-
-MAX_TRIALS = 10_000
-"""A larger grid is refused unless --allow-large-grid: at that size it is more likely a typo than a plan."""
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 """Every Ray head node holds 1 of it (ray._common.constants): the trial drivers ask for a sliver."""
-
-
-def plan_study(study_path: str, profile: str, out_root: Optional[str] = None, check_data: bool = True,
-               allow_large_grid: bool = False, seeds: Optional[int] = None, resume: bool = False,
-               overrides: Sequence[str] = ()) -> Plan:
-    """Validate the study and every trial config, find every weights file, and open every data split once
-    (which also writes the synthetic set if missing): a bad study, missing weights or data fail here,
-    before Ray starts. ``check_data=False`` (submit) leaves files to the cluster that will read them.
-    ``seeds``: run seeds 0..N-1 instead of the profile's (not on resume: it keeps the seeds its launch ran).
-    ``overrides``: ``--set KEY=VALUE`` items, applied to every trial config last (Study.override); they name
-    the launch with the profile (its folder, its runs' profile tag), so a resume gives the launch's."""
-    study = load_launch(study_path, profile, overrides)
-    sets = study.overrides(profile)
-    if resume:  # the launch where it is: a Ray job's, resumed from the checkout, is in ~/ablab-outputs
-        out_root = results_root(study.study, out_root)
-    launch_file = study_dir(study.study, profile, out_root, sets) / LAUNCH_FILE
-    if seeds is not None:
-        if seeds < 1:
-            raise ConfigError(f"--seeds: {seeds} must be at least 1")
-        study.set_seeds(profile, list(range(seeds)))
-    elif resume and launch_file.is_file():
-        ran = json.loads(launch_file.read_text())  # a launch from before trial_seeds ran its seeds on every trial
-        study.set_seeds(profile, ran.get("seeds", study.seeds_for(profile)), ran.get("trial_seeds", {}))
-    count = study.trial_count(profile)
-    if count > MAX_TRIALS and not allow_large_grid:
-        raise ConfigError(f"{study_path}: grid: profile {profile} has {count} trials (trials x seeds x grid values), "
-                          f"more than {MAX_TRIALS}; pass --allow-large-grid if that is meant")
-    resolved = resolve_configs(study, profile)
-    if not resolved:
-        raise ConfigError(f"{study_path}: profile {profile}: no trials")
-    points = [p for p, _ in resolved]
-    configs = {point_key(p): c for p, c in resolved}
-    out_dir = study_dir(study.study, profile, out_root, sets)
-    if check_data:
-        seen = set()
-        for key, cfg in configs.items():
-            for split in (cfg.data.train_split, cfg.data.val_split):
-                if (cfg.data.kind, cfg.data.root, split) in seen:
-                    continue
-                seen.add((cfg.data.kind, cfg.data.root, split))
-                ds = build_split(cfg.data, split)
-                if split == cfg.data.train_split and not ds.labelled:
-                    raise ConfigError(f"{study_path} (trial {key}): data.train_split: {split!r} has no "
-                                      f"annotations to train on")
-        _check_weights(study_path, configs)
-    return Plan(study_path, study, profile, points, configs, out_dir, sets)
-
-
-def _check_weights(study_path: str, configs: dict[str, Config]) -> None:
-    pretrained = {c.model.backbone.model_dump_json(): (k, c) for k, c in configs.items()
-                  if c.model.backbone.pretrained != "none"}
-    if not pretrained:
-        return  # no torch import for the smoke profiles
-    from detector.backbone import WeightsNotFound, weights_file
-
-    for key, cfg in pretrained.values():
-        try:
-            weights_file(cfg.model.backbone.name, cfg.model.backbone.pretrained)
-        except WeightsNotFound as err:
-            raise ConfigError(f"{study_path} (trial {key}): {err}") from None
-
-
-def start_ray(address: Optional[str]) -> str:
-    """Join ``address`` / $RAY_ADDRESS, else start an embedded local cluster (never a stale one) on 127.0.0.1
-    with token authentication. Call it before anything in the process imports Ray: Ray's core reads its
-    settings (auth mode, trial.TRAIN_ENV) from the environment once."""
-    # MLflow is a study's logger: Tune adds none of its own (run_study keeps its CSV/JSON files); its
-    # TensorBoard logger alone would import tensorboardX and torch into the driver, ~2.5 s.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Inside a Ray job the variables may already come from the job's runtime env, and Ray refuses a driver
-    # runtime env that sets them again; the embedded cluster inherits this process's environment.
-    set_now = set_train_env()
-    runtime_env = {"env_vars": set_now} if set_now else None
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        return "already connected"
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        import ray
-
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return address
-    temp_dir = _embedded_cluster_auth()
-    # A single-machine Ray: its node IP is 127.0.0.1 and every server (GCS, raylet, object manager, workers,
-    # dashboard agent, runtime-env agent) binds it. Without this Ray swaps 127.0.0.1 for the machine's
-    # address and its gRPC servers listen on all interfaces. (The name is Ray's: on Windows and macOS it is
-    # the default.)
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    # One local node is never preempted: skip the watcher actor Train starts per trial (one process less).
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    import ray
-
-    # The dashboard serves the state API, which Train V2 needs to release a finished trial's placement group
-    # (else the third trial on 2 CPUs waits forever).
-    ray.init(address="local", _node_ip_address="127.0.0.1", _temp_dir=str(temp_dir), include_dashboard=True,
-             dashboard_host="127.0.0.1", log_to_driver=True)
-    return "local"
-
-
-@dataclass
-class _EmbeddedTemp:
-    """The embedded cluster's Ray temp folder (its token, sockets and Ray's session logs, ~2 MB). At exit the
-    token goes, and the folder too once a study ended cleanly (``clean``); after a failure, an interruption or a
-    crash Ray's logs stay there for a look."""
-    path: Optional[Path] = None
-    clean: bool = False
-
-    def leave(self) -> None:
-        (self.path / "auth_token").unlink(missing_ok=True)
-        if self.clean:
-            shutil.rmtree(self.path, ignore_errors=True)  # a Ray process still exiting may recreate a file
-
-
-_ray_temp = _EmbeddedTemp()
-
-
-def _embedded_cluster_auth() -> Path:
-    """A Ray temp folder for this launch (0700) holding a fresh token, with this process's environment set to
-    use it: token authentication on whatever RAY_AUTH_MODE said, and never ~/.ray, so a later plain
-    `ray start` is not changed by it. The token file goes when the process exits (_EmbeddedTemp)."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="ablab-ray-", dir="/tmp"))  # AF_UNIX socket paths < 108 bytes
-    token = temp_dir / "auth_token"
-    token.touch(mode=0o600)
-    token.write_text(secrets.token_hex(32))
-    _ray_temp.path = temp_dir
-    atexit.register(_ray_temp.leave)  # runs after Ray's own exit hook (registered later): its processes are gone
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    return temp_dir
-
-
-def concurrency(plan: Plan, total: Optional[dict[str, float]] = None) -> int:
-    """Trials that fit at once on the cluster's CPUs/GPUs (a trial holds its workers' resources: in its own
-    process, or on its Train workers while its driver holds none), capped by the study: a study never waits on
-    resources that can never free up. ``total``: the cluster's resources (default: ask the connected cluster)."""
-    if total is None:
-        import ray
-
-        total = ray.cluster_resources()
-    res = plan.study.resources_for(plan.profile)
-    per_trial_cpu = res.workers * res.cpus_per_worker
-    if per_trial_cpu > total.get("CPU", 0):
-        raise ConfigError(f"resources: a trial needs {per_trial_cpu:g} CPUs ({res.workers} workers x {res.cpus_per_worker:g}) "
-                          f"but the cluster has {total.get('CPU', 0):g}")
-    fits = int(total.get("CPU", 0) // per_trial_cpu)
-    if res.gpus_per_worker:
-        need = res.workers * res.gpus_per_worker
-        if need > total.get("GPU", 0):
-            raise ConfigError(f"resources: a trial needs {need:g} GPUs but the cluster has {total.get('GPU', 0):g}")
-        fits = min(fits, int(total["GPU"] // need))
-    if res.max_concurrent_trials:
-        fits = min(fits, res.max_concurrent_trials)
-    return max(1, min(fits, len(plan.points)))
 
 
 def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool, finished: frozenset[str] = frozenset()):
@@ -227,7 +38,7 @@ def _tuner_parts(plan: Plan, tracking_uri: str, embedded: bool, finished: frozen
     from .tracking import MlflowStudyLogger
     from .trial import trial_driver
 
-    res = plan.study.resources_for(plan.profile)
+    res = plan.resources
     configs = {k: c.model_dump() for k, c in plan.configs.items()}
     trainable = tune.with_parameters(trial_driver, configs=configs, resources=res.model_dump(),
                                      storage_path=str(plan.out_dir / "train"),
@@ -289,21 +100,19 @@ def preflight(plan: Plan, address: Optional[str], tracking_uri: str, explicit_ur
     if address:
         check_ray_address(address, "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS")
     else:
-        res = plan.study.resources_for(plan.profile)
+        res = plan.resources
         check_embedded_resources(res.workers, res.cpus_per_worker, res.gpus_per_worker)
 
 
-def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = None,
-              tracking_uri: Optional[str] = None, out_root: Optional[str] = None, resume: bool = False,
-              allow_large_grid: bool = False, retry_failed: bool = False, seeds: Optional[int] = None,
-              overrides: Sequence[str] = ()) -> Outcome:
-    """Run (or resume) a study. ``retry_failed`` (with resume): run the failed trials again, each from its last
+def run_study(launch: Launch, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+              out_root: Optional[str] = None, resume: bool = False, allow_large_grid: bool = False,
+              retry_failed: bool = False, seeds: Optional[int] = None) -> Outcome:
+    """Run (or resume) a launch. ``retry_failed`` (with resume): run the failed trials again, each from its last
     checkpoint when it has one, in the same MLflow run. ``tracking_uri`` on resume replaces launch.json's.
-    ``seeds``: seeds 0..N-1 instead of the study's. ``overrides``: ``--set`` items (plan_study)."""
+    ``seeds``: seeds 0..N-1 instead of the study's (plan_study)."""
     setup_logging()
     t0 = time.perf_counter()
-    plan = plan_study(study_path, profile, out_root, allow_large_grid=allow_large_grid, seeds=seeds, resume=resume,
-                      overrides=overrides)
+    plan = plan_study(launch, out_root, allow_large_grid=allow_large_grid, seeds=seeds, resume=resume)
     tracking_uri = _launch(plan, address, tracking_uri, out_root, resume)
     forecast = RunEstimate(plan, skip=resume)  # its benchmark runs before Ray starts, on idle cores
 
@@ -314,20 +123,11 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
         store = pool.submit(_open_store, tracking_uri)
         where = start_ray(address)
         store.result()
-    t_ray = time.perf_counter() - t_ray
-    res = plan.study.resources_for(profile)
-    max_conc = concurrency(plan)
-    log.info(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), {plan.args}: "
-             f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
-    files = f", its files in {_ray_temp.path}" if where == "local" else ""
-    log.info(f"ray: {where} (ready in {t_ray:.1f}s{files}); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU "
-             f"per trial, {max_conc} at a time")
-    log.info(f"mlflow: {tracking_uri}")
-    log.info(f"outputs: {plan.out_dir}")
+    import ray
+
+    max_conc = plan.concurrency(ray.cluster_resources())
+    _announce(plan, where, time.perf_counter() - t_ray, max_conc, tracking_uri, out_root)
     forecast.announce(max_conc, f"ray {where}")
-    if in_ray_job() and not (out_root or os.environ.get("ABLAB_OUTPUT_ROOT")):
-        log.info(f"ray job: its working dir {Path.cwd()} is a temporary copy, so the outputs and the default MLflow "
-                 f"store are in {plan.out_dir.parents[1]} (ABLAB_OUTPUT_ROOT or --out-root to change)")
 
     tuner = _tuner(plan, tracking_uri, where == "local", max_conc, resume, retry_failed)
     t_fit = time.perf_counter()
@@ -336,35 +136,50 @@ def run_study(study_path: str, profile: str = "smoke", address: Optional[str] = 
             results = tuner.fit()
         except Exception:
             if disk_full(plan.out_dir):  # e.g. Tune's error files truncated by a full disk
-                raise _full_disk(plan, study_path) from None
+                raise _full_disk(plan) from None
             raise
     t_fit = time.perf_counter() - t_fit
     failed, unfinished = summarize(plan, results, tracking_uri, time.perf_counter() - t0, t_fit)
     if any((r.metrics or {}).get("disk_full") for r in results):  # a trial failed on it (its driver's report)
-        raise _full_disk(plan, study_path)
+        raise _full_disk(plan)
     if unfinished:
         log.info(f"interrupted: {unfinished} trial(s) stopped at their last checkpoint; "
-                 f"`ablab resume {study_path} {plan.args}` finishes the study")
+                 f"`ablab resume {plan.study_path} {plan.args}` finishes the study")
     pending = len(pending_entries(plan.out_dir))
     if plan.study.claims and not pending:
         _check_claims(plan, tracking_uri)
     if pending:
         log.warning(f"tracking: {pending} MLflow writes are not in {tracking_uri} yet (it did not answer); they are "
                     f"kept in {plan.out_dir / JOURNAL_FILE}, beside the trials' own files: "
-                    f"`ablab sync {study_path} {plan.args}` writes them once it answers")
+                    f"`ablab sync {plan.study_path} {plan.args}` writes them once it answers")
     if not unfinished:
         forecast.finish(None if pending else tracking_uri)
     if where == "local":
-        _ray_temp.clean = not (failed or unfinished or pending)
-        if not _ray_temp.clean:
-            log.info(f"ray: its logs are kept in {_ray_temp.path / 'session_latest' / 'logs'}")
+        ray_temp.clean = not (failed or unfinished or pending)
+        if not ray_temp.clean:
+            log.info(f"ray: its logs are kept in {ray_temp.path / 'session_latest' / 'logs'}")
     return Outcome(failed, tracking_uri, interrupted=bool(unfinished), tracking_pending=pending)
 
 
-def _full_disk(plan: Plan, study_path: str) -> OSError:
+def _announce(plan: Plan, where: str, t_ray: float, max_conc: int, tracking_uri: str, out_root: Optional[str]) -> None:
+    """The study's first lines: what runs, on which cluster, where it logs and writes."""
+    res = plan.resources
+    log.info(f"study {plan.study.study} ({plan.study.paper} table {plan.study.table}), {plan.args}: "
+             f"{len(plan.points)} trials x {len(plan.study.variant_configs()) or 1} inference variants")
+    files = f", its files in {ray_temp.path}" if where == "local" else ""
+    log.info(f"ray: {where} (ready in {t_ray:.1f}s{files}); {res.workers} worker(s) x {res.cpus_per_worker:g} CPU "
+             f"per trial, {max_conc} at a time")
+    log.info(f"mlflow: {tracking_uri}")
+    log.info(f"outputs: {plan.out_dir}")
+    if in_ray_job() and not (out_root or os.environ.get("ABLAB_OUTPUT_ROOT")):
+        log.info(f"ray job: its working dir {Path.cwd()} is a temporary copy, so the outputs and the default MLflow "
+                 f"store are in {plan.out_dir.parents[1]} (ABLAB_OUTPUT_ROOT or --out-root to change)")
+
+
+def _full_disk(plan: Plan) -> OSError:
     """The one line a study stopped by a full disk ends with: the folder and what to do."""
     return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the study stopped, its trials' reasons are in MLflow; "
-                                 f"free space, then `ablab resume {study_path} {plan.args} --retry-failed`",
+                                 f"free space, then `ablab resume {plan.study_path} {plan.args} --retry-failed`",
                    str(plan.out_dir))
 
 
@@ -374,8 +189,7 @@ def _check_claims(plan: Plan, tracking_uri: str) -> None:
     from .tracking import log_claims
 
     try:
-        frame = log_claims(plan.study_path, plan.profile, tracking_uri, plan.out_dir / REGISTRY_FILE,
-                           plan.overrides)
+        frame = log_claims(plan.launch, tracking_uri, plan.out_dir / REGISTRY_FILE)
     except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost
         log.warning(f"claims: not checked ({type(err).__name__}: {str(err)[:200]}); `ablab table` checks them")
         return
@@ -384,13 +198,12 @@ def _check_claims(plan: Plan, tracking_uri: str) -> None:
              f"(`ablab table {plan.study_path} {plan.args}` shows each)")
 
 
-def sync_study(study_path: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
-               out_root: Optional[str] = None, overrides: Sequence[str] = ()) -> int:
-    """Write the MLflow writes a launch (the profile's, with ``overrides``) could not make (its journal) to its
-    store, without Ray; returns how many are still waiting (0: MLflow holds everything)."""
+def sync_study(launch: Launch, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> int:
+    """Write the MLflow writes a launch could not make (its journal) to its store, without Ray; returns how many
+    are still waiting (0: MLflow holds everything)."""
     setup_logging()
     # As a resume finds it: a Ray job's launch, synced from the checkout, is in ~/ablab-outputs
-    plan = plan_study(study_path, profile, out_root, check_data=False, overrides=overrides, resume=True)
+    plan = plan_study(launch, out_root, check_data=False, resume=True)
     entries = pending_entries(plan.out_dir)
     if not entries:
         log.info(f"nothing to sync: every MLflow write of {plan.out_dir} is in its store")
@@ -431,22 +244,24 @@ def _launch(plan: Plan, address: Optional[str], tracking_uri: Optional[str], out
             raise ConfigError(f"{err}; it comes from {launch_file}: --tracking-uri replaces it") from None
         raise
     kept = json.loads(launch_file.read_text()) if resume else {}  # e.g. the launch's estimate and wall
-    launch_file.write_text(json.dumps({**kept, "study": plan.study_path, "profile": plan.profile, "set": plan.sets,
-                                       "tracking_uri": tracking_uri, "seeds": plan.study.seeds_for(plan.profile),
-                                       "trial_seeds": plan.study.profile(plan.profile).trial_seeds}, indent=1))
+    launch = plan.launch
+    launch_file.write_text(json.dumps({**kept, "study": plan.study_path, "profile": launch.profile, "set": launch.sets,
+                                       "tracking_uri": tracking_uri, "seeds": launch.seeds,
+                                       "trial_seeds": launch.trial_seeds}, indent=1))
     return tracking_uri
 
 
 def other_launches(plan: Plan) -> list[str]:
     """``--profile P [--set ...]`` of every launch of the plan's profile in its study's folder but the plan's own
     (read from their launch.json: a launch without a ``set`` there has none)."""
-    folders = [plan.out_dir.with_name(plan.profile), *plan.out_dir.parent.glob(f"{plan.profile}+set-*")]
+    profile = plan.launch.profile
+    folders = [plan.out_dir.with_name(profile), *plan.out_dir.parent.glob(f"{profile}+set-*")]
     out = []
     for f in sorted(folders):
         if f == plan.out_dir or not (f / LAUNCH_FILE).is_file():
             continue
         try:
-            out.append(launch_args(plan.profile, json.loads((f / LAUNCH_FILE).read_text()).get("set", {})))
+            out.append(launch_args(profile, json.loads((f / LAUNCH_FILE).read_text()).get("set", {})))
         except (OSError, ValueError):  # a damaged launch.json: that folder is not offered
             continue
     return out
@@ -471,7 +286,7 @@ def _tuner(plan: Plan, tracking_uri: str, embedded: bool, max_concurrent: int, r
                                       resume_errored=retry_failed, restart_errored=False)
         points = _rebuild_points(plan, tracking_uri, damage, retry_failed)
     callbacks = [logger, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
-    res = plan.study.resources_for(plan.profile)
+    res = plan.resources
     # Restarts from the last checkpoint: Tune's for a trial that trains in its own process, Train's (inside
     # the trial) for one on TorchTrainer workers.
     retries = res.max_failures if res.in_trial else 0
@@ -567,9 +382,10 @@ def summarize(plan: Plan, results, tracking_uri: str, wall: float, trials_wall: 
              f"{failed} failed{stopped}")
     for line in lines:
         log.info(line)
-    overrides = f", overrides={plan.overrides!r}" if plan.sets else ""
+    launch = plan.launch
+    overrides = f", overrides={launch.overrides!r}" if launch.sets else ""
     log.info(f"results: ablab results {plan.study_path} {plan.args}   |   python -c \"import ablab; "
-             f"print(ablab.results('{plan.study.study}', profile='{plan.profile}'{overrides}))\"")
+             f"print(ablab.results('{plan.study.study}', profile='{launch.profile}'{overrides}))\"")
     log.info(f"mlflow: {tracking_uri}")
     for line in browse_lines(tracking_uri, RunRegistry(plan.out_dir / REGISTRY_FILE).data.get("experiment")):
         log.info(line)

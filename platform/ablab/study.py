@@ -6,25 +6,19 @@ Validated with pydantic: unknown keys are errors, and every error names its fiel
 """
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from detector.config import (Config, ConfigError, VariantConfig, apply_sets, deep_merge, format_validation_error,
-                             parse_config, parse_sets, parse_variant, read_yaml_mapping, set_dotted, set_text, sets_source)
+from detector.config import (ConfigError, VariantConfig, deep_merge, format_validation_error, parse_variant,
+                             read_yaml_mapping)
 
 from .naming import variant_slug
 from .paths import NAME, check_name
-
-
-RESOURCES = "resources."
-"""The ``--set`` prefix of a launch's resources (``--set resources.workers=2``); any other key is a config field."""
 
 
 class Strict(BaseModel):
@@ -189,8 +183,6 @@ class Study(Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
     _source: str = PrivateAttr("study")
-    _sets: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
-    """Profile -> the command line's ``--set`` overrides for it (``override``)."""
 
     @property
     def source(self) -> str:
@@ -252,7 +244,7 @@ class Study(Strict):
                     raise ValueError(f"layout.rows.{i}.trial: unknown trial {row.trial!r} (known: {names})")
                 if row.variant is not None and row.variant not in variant_names:
                     raise ValueError(f"layout.rows.{i}.variant: unknown variant {row.variant!r} (known: {sorted(variant_names)})")
-                grid = self._grid_of(row.trial) if row.trial is not None else {}
+                grid = self.grid_of(row.trial) if row.trial is not None else {}
                 for key, value in row.where.items():
                     if key not in grid or value not in grid[key]:
                         raise ValueError(f"layout.rows.{i}.where.{key}: {value!r} is not a grid value of trial "
@@ -300,121 +292,20 @@ class Study(Strict):
             raise ConfigError(f"profile {name!r} not in study {self.study} (has: {sorted(self.profiles)})")
         return self.profiles[name]
 
-    def override(self, profile: str, sets: dict[str, Any]) -> None:
-        """Apply ``sets`` (the command line's ``--set``, detector.config.parse_sets) to every trial config of
-        ``profile``, after the profile and the trials' own ``set`` / ``profiles`` overrides: they win. A study
-        axis is refused (the seeds, a grid key, the variants): its values are the trials' keys and the table's
-        rows, which one value for all would make lie. A ``resources.FIELD`` item sets the launch's resources
-        (resources_for) instead: ``--set resources.workers=2``."""
-        self.profile(profile)
-        axes = {"train.seed": "the study's seed axis (--seeds N sets the seeds)",
-                **{k: "a grid axis of the study" for k in self.grid},
-                **{k: f"a grid axis of trial {t.name}" for t in self.trials for k in t.grid}}
-        if self.variants:
-            axes["inference.variants"] = "the study's inference axis (its variants)"
-        for key, value in sets.items():
-            for axis, what in axes.items():
-                if key == axis or axis.startswith(key + ".") or key.startswith(axis + "."):
-                    raise ConfigError(f"--set {set_text(key, value)}: {axis} is {what} in {self.source}: edit the "
-                                      f"study to change it")
-        if "resources" in sets:
-            raise ConfigError(f"{self.source}: --set {set_text('resources', sets['resources'])}: set one field of "
-                              f"it, e.g. --set resources.workers=2")
-        self._sets[profile] = dict(sets)
-        try:  # now: a bad value is an error before anything runs
-            self.resources_for(profile)
-        except ValidationError as err:
-            del self._sets[profile]
-            shown = " ".join(f"--set {set_text(k, v)}" for k, v in sets.items() if k.startswith(RESOURCES))
-            raise ConfigError(f"{self.source} with {shown}: {format_validation_error(err, 'resources')}") from None
-
-    def overrides(self, profile: str) -> dict[str, Any]:
-        """The ``--set`` overrides of ``profile`` (``override``); empty if none."""
-        return self._sets.get(profile, {})
-
-    def resources_for(self, profile: str) -> Resources:
-        """The profile's resources (the study's where it names none), with the launch's ``--set resources.*``."""
-        base = self.profile(profile).resources or self.resources
-        sets = {k.removeprefix(RESOURCES): v for k, v in self.overrides(profile).items() if k.startswith(RESOURCES)}
-        return Resources.model_validate({**base.model_dump(), **sets}) if sets else base
-
-    def seeds_for(self, profile: str) -> list[int]:
-        """The profile's seeds (each trial's unless ``trial_seeds`` names it: seeds_of)."""
-        return self.profile(profile).seeds or self.seeds
-
-    def seeds_of(self, profile: str, trial: str) -> list[int]:
-        """The seeds ``trial`` trains with in ``profile``."""
-        return self.profile(profile).trial_seeds.get(trial) or self.seeds_for(profile)
-
-    def set_seeds(self, profile: str, seeds: list[int], trial_seeds: Optional[dict[str, list[int]]] = None) -> None:
-        """The launch's seeds (``--seeds N``, or what a resumed launch ran): ``seeds`` for every trial but those
-        ``trial_seeds`` names."""
-        p = self.profile(profile)
-        p.seeds, p.trial_seeds = list(seeds), dict(trial_seeds or {})
-
-    def min_seeds_for(self, profile: str) -> int:
-        return self.profile(profile).min_seeds or self.min_seeds
-
-    def _trial_names(self, profile: str) -> list[str]:
-        allowed = self.profile(profile).trials
-        return [t.name for t in self.trials if allowed is None or t.name in allowed]
-
-    def _grid_of(self, name: str) -> dict[str, list[Any]]:
+    def grid_of(self, name: str) -> dict[str, list[Any]]:
+        """The grid ``name`` trains over: the study's crossed with the trial's own."""
         return {**self.grid, **next(t for t in self.trials if t.name == name).grid}
-
-    def trial_count(self, profile: str) -> int:
-        """len(trial_points(profile)), without building them."""
-        return sum(len(self.seeds_of(profile, n)) * math.prod(len(v) for v in self._grid_of(n).values())
-                   for n in self._trial_names(profile))
-
-    def trial_points(self, profile: str) -> list[dict[str, Any]]:
-        """Every training point of the profile: {"trial": name, "seed": s, <grid key>: value, ...} for each
-        trial x seed x its grid (the study's crossed with the trial's own). A grid value may itself be a list
-        (a grid over ``train.steps``: ``[[8, 11], [9]]``)."""
-        points = []
-        for name in self._trial_names(profile):
-            grid = self._grid_of(name)
-            for seed, *values in itertools.product(self.seeds_of(profile, name), *grid.values()):
-                points.append({"trial": name, "seed": seed, **dict(zip(grid, values))})
-        return points
-
-    def trial_config(self, profile: str, point: dict[str, Any]) -> Config:
-        """The full detector config of one training point, with the profile's ``--set`` overrides (``override``)."""
-        raw = deep_merge(self.base, self.profile(profile).base)
-        spec = next(t for t in self.trials if t.name == point["trial"])
-        overrides = {**spec.set, **spec.profiles.get(profile, {}),
-                     **{k: v for k, v in point.items() if k not in ("trial", "seed")}}
-        source = f"{self.source} (profile {profile}, trial {point['trial']})"
-        for key, value in overrides.items():
-            try:
-                raw = set_dotted(raw, key, value)
-            except ConfigError as err:
-                raise ConfigError(f"{source}: {err}") from None
-        raw = set_dotted(raw, "train.seed", point["seed"])
-        sets = {k: v for k, v in self.overrides(profile).items() if not k.startswith(RESOURCES)}  # resources_for's
-        if sets:  # before the variants: which apply depends on the quality branch, which they may set
-            try:
-                raw = apply_sets(raw, sets)
-            except ConfigError as err:
-                raise ConfigError(f"{source}: {err}") from None
-            source = sets_source(source, sets)
-        variants = self.variant_configs()
-        if variants:
-            branch = parse_config(raw, source=source).model.quality.branch
-            applicable = [v for v in variants if branch != "none" or not v.needs_predicted_quality]
-            raw = set_dotted(raw, "inference.variants", [v.model_dump() for v in applicable])
-        return parse_config(raw, source=source)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand_env(value: Any, path: str = "") -> Any:
+def expand_env(value: Any, path: str = "") -> Any:
     """${VAR} and ${VAR:-default} in strings: paper profiles take their data paths from the environment."""
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{path}.{i}") for i, v in enumerate(value)]
+        return [expand_env(v, f"{path}.{i}") for i, v in enumerate(value)]
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
             var, default = m.group(1), m.group(2)
@@ -442,44 +333,3 @@ def load_study(path: str | Path) -> Study:
             profile.base = deep_merge(read_yaml_mapping(shared, f"profiles.{name}.extends"), profile.base)
             profile.extends = None  # merged: a Study is self-contained once loaded
     return study
-
-
-def load_launch(path: str | Path, profile: str, overrides: Sequence[str] = ()) -> Study:
-    """The study of one launch: ``load_study`` with the launch's ``--set`` items (parse_sets) on ``profile``."""
-    study = load_study(path)
-    study.override(profile, parse_sets(overrides))
-    return study
-
-
-def resolve_configs(study: Study, profile: str) -> list[tuple[dict[str, Any], Config]]:
-    """(point, config) for every trial of the profile, with ${ENV} paths expanded: all errors before any compute."""
-    out = []
-    workers = study.resources_for(profile).workers
-    for point in study.trial_points(profile):
-        cfg = study.trial_config(profile, point)
-        cfg = parse_config(_expand_env(cfg.model_dump()), source=f"{study.source} (trial {point['trial']})")
-        if cfg.train.batch_size % workers:  # each DDP worker takes batch_size / workers; the lr is scaled for all
-            raise ConfigError(f"{study.source} (trial {point['trial']}): train.batch_size: must split evenly over "
-                              f"resources.workers: {workers} (got {cfg.train.batch_size})")
-        # Ray workers need not share the driver's working directory: pin data and weights paths now.
-        cfg.data.root = str(study.path_of(cfg.data.root))
-        if cfg.model.backbone.pretrained not in ("none", "imagenet"):
-            cfg.model.backbone.pretrained = str(study.path_of(cfg.model.backbone.pretrained))
-        out.append((point, cfg))
-    _check_rows_evaluable(study, out)
-    return out
-
-
-def _check_rows_evaluable(study: Study, resolved: list[tuple[dict[str, Any], Config]]) -> None:
-    """Every table row must read a variant its trial actually evaluates (e.g. no alpha on a model without q);
-    a row without one reads its trial's first (``ablab.rows.row_variant``)."""
-    if not study.table_layout:
-        return
-    evaluated = {p["trial"]: {v.name for v in c.variants()} for p, c in resolved}
-    for i, row in enumerate(study.table_layout.rows):
-        if not row.measured or row.trial not in evaluated:
-            continue
-        variant = row.variant or next(iter(evaluated[row.trial]), None)
-        if variant not in evaluated[row.trial]:
-            raise ConfigError(f"layout.rows.{i} ({row.label!r}): trial {row.trial!r} cannot be scored by variant "
-                              f"{variant!r} (it evaluates {sorted(evaluated[row.trial])})")

@@ -5,13 +5,13 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from detector.config import ConfigError
 
 from .paths import adopt_credentials
-from .preflight import check_job_server, check_tracking_uri
-from .runner import Plan, plan_study
+from .preflight import check_tracking_uri
+from .launch import Launch, Plan, plan_study
 from .trial import TRAIN_ENV
 
 # Environment that a study's job needs from the submitting machine when set there. Never credentials: a job's
@@ -50,13 +50,12 @@ def entrypoint(study: str, plan: Plan, allow_large_grid: bool, seeds: Optional[i
     return command
 
 
-def submit(study_path: str, address: str, profile: str, tracking_uri: Optional[str], working_dir: str,
-           pip: list[str], wait: bool, allow_large_grid: bool = False, seeds: Optional[int] = None,
-           overrides: Sequence[str] = ()) -> int:
-    """Validate the study here (its data and weights are the cluster's to check), then submit its run."""
-    check_job_server(address)
-    plan = plan_study(study_path, profile, check_data=False, allow_large_grid=allow_large_grid, seeds=seeds,
-                      overrides=overrides)
+def submit(launch: Launch, address: str, tracking_uri: Optional[str], working_dir: str, pip: list[str],
+           wait: bool, allow_large_grid: bool = False, seeds: Optional[int] = None) -> int:
+    """Validate the launch here (its data and weights are the cluster's to check; the caller checked the job
+    server at ``address``), then submit its run."""
+    study_path = launch.study_path
+    plan = plan_study(launch, check_data=False, allow_large_grid=allow_large_grid, seeds=seeds)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         check_tracking_uri(adopt_credentials(uri), "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI")

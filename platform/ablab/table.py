@@ -15,6 +15,7 @@ import pandas as pd
 from detector.config import sets_source
 
 from .evidence import INCONCLUSIVE, POWER, WITHIN, cell_estimate, claims_frame, effects_frame, verdict_text
+from .launch import Launch
 from .rows import finished, row_results
 from .study import Row, Study
 
@@ -45,24 +46,21 @@ _BACKBONE_IN_LABEL = re.compile(r"\b(ResNe[Xx]?t-[\w-]+|[RX]-\d[\w-]*)")
 """The paper's backbone as the papers' row labels write it: ResNet-50-FPN, ResNeXt-32x8d-101-FPN, R-101-FPN."""
 
 
-def _first_config(study: Study, profile: str, trial: str):
-    point = next((p for p in study.trial_points(profile) if p["trial"] == trial), None)
-    return study.trial_config(profile, point) if point else None
-
-
-def as_trained(study: Study, profile: str) -> Study:
-    """The study with each measured row's label naming the backbone ``profile`` trains where it is not the
-    one the paper's profile trains: 'RetinaNet (ResNet-50-FPN)' -> 'RetinaNet (ResNet-50-FPN -> ResNet10)';
-    the claims follow the new labels. Tables, plots and the report show this copy, so nothing names a model
-    that did not run."""
-    if not study.table_layout or profile == "paper" or "paper" not in study.profiles:
-        return study
+def as_trained(launch: Launch) -> Launch:
+    """The launch over a copy of its study whose measured rows' labels name the backbone the launch trains where
+    it is not the one the paper's profile trains: 'RetinaNet (ResNet-50-FPN)' -> 'RetinaNet (ResNet-50-FPN ->
+    ResNet10)'; the claims follow the new labels. Tables, plots and the report show this copy, so nothing names a
+    model that did not run."""
+    study = launch.study
+    if not study.table_layout or launch.profile == "paper" or "paper" not in study.profiles:
+        return launch
+    papers = launch.sibling("paper")
     shown = study.model_copy(deep=True)
     renamed = {}
     for row in shown.table_layout.rows:
         if not row.measured:
             continue
-        ours, theirs = _first_config(study, profile, row.trial), _first_config(study, "paper", row.trial)
+        ours, theirs = launch.first_config(row.trial), papers.first_config(row.trial)
         if ours is None or (theirs is not None and theirs.model.backbone.name == ours.model.backbone.name):
             continue
         name = BACKBONE_NAMES.get(ours.model.backbone.name, ours.model.backbone.name)
@@ -78,26 +76,26 @@ def as_trained(study: Study, profile: str) -> Study:
         claim.row, claim.vs = renamed.get(claim.row, claim.row), renamed.get(claim.vs, claim.vs)
     for row in shown.table_layout.rows:
         row.baseline = renamed.get(row.baseline, row.baseline)
-    return shown
+    return launch.relabelled(shown)
 
 
-def papers_setting(study: Study, profile: str) -> bool:
-    """Whether ``profile`` trains in the paper's setting: the paper's data (not the synthetic stand-in) and the
+def papers_setting(launch: Launch) -> bool:
+    """Whether the launch trains in the paper's setting: the paper's data (not the synthetic stand-in) and the
     paper's backbones (as_trained renames no row). Only there is ours - paper a number worth printing."""
-    if profile == "paper":
+    if launch.profile == "paper":
         return True
-    if any(study.trial_config(profile, p).data.kind == "synthetic" for p in study.trial_points(profile)):
+    if any(launch.trial_config(p).data.kind == "synthetic" for p in launch.trial_points()):
         return False
-    shown = as_trained(study, profile)
+    shown, study = as_trained(launch).study, launch.study
     return shown is study or [r.label for r in shown.table_layout.rows] == [r.label for r in study.table_layout.rows]
 
 
-def setting(study: Study, profile: str, results: Optional[pd.DataFrame] = None) -> str:
+def setting(launch: Launch, results: Optional[pd.DataFrame] = None) -> str:
     """What a profile trained: data, val images, image size, backbones and their initialisation, epochs, seeds
     (e.g. "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"), and the launch's
     ``--set`` overrides (e.g. "... 1 seed with --set train.steps=[9]"), from its
     resolved configs and, where ``results`` hold them, the runs' own counts of val images and seeds."""
-    configs = [study.trial_config(profile, p) for p in study.trial_points(profile)]
+    configs = [launch.trial_config(p) for p in launch.trial_points()]
     data = configs[0].data
     images = ""
     done = finished(results) if results is not None and not results.empty else None
@@ -119,12 +117,12 @@ def setting(study: Study, profile: str, results: Optional[pd.DataFrame] = None) 
         per_model = done.groupby("trial")["seed"].nunique()
         counts = sorted(set(per_model)) or [0]
     else:
-        counts = sorted({len(study.seeds_of(profile, t)) for t in {p["trial"] for p in study.trial_points(profile)}})
+        counts = sorted({len(launch.seeds_of(t)) for t in {p["trial"] for p in launch.trial_points()}})
     seeds = (f"{counts[0]} seed{'s' if counts[0] != 1 else ''}" if len(counts) == 1
              else f"{counts[0]} to {counts[-1]} seeds per model")
     return sets_source(f"{data.kind} {data.val_split}{images}, {size}, {', '.join(names)} {init_text}, "
                        f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''}, {seeds}",
-                       study.overrides(profile))
+                       launch.sets)
 
 
 def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None,
@@ -166,28 +164,30 @@ def _fmt(x: Optional[float], digits: int, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def table_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
-    """The paper's table with our results beside it, captioned with the profile's data set, as md/csv/html/latex;
+def table_text(launch: Launch, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
+    """The paper's table with our results beside it, captioned with the launch's data set, as md/csv/html/latex;
     with ``replicates``, each cell's interval, and (md, html) the study's claims with their verdicts below."""
-    comparable = papers_setting(study, profile)
-    study = as_trained(study, profile)
+    comparable = papers_setting(launch)
+    launch = as_trained(launch)
+    study = launch.study
     text = render(study, build_table(study, results, replicates=replicates), fmt,
-                  caption(study, profile, setting(study, profile, results), comparable), deltas=comparable)
+                  caption(launch, setting(launch, results), comparable), deltas=comparable)
     if study.claims and fmt in ("md", "html"):
         digits = 1 if study.table_layout.scale >= 100 else 3
-        frame = claims_frame(study, results, replicates or {}, profile)
+        frame = claims_frame(launch, results, replicates or {})
         text += ("\n" if fmt == "md" else "") + render_claims(frame, fmt, digits)
     return text
 
 
-def effects_text(study: Study, profile: str, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
+def effects_text(launch: Launch, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
     """Each change against its baseline (the claims' pairs, and rows' ``baseline``), per column: ours (row - vs)
     with its 95% interval / the paper's, and the verdict where the paper gives a difference; md, csv or html."""
-    study = as_trained(study, profile)
-    frame = effects_frame(study, results, replicates or {}, profile)
+    launch = as_trained(launch)
+    study = launch.study
+    frame = effects_frame(launch, results, replicates or {})
     digits = 1 if study.table_layout.scale >= 100 else 3
     cap = (f"Effects of {study.paper} table {study.table}: row - baseline, ours [95% interval] / paper (verdict). "
-           f"Ours: profile '{profile}': {setting(study, profile, results)}.")
+           f"Ours: profile '{launch.profile}': {setting(launch, results)}.")
     if fmt == "csv":
         return frame.to_csv(index=False)
     num = lambda x, signed=True: "-" if x is None or pd.isna(x) else f"{x:+.{digits}f}"
@@ -275,14 +275,15 @@ def _grid(head: list[str], rows: list[list], title: str, fmt: str, css: str, ope
     return "\n".join(lines) + "\n"
 
 
-def caption(study: Study, profile: str, dataset: str, deltas: bool = True) -> str:
+def caption(launch: Launch, dataset: str, deltas: bool = True) -> str:
     """The table's caption; ``deltas``: the cells give ours - paper (only where both ran the paper's setting)."""
+    study = launch.study
     layout = study.table_layout
     base = layout.caption if layout and layout.caption else f"{study.paper} table {study.table}"
     cells = ("ours±(its 95% interval's farther end, where known) / paper (delta)" if deltas else
              "ours±(its 95% interval's farther end, where known) / paper, without a delta: ours is not the paper's "
              "setting, so the effects (ablab table --effects) are what compare")
-    return (f"{base}. Ours: profile '{profile}': {dataset}; paper: as published ({study.title or 'its setting'}). "
+    return (f"{base}. Ours: profile '{launch.profile}': {dataset}; paper: as published ({study.title or 'its setting'}). "
             f"Cells: {cells}; '-' = not measured. alpha convention: {study.alpha_convention}.")
 
 

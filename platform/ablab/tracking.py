@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from .launch import Launch
 from .journal import FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, finished_trials, unavailable
 from .logs import log
 from .paths import browse_lines
@@ -339,17 +340,17 @@ class MlflowStudyLogger(Callback):
                         f"they wait in {self.journal.path}")
 
 
-def log_claims(study_path: str, profile: str, tracking_uri: str, registry_path: Path, overrides: list[str]):
-    """Check the study's claims against its finished runs (ablab.query.claims) and put them on the launch run:
+def log_claims(launch: Launch, tracking_uri: str, registry_path: Path):
+    """Check the launch's claims against its finished runs (ablab.query.launch_claims) and put them on its run:
     metrics ``claim/<i>/ours``, ``/lo``, ``/hi``, ``/paper``, ``/power``, ``/detectable``; tags ``ablab.claim.<i>``
     (the verdict in words, the pair, the claim's kind), ``ablab.claim.<i>.reason`` where a rule kept it
     inconclusive, and ``ablab.claims`` (the count of each verdict). Returns the claims frame."""
     from mlflow.entities import Metric, RunTag
 
-    from .query import claims
+    from .query import launch_claims
     from .evidence import verdict_text
 
-    frame = claims(study_path, profile=profile, tracking_uri=tracking_uri, overrides=overrides)
+    frame = launch_claims(launch, tracking_uri)
     run_id = RunRegistry(registry_path).data["parent"]
     now = int(time.time() * 1000)
     metrics, tags = [], []
