@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
+from ablab import store
 from ablab.evidence import effect_pairs
 from ablab.launch import Launch
 from ablab.logs import log
-from ablab.naming import EXPERIMENT_PREFIX, SCATTER_FILE
 from ablab.paths import browse_hint, output_root, run_url
 from ablab.query import launch_results
 from ablab.table import as_trained, effects_text, setting, table_text
@@ -41,46 +36,17 @@ ONLOAD = """<script>window.addEventListener('load', () => { const imgs = Array.f
 document.body.dataset.imagesRendered = imgs.filter(i => i.complete && i.naturalWidth > 0).length; });</script>"""
 
 
-def _scatter_samples(client: MlflowClient, runs: dict[str, str]) -> dict[str, dict]:
-    """trial key -> {variant: {confidence, iou_eval}}, from each run's scatter.json artifact."""
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for key, run_id in runs.items():
-            try:
-                path = client.download_artifacts(run_id, SCATTER_FILE, tmp)
-            except (MlflowException, OSError):
-                continue  # a failed trial has none
-            out[key] = json.loads(Path(path).read_text())
-    return out
-
-
-def _curve_histories(client: MlflowClient, df) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """run id -> each ``train/loss*`` and per-epoch ``val/*`` metric's (epoch, value) history."""
-    out = {}
-    for run_id in df["run_id"].unique():
-        keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/loss", "val/"))]
-        out[run_id] = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
-    return out
-
-
-def _launch_run(client: MlflowClient, experiment_id: str, key: str) -> Optional[str]:
-    """The latest launch run of the launch named ``key`` (its ``ablab.profile`` tag)."""
-    runs = client.search_runs([experiment_id], f"tags.`ablab.role` = 'launch' and tags.`ablab.profile` = '{key}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(path.stem.replace('_', ' '))}</figcaption></figure>")
 
 
-def _cost(client: MlflowClient, launch: Optional[str]) -> str:
+def _cost(uri: str, launch: Optional[str]) -> str:
     """The launch's estimate beside its wall time (ablab.estimate), as `ablab run` printed them at its end."""
     if not launch:
         return ""
-    tags = client.get_run(launch).data.tags
+    tags = store.run_tags(uri, launch)
     if "ablab.estimate" not in tags:
         return ""
     return (f'<p class="estimate">Cost of the latest launch: {html.escape(tags["ablab.estimate"])}; step costs '
@@ -143,8 +109,7 @@ def build_report(launch: Launch, tracking_uri: Optional[str] = None, out_root: O
     ``--set`` where it had some) and refresh the index; returns the page's path."""
     read = launch_results(launch, tracking_uri, out_root)
     df, reps, uri, out_root = read.frame, read.replicates, read.tracking_uri, read.out_root
-    client = MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name(EXPERIMENT_PREFIX + launch.study.study).experiment_id
+    experiment_id = store.experiment_id(uri, launch.study.study)
 
     plot_dir = launch.folder(out_root) / "plots"
     images = []
@@ -153,21 +118,21 @@ def build_report(launch: Launch, tracking_uri: Optional[str] = None, out_root: O
     if not df.empty:  # e.g. a profile never run
         runs = {r["trial_key"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
         effects = plots.effects_vs_iou(study, df, reps, plot_dir)
-        images = [p for p in (effects, plots.learning_curves(study, df, _curve_histories(client, df), plot_dir),
+        curves = store.histories(uri, df["run_id"].unique(), ("train/loss", "val/"))
+        images = [p for p in (effects, plots.learning_curves(study, df, curves, plot_dir),
                               plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
                               None if effects else plots.ap_vs_iou(study, df, plot_dir),
-                              plots.confidence_vs_iou(study, df, _scatter_samples(client, runs), plot_dir)) if p]
-    launch_run = _launch_run(client, experiment_id, launch.key)
+                              plots.confidence_vs_iou(study, df, store.scatter_samples(uri, runs), plot_dir)) if p]
+    launch_run = store.launch_run(uri, experiment_id, launch.key)
     if launch_run:
-        for p in images:
-            client.log_artifact(launch_run, str(p), "plots")
+        store.log_artifacts(uri, launch_run, images, "plots")
 
     table_html = ""
     if study.table_layout:  # the effect view first (what an ablation is read for), then the paper's table
         table_html = (effects_text(launch, df, "html", reps) if effect_pairs(study) else "") + \
             table_text(launch, df, "html", reps)
     page = _page(launch, df, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id),
-                 _cost(client, launch_run))
+                 _cost(uri, launch_run))
 
     out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"
     out.mkdir(parents=True, exist_ok=True)

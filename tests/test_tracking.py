@@ -73,7 +73,7 @@ def test_epochs_checkpointed_before_a_kill_are_backfilled_from_the_finished_tria
 
 
 def test_an_unusable_tracking_uri_is_an_error_naming_it():
-    from ablab.runner import _open_store
+    from ablab.store import open_store as _open_store
     from detector.config import ConfigError
 
     with pytest.raises(ConfigError, match="tracking URI nosuch://store: cannot open the MLflow store"):

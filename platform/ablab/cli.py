@@ -132,11 +132,9 @@ def cmd_submit(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from mlflow.tracking import MlflowClient
-
-    from .naming import EXPERIMENT_PREFIX
     from .paths import browse_lines, resolve_tracking_uri, results_root
     from .query import results, study_id_of
+    from .store import experiment_id
 
     study = study_id_of(args.study)
     out_root = results_root(study, args.out_root)
@@ -152,7 +150,7 @@ def cmd_results(args) -> int:
         cols = [c for c in ("trial", "seed", "variant", "status", "AP", "AP50", "AP75", "AP90", "mAP") if c in df]
         print(df[cols].to_string(index=False))
     uri = resolve_tracking_uri(study, args.tracking_uri, out_root)
-    print("\n".join(browse_lines(uri, MlflowClient(uri).get_experiment_by_name(EXPERIMENT_PREFIX + study).experiment_id)))
+    print("\n".join(browse_lines(uri, experiment_id(uri, study))))
     return 0
 
 

@@ -593,16 +593,12 @@ class RunEstimate:
 def _log_on_launch_run(plan: Plan, tracking_uri: str, est: StudyEstimate, wall: float, text: str) -> None:
     """Metrics ``estimate/wall_s``, ``estimate/cpu_hours``, ``estimate/gpu_hours``, ``wall_s``,
     ``wall_over_estimate`` and tags ``ablab.estimate`` (the comparison) and ``ablab.estimate_source``."""
-    from mlflow.entities import Metric, RunTag
-    from mlflow.tracking import MlflowClient
-
-    from .journal import RunRegistry
+    from .journal import LAUNCH, write_now
     from .naming import REGISTRY_FILE
 
-    run_id = RunRegistry(plan.out_dir / REGISTRY_FILE).data["parent"]
     now = int(time.time() * 1000)
     values = {"estimate/wall_s": est.wall_s, "estimate/cpu_hours": est.cpu_hours, "estimate/gpu_hours": est.gpu_hours,
               "wall_s": wall, "wall_over_estimate": wall / est.wall_s}
-    MlflowClient(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
-                                         tags=[RunTag("ablab.estimate", text),
-                                               RunTag("ablab.estimate_source", est.source)])
+    write_now(tracking_uri, plan.out_dir / REGISTRY_FILE, "log_batch", run=LAUNCH,
+              metrics=[[k, float(v), now, 0] for k, v in values.items()],
+              tags=[["ablab.estimate", text], ["ablab.estimate_source", est.source]])

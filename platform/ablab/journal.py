@@ -263,9 +263,9 @@ class MlflowWriter:
     """Applies journal entries to MLflow; resolves run names (``launch``, trial keys) through the registry."""
 
     def __init__(self, tracking_uri: str, registry_path: Path):
-        from mlflow.tracking import MlflowClient
+        from .store import mlflow_client
 
-        self.client = MlflowClient(tracking_uri)  # its own client: it runs in the journal's thread
+        self.client = mlflow_client(tracking_uri)  # its own client: it runs in the journal's thread
         self.registry_path = registry_path
 
     def run_id(self, name: str) -> str:
@@ -331,16 +331,16 @@ class MlflowWriter:
 
 
 def finished_trials(tracking_uri: str, registry_path: Path) -> frozenset[str]:
-    """The trial keys whose MLflow run has FINISHED: a resume never runs them again, even where Ray Tune's
-    saved state (written every few seconds) had not yet recorded their end. Empty if the store cannot say."""
-    from mlflow.tracking import MlflowClient
+    """The trial keys of the launch's registry whose MLflow run has FINISHED (ablab.store.finished_trials)."""
+    from .store import finished_trials as finished
 
-    client = MlflowClient(tracking_uri)
-    done = set()
-    for key, run_id in RunRegistry(registry_path).data["trials"].items():
-        try:
-            if client.get_run(run_id).info.status == "FINISHED":
-                done.add(key)
-        except Exception:  # noqa: BLE001 - a store that is down, a run deleted: the trial runs, as without this
-            continue
-    return frozenset(done)
+    return finished(tracking_uri, RunRegistry(registry_path).data["trials"])
+
+
+def write_now(tracking_uri: str, registry_path: Path, op: str, **args: Any) -> int:
+    """One write of a launch's (an entry as the journal takes it, e.g. ``log_batch`` on ``run=LAUNCH``) through
+    its journal, beside the registry, waited for: a store that does not take it within FLUSH_WAIT_S leaves it
+    in the journal for ``ablab sync``. Returns the entries still waiting (0: written)."""
+    journal = Journal(registry_path.parent, MlflowWriter(tracking_uri, registry_path).apply)
+    journal.write(op, **args)
+    return journal.drain(FLUSH_WAIT_S)

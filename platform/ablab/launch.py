@@ -19,8 +19,6 @@ from pydantic import ValidationError
 
 from detector.config import (Config, ConfigError, apply_sets, deep_merge, format_validation_error, parse_config,
                              parse_sets, set_dotted, set_text, sets_source)
-from detector.data import build_split
-
 from .naming import LAUNCH_FILE, launch_args, launch_key, point_key
 from .paths import results_root, study_dir
 from .study import Profile, Resources, Study, expand_env, load_study
@@ -316,6 +314,8 @@ def plan_study(launch: Launch, out_root: Optional[str] = None, check_data: bool 
 
 
 def _check_data(study_path: str, configs: dict[str, Config]) -> None:
+    from detector.data import build_split  # torch: not for the launch's readers (ablab.results)
+
     seen = set()
     for key, cfg in configs.items():
         for split in (cfg.data.train_split, cfg.data.val_split):

@@ -1,23 +1,20 @@
-"""Query a study's results from MLflow alone: anyone with the tracking URI can tabulate them."""
+"""Query a study's results from MLflow alone: anyone with the tracking URI can tabulate them (the public
+``ablab.results`` / ``claims`` / ``effects``, and what the commands read of a launch)."""
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from detector.config import ConfigError, parse_sets
 
 from .launch import Launch, open_launch
+from .naming import launch_key
 from .paths import check_name, resolve_tracking_uri, results_root
-from .preflight import probe_tracking_server
-from .naming import BOOTSTRAP_FILE, EXPERIMENT_PREFIX, launch_key, metric_key
+from .store import replicates, trial_runs
 
 
 def study_id_of(study: str) -> str:
@@ -27,14 +24,6 @@ def study_id_of(study: str) -> str:
 
         return load_study(study).study
     return study
-
-
-def _cast(value: str) -> Any:
-    """A param as logged (JSON); runs logged before params were JSON held str() of the value."""
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return {"True": True, "False": False, "None": None}.get(value, value)
 
 
 def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -61,46 +50,6 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
     return df.reset_index(drop=True)
 
 
-def trial_runs(uri: str, study_id: str, key: Optional[str], include_failed: bool = True) -> pd.DataFrame:
-    """``results``' frame: the trial runs of the launch named ``key`` (naming.launch_key; None: every launch) of
-    ``study_id`` in the store at ``uri``."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise FileNotFoundError(f"no MLflow store for study {study_id} at {uri}; run the study or pass tracking_uri")
-    probe_tracking_server(uri)  # a server that is down fails now, not after MLflow's minutes of retries
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + study_id)
-    if exp is None:
-        raise ConfigError(f"study {study_id!r} has no MLflow experiment in {uri}")
-    query = "tags.`ablab.role` = 'trial'" + (f" and tags.`ablab.profile` = '{key}'" if key else "")
-    runs = []
-    token = None
-    while True:
-        page = client.search_runs([exp.experiment_id], filter_string=query, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    rows = []
-    for run in runs:
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        identity = {"study": study_id, "profile": tags.get("ablab.profile"), "trial": tags.get("ablab.trial"),
-                    "seed": int(tags.get("ablab.seed", 0)), "trial_key": tags.get("ablab.trial_key"),
-                    "run_id": run.info.run_id, "status": run.info.status, "error": tags.get("ablab.error"),
-                    "precision": tags.get("ablab.precision"), "hardware": tags.get("ablab.hardware")}
-        if not include_failed and run.info.status != "FINISHED":
-            continue
-        config = {k: _cast(v) for k, v in params.items()}
-        variants = json.loads(tags.get("ablab.variants", "[]")) or sorted(
-            {k.rpartition("/")[0] for k in metrics if not k.startswith("train/")})
-        for variant in variants:
-            prefix = metric_key(variant, "")
-            values = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
-            rows.append({**identity, "variant": variant, **config, **values})
-        if not variants:
-            rows.append({**identity, "variant": None, **config})
-    return pd.DataFrame(rows)
-
-
 @dataclass
 class LaunchResults:
     """What every reader of a launch needs from its store: its trial runs, their bootstrap replicates, and
@@ -119,23 +68,6 @@ def launch_results(launch: Launch, tracking_uri: Optional[str] = None, out_root:
     uri = resolve_tracking_uri(launch.study.study, tracking_uri, out_root)
     frame = trial_runs(uri, launch.study.study, launch.key).reset_index(drop=True)
     return LaunchResults(frame, replicates(frame, uri) if not frame.empty else {}, out_root, uri)
-
-
-def replicates(frame: pd.DataFrame, tracking_uri: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """Each finished run's bootstrap replicates (its bootstrap.json artifact): run id -> variant -> metric ->
-    (R,). A run without them (logged before ablab kept them) is left out: its cells get no image interval."""
-    client = MlflowClient(tracking_uri)
-    out = {}
-    runs = frame.loc[frame["status"] == "FINISHED", "run_id"].unique() if "status" in frame else []
-    with tempfile.TemporaryDirectory() as tmp:
-        for run_id in runs:
-            try:
-                path = client.download_artifacts(run_id, BOOTSTRAP_FILE, str(Path(tmp) / run_id))
-                data = json.loads(Path(path).read_text())
-            except (MlflowException, OSError, ValueError):  # none (logged before ablab kept them), or cut short
-                continue
-            out[run_id] = {v: {m: np.asarray(r, np.float64) for m, r in by_metric.items()} for v, by_metric in data.items()}
-    return out
 
 
 def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,

@@ -26,6 +26,7 @@ from .preflight import (check_embedded_resources, check_output_dir, check_ray_ad
 from .journal import (FLUSH_WAIT_S, JOURNAL_FILE, Journal, MlflowWriter, RunRegistry, disk_full, finished_trials,
                       pending_entries)
 from .logs import log, setup_logging
+from .store import open_store
 from .naming import ERROR_FILE, LAUNCH_FILE, POINT, REGISTRY_FILE, launch_args, point_key, point_of
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -60,18 +61,6 @@ def _param_space(points: list[dict[str, Any]]) -> dict[str, Any]:
     from ray import tune
 
     return {POINT: tune.grid_search(points)}
-
-
-def _open_store(tracking_uri: str) -> None:
-    """Open the tracking store once (creating a new SQLite file's schema; MLflow caches it per URI). Imports
-    MLflow only, never Ray: it runs in a thread while Ray starts."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
-    except Exception as err:  # MLflow raises many kinds (bad scheme, refused connection, locked file)
-        raise ConfigError(f"tracking URI {tracking_uri}: cannot open the MLflow store ({type(err).__name__}: "
-                          f"{str(err)[:300]})") from err
 
 
 @dataclass
@@ -120,7 +109,7 @@ def run_study(launch: Launch, address: Optional[str] = None, tracking_uri: Optio
     # thread while Ray starts.
     t_ray = time.perf_counter()
     with ThreadPoolExecutor(1) as pool:
-        store = pool.submit(_open_store, tracking_uri)
+        store = pool.submit(open_store, tracking_uri)
         where = start_ray(address)
         store.result()
     import ray

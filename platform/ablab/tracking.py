@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .launch import Launch
-from .journal import FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, finished_trials, unavailable
+from .journal import (FLUSH_WAIT_S, LAUNCH, Journal, MlflowWriter, RunRegistry, finished_trials, unavailable,
+                      write_now)
 from .logs import log
 from .paths import browse_lines
+from .store import mlflow_client
 from .naming import (CONFIG_FILE, DETECTIONS_DIR, ERROR_FILE, EXPERIMENT_PREFIX, HISTORY_FILE, LAUNCH_FILE, SET_TAG,
                      TRIAL_FILES, metric_key, point_key, point_of)
 
@@ -75,7 +76,7 @@ class MlflowStudyLogger(Callback):
 
     def _reset(self) -> None:
         """This process's handles and caches: the underscored attributes, never pickled."""
-        self._client: Optional[MlflowClient] = None
+        self._client = None  # an MlflowClient (ablab.store)
         self._journal: Optional[Journal] = None
         self._logged_epochs: dict[str, set[int]] = {}
         self._started: set[str] = set()  # trial keys whose run this process made or reopened (or queued so)
@@ -92,9 +93,9 @@ class MlflowStudyLogger(Callback):
         self._reset()
 
     @property
-    def client(self) -> MlflowClient:
+    def client(self):
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     @property
@@ -345,24 +346,21 @@ def log_claims(launch: Launch, tracking_uri: str, registry_path: Path):
     metrics ``claim/<i>/ours``, ``/lo``, ``/hi``, ``/paper``, ``/power``, ``/detectable``; tags ``ablab.claim.<i>``
     (the verdict in words, the pair, the claim's kind), ``ablab.claim.<i>.reason`` where a rule kept it
     inconclusive, and ``ablab.claims`` (the count of each verdict). Returns the claims frame."""
-    from mlflow.entities import Metric, RunTag
-
     from .query import launch_claims
     from .evidence import verdict_text
 
     frame = launch_claims(launch, tracking_uri)
-    run_id = RunRegistry(registry_path).data["parent"]
     now = int(time.time() * 1000)
     metrics, tags = [], []
     for _, c in frame.iterrows():
         for name in ("ours", "lo", "hi", "paper", "power", "detectable"):
             if c[name] is not None and not pd.isna(c[name]):
-                metrics.append(Metric(f"claim/{c['claim']}/{name}", float(c[name]), now, 0))
-        tags.append(RunTag(f"ablab.claim.{c['claim']}", f"{verdict_text(c)}: {c['row']} vs {c['vs']} on "
-                                                        f"{c['metric']} ({c['kind']})"[:5000]))
+                metrics.append([f"claim/{c['claim']}/{name}", float(c[name]), now, 0])
+        tags.append([f"ablab.claim.{c['claim']}", f"{verdict_text(c)}: {c['row']} vs {c['vs']} on "
+                                                  f"{c['metric']} ({c['kind']})"[:5000]])
         if c["reason"]:
-            tags.append(RunTag(f"ablab.claim.{c['claim']}.reason", c["reason"]))
+            tags.append([f"ablab.claim.{c['claim']}.reason", c["reason"]])
     counts = frame.apply(verdict_text, axis=1).value_counts()
-    tags.append(RunTag("ablab.claims", ", ".join(f"{n} {v}" for v, n in counts.items())))
-    MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
+    tags.append(["ablab.claims", ", ".join(f"{n} {v}" for v, n in counts.items())])
+    write_now(tracking_uri, registry_path, "log_batch", run=LAUNCH, metrics=metrics, tags=tags)
     return frame
