@@ -14,18 +14,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from .config import Config, ConfigError, VariantConfig
-from .data.datasets import DetectionSet, build_split, category_ids, records_to_coco
+from .data.datasets import DetectionSet, build_split
 from .data.loader import make_loader
-from . import coco
-from .bootstrap import coco_replicates, image_draws, percentile_interval, voc_matches, voc_replicates
-from .evaluation import (VOC_PIXEL_OFFSET, VOC_THRESHOLDS, DetectionTable, PaddedGroundTruth, correlations,
-                         iou_eval_of, voc_class_matches, voc_metrics)
 from .model import Detector, build_detector
 from .precision import Precision, hardware_summary, resolve_precision
-from .scoring import Detections, Selector, raw_predictions
+from .evaluator import DetectionEvaluator, EvalResult
+from .scoring import Selector, raw_predictions
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -274,62 +271,24 @@ def train_one_epoch(run: Training, cfg: Config, epoch: int, log: Callable[[str],
     return epoch_metrics
 
 
-@dataclass
-class EvalResult:
-    """metrics: ``{variant}/{metric}`` -> value, with ``{metric}_lo`` / ``_hi``: its 95% bootstrap interval.
-    detections: variant -> its DetectionTable (original pixels). scatter: variant -> (confidence, IoU_eval)
-    samples for the Figure 4 plot."""
-
-    metrics: dict[str, float]
-    detections: dict[str, DetectionTable]
-    scatter: dict[str, tuple[np.ndarray, np.ndarray]]
-    bootstrap: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    """variant -> metric -> (R,) replicates over val images (detector.bootstrap); the same draws in every
-    evaluation of the same val set, so two results' replicates pair up."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    """Where the evaluation's time went: forward (network + decoding), select (scoring, top-k, NMS), assemble
-    (the result records), metrics (COCO / VOC, correlations), bootstrap."""
-
-
-def _evaluated_gt(gt_dataset: dict, val_set: DetectionSet) -> dict:
-    """The COCO ground truth of the images evaluated: ``data.max_images`` keeps the first of a split, and
-    COCOeval would count the GT of the others as missed."""
-    ids = {r.image_id for r in val_set.records}
-    if len(ids) == len(gt_dataset["images"]):
-        return gt_dataset
-    return {**gt_dataset, "images": [i for i in gt_dataset["images"] if i["id"] in ids],
-            "annotations": [a for a in gt_dataset.get("annotations", []) if a["image_id"] in ids]}
-
-
-def _detection_table(batch, detections: Detections, cat_ids: Tensor) -> DetectionTable:
-    """One batch's detections under one variant as columns, boxes in each image's original pixels."""
-    counts, labels = detections.counts.cpu(), detections.labels.cpu()
-    scale = torch.tensor(batch.scales, dtype=torch.float64).repeat_interleave(counts)
-    return DetectionTable(torch.tensor(batch.image_ids).repeat_interleave(counts).numpy(), labels.numpy(),
-                          cat_ids[labels].numpy(), detections.scores.cpu().double().numpy(),
-                          (detections.boxes.cpu().double() / scale[:, None]).numpy())
-
-
 @torch.no_grad()
 def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = None,
              variants: Optional[list[VariantConfig]] = None, precision: Optional[Precision] = None,
              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
              intervals: bool = True) -> EvalResult:
-    """One inference pass over the val split; every variant is scored from it; COCO (and VOC) metrics and
-    confidence/IoU_eval correlations per variant, and (``intervals``) each AP's bootstrap over the images.
-    ``precision``: the one the model trained in (default: ``cfg.train.precision`` resolved on the model's
-    device)."""
+    """One inference pass over the val split; every variant is selected from it and scored by a
+    DetectionEvaluator: COCO (and VOC) metrics and confidence/IoU_eval correlations per variant, and
+    (``intervals``) each AP's bootstrap over the images. ``precision``: the one the model trained in (default:
+    ``cfg.train.precision`` resolved on the model's device)."""
     device = next(model.parameters()).device
     precision = precision or resolve_precision(cfg.train.precision, device)
     val_set = val_set or build_split(cfg.data, cfg.data.val_split)
     variants = variants or cfg.variants()
-    cat_ids = torch.tensor(category_ids(val_set))
-    loader = make_loader(val_set, cfg.data, max(1, min(cfg.train.batch_size, 8)), train=False)
-    model.eval()
-    parts: dict[str, list[DetectionTable]] = {v.name: [] for v in variants}
-    seconds = dict.fromkeys(("forward", "select", "assemble", "metrics", "bootstrap"), 0.0)
+    evaluator = DetectionEvaluator(val_set, variants, cfg.inference, intervals, log)
     select = Selector(variants, cfg.inference)
     truth = any(v.quality_source == "truth" for v in variants)  # IoU_truth (B, N, G) only where a variant reads it
+    loader = make_loader(val_set, cfg.data, max(1, min(cfg.train.batch_size, 8)), train=False)
+    model.eval()
     t0 = time.perf_counter()
     for batch in loader:
         t = time.perf_counter()
@@ -338,79 +297,12 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
             out, priors = model(batch.images)
         raw = raw_predictions(out, priors, model.family, batch.targets if truth else None, batch.image_sizes)
         t1 = time.perf_counter()
-        seconds["forward"] += t1 - t
         selected = select(raw)
-        t2 = time.perf_counter()
-        seconds["select"] += t2 - t1
-        for name, detections in selected.items():
-            parts[name].append(_detection_table(batch, detections, cat_ids))
-        seconds["assemble"] += time.perf_counter() - t2
-    dets = {name: DetectionTable.concat(p) for name, p in parts.items()}
+        evaluator.seconds["forward"] += t1 - t
+        evaluator.seconds["select"] += time.perf_counter() - t1
+        evaluator.process(batch, selected)
     log(f"[eval] {len(val_set)} images, {len(variants)} variant(s) in {time.perf_counter() - t0:.1f}s")
-    if not val_set.labelled:
-        log(f"[eval] {val_set.name} has no annotations (e.g. COCO test-dev): detections written, no metrics")
-        return EvalResult({f"{v.name}/num_detections": float(len(dets[v.name])) for v in variants}, dets, {},
-                          seconds=seconds)
-    gt_dataset = _evaluated_gt((val_set.coco_gt or records_to_coco(val_set)).dataset, val_set)
-    padded_gt = PaddedGroundTruth.of(val_set.records)
-    metrics: dict[str, float] = {}
-    scatter, replicates = {}, {}
-    rng = np.random.default_rng(0)
-    draws = image_draws(len(val_set.records)) if intervals else None
-    t_metrics, t_boot = time.perf_counter(), 0.0
-    voc_offset = VOC_PIXEL_OFFSET[cfg.inference.voc_pixels]
-    # A variant ranked alike an earlier one (cls and alpha 1.0 always) has its COCO / VOC metrics and intervals.
-    first_alike: dict[str, str] = {}
-    distinct: list[str] = []
-    for name, d in dets.items():
-        first_alike[name] = next((f for f in distinct if dets[f].ranked_alike(d)), name)
-        if first_alike[name] == name:
-            distinct.append(name)
-    coco_results = {}
-    if "coco" in cfg.inference.metrics:  # every variant in one pass over the ground truth
-        coco_results = dict(zip(distinct, coco.evaluate(coco.CocoGroundTruth.of(gt_dataset),
-                                                        [dets[name].coco_array() for name in distinct])))
-    # COCO / VOC metrics and their intervals, once per variant ranked differently from every other
-    ranked_metrics: dict[str, tuple[dict[str, float], dict[str, np.ndarray]]] = {}
-    for name in distinct:
-        d = dets[name]
-        m, reps = {}, {}
-        if name in coco_results:
-            m.update(coco_results[name].stats)
-            t = time.perf_counter()
-            if intervals:
-                reps.update(coco_replicates(coco_results[name].matches, draws))
-            t_boot += time.perf_counter() - t
-        if "voc" in cfg.inference.metrics:
-            matches = voc_class_matches(val_set.records, d, len(val_set.classes), voc_offset, padded_gt)
-            m.update(voc_metrics(val_set.records, d, len(val_set.classes), matches=matches))
-            t = time.perf_counter()
-            if intervals:
-                reps.update(voc_replicates(voc_matches(val_set.records, matches), draws, VOC_THRESHOLDS))
-            t_boot += time.perf_counter() - t
-        for k, r in reps.items():
-            m[f"{k}_lo"], m[f"{k}_hi"] = percentile_interval(r)
-        ranked_metrics[name] = (m, reps)
-    iou_evals: dict[str, np.ndarray] = {}  # a variant ranked alike an earlier one has its boxes too
-    for v in variants:
-        d = dets[v.name]
-        m, reps = (dict(x) for x in ranked_metrics[first_alike[v.name]])
-        replicates[v.name] = reps
-        conf = d.score
-        iou_eval = iou_evals.get(first_alike[v.name])
-        if iou_eval is None:
-            iou_eval = iou_evals[v.name] = iou_eval_of(padded_gt, d)
-        m.update(correlations(conf, iou_eval))
-        m["num_detections"], m["val_images"] = float(len(d)), float(len(val_set.records))
-        for k, val in m.items():
-            metrics[f"{v.name}/{k}"] = val
-        n = min(len(d), cfg.inference.correlation_samples)
-        pick = rng.choice(len(d), n, replace=False) if n < len(d) else np.arange(len(d))
-        scatter[v.name] = (conf[pick], iou_eval[pick])
-    seconds["bootstrap"], seconds["metrics"] = t_boot, time.perf_counter() - t_metrics - t_boot
-    if intervals:
-        log(f"[eval] intervals: {len(draws)} bootstrap replicates of {len(val_set.records)} images in {t_boot:.2f}s")
-    return EvalResult(metrics, dets, scatter, replicates, seconds)
+    return evaluator.evaluate()
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

@@ -360,6 +360,16 @@ def _select(raw: RawPredictions, scores: list[VariantScores], cfg: InferenceConf
         return [_no_detections(raw) for _ in scores], []
     # One class shift for the batch (any shift past the largest coordinate gives the same IoUs)
     shift = float(raw.boxes.max()) + 1 if raw.boxes.numel() else 0.0
+    kept_index, kept_values, pending, needed = _first_round(raw, scores, cfg, m, shift)
+    _more_rounds(raw, scores, cfg, m, shift, pending, kept_index, kept_values)
+    return _as_detections(raw, len(scores), cfg.max_dets, kept_index, kept_values), needed
+
+
+def _first_round(raw: RawPredictions, scores: list[VariantScores], cfg: InferenceConfig, m: int, shift: float):
+    """NMS over every (variant, image) row's ``m`` best candidates, once per image ranked alike: each row's kept
+    (prior x class) indices and scores, the rows that must go on (kept fewer than max_dets, with candidates
+    left), and how many candidates each row that kept max_dets needed."""
+    b, n, c = raw.p.shape
     first = _Fetched.of(scores, cfg, m)  # rows variant by variant: (V * B, m)
     index, ready = first.index.view(len(scores), b, -1), first.ready.view(len(scores), b)
     alike = (index[:, None] == index[None]).all(-1) & (ready[:, None] == ready[None])  # (V, V, B)
@@ -380,6 +390,15 @@ def _select(raw: RawPredictions, scores: list[VariantScores], cfg: InferenceConf
         elif more:
             pending.append((row, _Row(row % b, kept_index[row], kept_values[row], first.index[row, :upto], more)))
             needed.append(m + 1)
+    return kept_index, kept_values, pending, needed
+
+
+def _more_rounds(raw: RawPredictions, scores: list[VariantScores], cfg: InferenceConfig, m: int, shift: float,
+                 pending: list[tuple[int, "_Row"]], kept_index: list[Tensor], kept_values: list[Tensor]) -> None:
+    """The rows the first round left short: NMS again over their kept boxes and a few more candidates at a time,
+    fetching twice as many candidates for the rows that have none waiting, until each keeps max_dets or runs
+    out. Updates ``kept_index`` / ``kept_values`` in place."""
+    b, _, c = raw.p.shape
     while pending:
         hungry = [(row, r) for row, r in pending if r.waiting_index is None or not len(r.waiting_index)]
         if hungry:  # fetch twice as many candidates for the rows that have none waiting
@@ -400,10 +419,45 @@ def _select(raw: RawPredictions, scores: list[VariantScores], cfg: InferenceConf
             if len(k) < cfg.max_dets and (len(r.waiting_index) or r.more):
                 still.append((row, r))
         pending = still
+
+
+def _as_detections(raw: RawPredictions, variants: int, max_dets: int, kept_index: list[Tensor],
+                   kept_values: list[Tensor]) -> list[Detections]:
+    """Each variant's first ``max_dets`` kept per image, as one Detections over the batch."""
+    b, _, c = raw.p.shape
+    images = torch.arange(b, device=raw.p.device)
     detections = []
-    for v in range(len(scores)):
-        index = torch.cat([i[: cfg.max_dets] for i in kept_index[v * b:(v + 1) * b]])
-        values = torch.cat([x[: cfg.max_dets] for x in kept_values[v * b:(v + 1) * b]])
-        counts = torch.tensor([min(len(i), cfg.max_dets) for i in kept_index[v * b:(v + 1) * b]], device=raw.p.device)
+    for v in range(variants):
+        index = torch.cat([i[:max_dets] for i in kept_index[v * b:(v + 1) * b]])
+        values = torch.cat([x[:max_dets] for x in kept_values[v * b:(v + 1) * b]])
+        counts = torch.tensor([min(len(i), max_dets) for i in kept_index[v * b:(v + 1) * b]], device=raw.p.device)
         detections.append(Detections(raw.boxes[images.repeat_interleave(counts), index // c], values, index % c, counts))
-    return detections, needed
+    return detections
+
+
+def reference_select(raw: RawPredictions, p: Tensor, cfg: InferenceConfig) -> Detections:
+    """What ``select`` keeps, written plainly, torchvision RetinaNet's way: per image, each level's top-k
+    (prior, class) scores, the score threshold, class-wise NMS over every candidate, the first max_dets; tied
+    scores ranked by index (prior, then class), as ``select`` ranks them. It is ``select``'s spec, for the
+    tests: an image and a level at a time, and NMS over thousands of candidates where ``select`` compares a few.
+    ``p``: (B, N, C) the variant's confidences (``confidence``)."""
+    from torchvision.ops import batched_nms
+
+    b, _, c = p.shape
+    boxes, scores, labels, counts = [], [], [], []
+    for img in range(b):
+        start, top_v, top_i = 0, [], []
+        for size in raw.level_sizes:
+            v, i = p[img, start:start + size].reshape(-1).topk(min(cfg.topk_per_level, size * c))
+            top_v.append(v), top_i.append(i + start * c)
+            start += size
+        i, by_index = torch.cat(top_i).sort()
+        v, order = torch.cat(top_v)[by_index].sort(descending=True, stable=True)
+        i = i[order]
+        above = v > cfg.score_thresh
+        v, i = v[above], i[above]
+        box, label = raw.boxes[img, i // c], i % c
+        ranks = torch.arange(len(v), 0, -1, dtype=torch.float64)  # ties broken by index
+        keep = batched_nms(box.double(), ranks, label, cfg.nms_iou)[: cfg.max_dets]
+        boxes.append(box[keep]), scores.append(v[keep]), labels.append(label[keep]), counts.append(len(keep))
+    return Detections(torch.cat(boxes), torch.cat(scores), torch.cat(labels), torch.tensor(counts))

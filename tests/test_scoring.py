@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from detector.config import InferenceConfig, VariantConfig
-from detector.scoring import RawPredictions, Selector, VariantScores, confidence, detect, select
+from detector.scoring import RawPredictions, Selector, VariantScores, confidence, detect, reference_select, select
 
 
 def _raw(p, q, iou_truth=None, boxes=None):
@@ -166,25 +166,10 @@ def test_the_selector_takes_as_many_candidates_first_as_the_batches_before_neede
 
 
 def _check_against_nms_of_every_candidate(raw, p, cfg, ours):
-    from torchvision.ops import batched_nms
-
-    (b, _, c), boxes, sizes = p.shape, raw.boxes, raw.level_sizes
-    for img in range(b):
-        start, keep_v, keep_i = 0, [], []
-        for size in sizes:
-            v, i = p[img, start:start + size].reshape(-1).topk(min(cfg.topk_per_level, size * c))
-            keep_v.append(v), keep_i.append(i + start * c)
-            start += size
-        i, by_index = torch.cat(keep_i).sort()
-        v, order = torch.cat(keep_v)[by_index].sort(descending=True, stable=True)
-        i = i[order]
-        m = v > cfg.score_thresh
-        v, i = v[m], i[m]
-        bx, lab = boxes[img, i // c], i % c
-        ranks = torch.arange(len(v), 0, -1, dtype=torch.float64)  # ties broken by index, as select ranks them
-        keep = batched_nms(bx.double(), ranks, lab, cfg.nms_iou)[: cfg.max_dets]
-        assert torch.equal(ours[img].scores, v[keep]) and torch.equal(ours[img].labels, lab[keep]), img
-        assert torch.equal(ours[img].boxes, bx[keep]), img
+    want = reference_select(raw, p, cfg)  # NMS over every candidate, an image at a time
+    for img in range(p.shape[0]):
+        assert torch.equal(ours[img].scores, want[img].scores) and torch.equal(ours[img].labels, want[img].labels), img
+        assert torch.equal(ours[img].boxes, want[img].boxes), img
 
 
 @pytest.mark.parametrize("max_dets", [1, 3])

@@ -183,10 +183,19 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _report(args, tracking_uri: Optional[str] = None) -> None:
-    from dashboards.report import build_report
+REPORTS = "ablab.reports"
+"""The entry-point group of report builders (pyproject.toml): ``build(launch, tracking_uri, out_root, folder)``."""
 
-    build_report(_launch(args), tracking_uri or args.tracking_uri, args.out_root, getattr(args, "dashboards", None))
+
+def _report(args, tracking_uri: Optional[str] = None) -> None:
+    from importlib.metadata import entry_points
+
+    builders = entry_points(group=REPORTS, name="html")
+    if not builders:
+        raise ConfigError(f"no report builder is installed (entry point {REPORTS}:html): `pip install -e .` in the "
+                          f"checkout installs the dashboards package's")
+    build = next(iter(builders)).load()
+    build(_launch(args), tracking_uri or args.tracking_uri, args.out_root, getattr(args, "dashboards", None))
 
 
 SET_HELP = ("override a config field of every trial, after the profile and the trials' own `set`, so it wins "
@@ -233,7 +242,7 @@ def _single_process_commands(sub) -> None:
     _add_set(ev, "override a config field (repeatable; VALUE is YAML), e.g. --set inference.nms_iou=0.6")
 
 
-def _study_commands(sub) -> None:
+def _run_commands(sub) -> None:
     for name, handler, text in (
             ("validate", cmd_validate, "check a study, its trial configs, data, weights, addresses and output "
                                        "folder as `run` would, without running"),
@@ -259,6 +268,8 @@ def _study_commands(sub) -> None:
         else:
             _add_set(r)
 
+
+def _plan_and_job_commands(sub) -> None:
     pl = _command(sub, "plan", cmd_plan, "what a study will cost before it runs: its trials, what each needs, the "
                                          "concurrency, and the wall time and CPU-/GPU-hours from a short benchmark")
     pl.add_argument("study")
@@ -322,7 +333,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablab", description="Ablation studies of quality-aware single-stage detectors.")
     sub = p.add_subparsers(dest="command", required=True)
     _single_process_commands(sub)
-    _study_commands(sub)
+    _run_commands(sub)
+    _plan_and_job_commands(sub)
     _query_commands(sub)
     return p
 
