@@ -1,4 +1,5 @@
-"""Helpers for platform tests: a tiny two-trial study on the synthetic set."""
+"""Helpers for platform tests: a tiny two-trial study on the synthetic set, reading what a study logged to MLflow,
+and real `mlflow server`s on 127.0.0.1."""
 from __future__ import annotations
 
 import os
@@ -69,6 +70,72 @@ def run_cli(*args: str, env: dict, timeout: float = 900) -> subprocess.Completed
 def ablab_env(out_root: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     return {**env, "ABLAB_OUTPUT_ROOT": str(out_root), "RAY_AUTH_MODE": "disabled", **extra}
+
+
+def local_store(out: Path, study: str) -> str:
+    """The tracking URI of a study's default store under the output root ``out``."""
+    return f"sqlite:///{out / study / 'mlflow.db'}"
+
+
+def study_runs(uri: str, study: str, role: str | None = None):
+    """(client, runs) of a study's MLflow experiment in the store at ``uri``: its launch and trial runs, or those
+    of one ``role`` (``trial``, ``launch``); no runs while the experiment does not exist yet."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"ablab/{study}")
+    query = f"tags.`ablab.role` = '{role}'" if role else ""
+    return client, (client.search_runs([exp.experiment_id], query) if exp else [])
+
+
+def logged_epochs(out: Path, study: str, trial: str | None = None) -> list[int]:
+    """The epochs of train/loss in MLflow of a running study's trial runs (one trial's, if named): read only once
+    the driver has created the store and the trial's run (it writes the registry after), since opening a
+    half-initialised SQLite store from here would run MLflow's migrations a second time."""
+    import json
+
+    registry = out / study / "smoke" / "mlflow_runs.json"
+    if not registry.is_file() or (trial and not any(k.startswith(f"{trial}_") for k in
+                                                    json.loads(registry.read_text())["trials"])):
+        return []
+    try:
+        client, runs = study_runs(local_store(out, study), study, "trial")
+        runs = [r for r in runs if trial is None or r.data.tags.get("ablab.trial") == trial]
+        return [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "train/loss")]
+    except Exception:  # the store is being created by the driver
+        return []
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store, local artifacts in ``folder``) whose store and artifacts
+    outlive its restarts: ``start``, ``stop``, or ``with MlflowServer(folder) as server``."""
+
+    def __init__(self, folder: Path, env: dict | None = None, start_timeout: float = 240):
+        self.folder, self.env, self.start_timeout = folder, env, start_timeout
+        self.port, self.proc = free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--default-artifact-root", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1"], env=self.env, stdout=subprocess.DEVNULL,
+            stderr=open(self.folder / "mlflow.log", "a"))
+        wait_for_http(f"{self.uri}/health", self.start_timeout)  # slow to start on 2 busy cores
+        return self
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def free_port() -> int:

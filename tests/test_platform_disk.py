@@ -12,17 +12,14 @@ import sys
 from contextlib import contextmanager
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from platform_helpers import ablab_env, wait_until, write_study
+from platform_helpers import ablab_env, study_runs, wait_until, write_study
 
 EPOCHS = 6
 
 
 def _trial(uri):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("ablab/full_disk")
-    runs = client.search_runs([exp.experiment_id], "tags.`ablab.role` = 'trial'") if exp else []
+    client, runs = study_runs(uri, "full_disk", "trial")
     return client, (runs[0] if runs else None)
 
 

@@ -13,33 +13,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TRIAL_PROCESS
-from platform_helpers import ablab_env, write_study
+from platform_helpers import ablab_env, local_store, logged_epochs, study_runs, write_study
 
 pytestmark = pytest.mark.slow
 
 
 def _runs(out, study):
-    client = MlflowClient(f"sqlite:///{out / study / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(f"ablab/{study}")
-    return client.search_runs([exp.experiment_id])
-
-
-def _epochs_in_mlflow(out, study, trial=None) -> list[int]:
-    # Only read once the driver has created the store and the trial's run (it writes the registry after):
-    # opening a half-initialised SQLite store from here would run MLflow's migrations a second time.
-    registry = out / study / "smoke" / "mlflow_runs.json"
-    if not registry.is_file() or (trial and not any(k.startswith(f"{trial}_") for k in
-                                                    json.loads(registry.read_text())["trials"])):
-        return []
-    db = out / study / "mlflow.db"
-    try:
-        client = MlflowClient(f"sqlite:///{db}")
-        exp = client.get_experiment_by_name(f"ablab/{study}")
-        runs = client.search_runs([exp.experiment_id], "tags.`ablab.role` = 'trial'") if exp else []
-        runs = [r for r in runs if trial is None or r.data.tags.get("ablab.trial") == trial]
-        return [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "train/loss")]
-    except Exception:  # the store is being created by the driver
-        return []
+    return study_runs(local_store(out, study), study)[1]
 
 
 def test_nan_loss_fails_that_trial_alone_and_a_retry_runs_it_again_in_its_run(synthetic_root, tmp_path, executor):
@@ -110,10 +90,10 @@ def test_resume_after_the_driver_is_killed_or_preempted(stop, synthetic_root, tm
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"), start_new_session=True)
     deadline = time.time() + 600
     # Once the long trial's first epoch is in MLflow, Train has registered that epoch's checkpoint.
-    while time.time() < deadline and not _epochs_in_mlflow(tmp_path / "out", "resumable", "long"):
+    while time.time() < deadline and not logged_epochs(tmp_path / "out", "resumable", "long"):
         assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.3)
-    assert _epochs_in_mlflow(tmp_path / "out", "resumable", "long"), "the long trial never reported an epoch"
+    assert logged_epochs(tmp_path / "out", "resumable", "long"), "the long trial never reported an epoch"
     started = psutil.Process(driver.pid).create_time()
     if stop == "SIGKILL":
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded cluster it started
@@ -165,7 +145,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(synthetic_root, tmp_p
         # Kill only once an epoch's report has reached MLflow: by then Train has registered its checkpoint
         # (a checkpoint folder on disk alone can still be mid-registration).
         deadline = time.time() + 600
-        while time.time() < deadline and not _epochs_in_mlflow(tmp_path / "out", "restart"):
+        while time.time() < deadline and not logged_epochs(tmp_path / "out", "restart"):
             assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             time.sleep(0.3)
         workers = subprocess.run(["pgrep", "-f", TRIAL_PROCESS[executor]], capture_output=True, text=True).stdout.split()

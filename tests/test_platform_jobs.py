@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform_helpers import ablab_env, free_port, readme_block, readme_line, wait_for_http, write_study
+from platform_helpers import (MlflowServer, ablab_env, free_port, local_store, readme_block, readme_line, study_runs,
+                              wait_for_http,
+                              write_study)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -38,32 +40,29 @@ def services(tmp_path_factory):
     home = tmp / "home"
     home.mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # AF_UNIX socket paths must stay under 108 bytes
-    mlflow_port = free_port()
     env = {**ablab_env(tmp), "HOME": str(home)}
     env.pop("ABLAB_OUTPUT_ROOT")
-    server_env = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    server = MlflowServer(tmp, env=env, start_timeout=90)
+    server_env = {**env, "MLFLOW_TRACKING_URI": server.uri}
     dashboard, ports = DASHBOARD, ["--dashboard-agent-listen-port", str(free_port())]
     if port_taken(8265) or port_taken(GCS):  # someone else's Ray: ours moves, and the job lines follow it
         dash_port = free_port()
         dashboard, ports = f"http://127.0.0.1:{dash_port}", ports + ["--port", str(free_port()), "--dashboard-port", str(dash_port)]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-                               "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
-                               "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow.log", "w"))
     head = subprocess.Popen(shlex.split(HEAD.split("#")[0]) + ["--block", "--num-cpus", "2", "--temp-dir", ray_tmp, *ports],
                             env=env, stdout=open(tmp / "ray.log", "w"), stderr=subprocess.STDOUT)
     try:
-        wait_for_http(f"http://127.0.0.1:{mlflow_port}/health", 90)
+        server.start()
         wait_for_http(f"{dashboard}/api/version", 120)
-        yield {"mlflow": f"http://127.0.0.1:{mlflow_port}", "ray": dashboard, "env": env, "server_env": server_env,
+        yield {"mlflow": server.uri, "ray": dashboard, "env": env, "server_env": server_env,
                "tmp": tmp, "home": home}
     finally:
         head.terminate()
-        server.terminate()
-        for p in (head, server):
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if server.proc is not None:
+            server.stop()
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -77,10 +76,9 @@ def _working_dir(tmp: Path, data_root: Path, name: str) -> Path:
 
 
 def _job_runs(services, study):
-    client = MlflowClient(services["mlflow"])
-    exp = client.get_experiment_by_name(f"ablab/{study}")
-    assert exp is not None, f"no experiment for {study} on the mlflow server"
-    return client.search_runs([exp.experiment_id])
+    runs = study_runs(services["mlflow"], study)[1]
+    assert runs, f"no runs of {study} on the mlflow server"
+    return runs
 
 
 def test_the_readme_s_job_lines_keep_their_results_for_the_checkout(services, synthetic_root):
@@ -104,8 +102,7 @@ def test_the_readme_s_job_lines_keep_their_results_for_the_checkout(services, sy
     assert "| RetinaNet" in table.stdout and "| IoU-aware" in table.stdout
     assert "baseline" in frame.stdout and "iou" in frame.stdout
     assert "2 ok, 0 failed" in resume.stdout, resume.stdout[-3000:]
-    client = MlflowClient(f"sqlite:///{root / 'table3' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("ablab/table3").experiment_id])
+    runs = study_runs(local_store(root, "table3"), "table3")[1]
     roles = sorted(r.data.tags["ablab.role"] for r in runs)
     assert roles == ["launch", "trial", "trial"] and all(r.info.status == "FINISHED" for r in runs)  # resumed, not re-run
 

@@ -12,15 +12,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TRIAL_PROCESS
-from platform_helpers import ablab_env, wait_until, write_study
-from test_platform_failures import _epochs_in_mlflow, _runs
+from platform_helpers import ablab_env, local_store, logged_epochs, study_runs, wait_until, write_study
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
 
 
 def _trial_run(out, study):
-    (run,) = [x for x in _runs(out, study) if x.data.tags["ablab.role"] == "trial"]
+    (run,) = study_runs(local_store(out, study), study, "trial")[1]
     return run
 
 
@@ -80,11 +79,11 @@ def test_a_study_survives_losing_the_node_its_trial_trains_on(synthetic_root, tm
                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "w"), start_new_session=True)
         try:
             # Once an epoch is in MLflow, Train has registered that epoch's checkpoint.
-            wait_until(lambda: _epochs_in_mlflow(tmp_path / "out", "node_loss") or driver.poll() is not None,
+            wait_until(lambda: logged_epochs(tmp_path / "out", "node_loss") or driver.poll() is not None,
                        600, "the trial's first epoch")
             assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             node = wait_until(lambda: _train_worker_node(cluster, executor), 30, "the trial's node")
-            lost_at = max(_epochs_in_mlflow(tmp_path / "out", "node_loss"))
+            lost_at = max(logged_epochs(tmp_path / "out", "node_loss"))
             cluster.remove_node(node, allow_graceful=False)  # its raylet and every process of it, at once
             assert driver.wait(600) == 0, (tmp_path / "run.log").read_text()[-3000:]
         finally:

@@ -10,11 +10,10 @@ import sys
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from ablab.naming import metric_key
 from ablab.tracking import flatten
-from platform_helpers import ablab_env, free_port, wait_for_http, wait_until, write_study
+from platform_helpers import MlflowServer, ablab_env, study_runs, wait_until, write_study
 
 pytestmark = pytest.mark.slow
 # The suite's outage is short; ABLAB_OUTAGE_S=60 gives the 60-second one (and a study that trains through it).
@@ -22,30 +21,8 @@ OUTAGE_S = float(os.environ.get("ABLAB_OUTAGE_S", "5"))
 EPOCHS = 8 + int(OUTAGE_S) // 2
 
 
-class Server:
-    """A real `mlflow server` on 127.0.0.1 whose SQLite store and artifacts outlive its restarts."""
-
-    def __init__(self, tmp):
-        self.tmp, self.port, self.proc = tmp, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.tmp / 'server.db'}",
-             "--default-artifact-root", str(self.tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=open(self.tmp / "mlflow.log", "a"))
-        wait_for_http(f"{self.uri}/health", 240)  # slow to start on 2 busy cores
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(60)
-
-
 def _trial_runs(uri, study):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(f"ablab/{study}")
-    return client, ([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ablab.role") == "trial"]
-                    if exp else [])
+    return study_runs(uri, study, "trial")
 
 
 def _epochs(uri, study) -> int:
@@ -88,7 +65,7 @@ def test_an_mlflow_outage_mid_study_loses_nothing(synthetic_root, tmp_path):
     """The server is stopped after the first epoch and started again OUTAGE_S later (it takes 25-90 s to start
     on 2 busy cores): the trials train on, and the writes that waited are written once it answers (the end of
     the study waits up to 300 s for it here)."""
-    server = Server(tmp_path)
+    server = MlflowServer(tmp_path)
     server.start()
     study = write_study(tmp_path / "outage.yaml", synthetic_root, epochs=EPOCHS, max_images=40, layout=None)
     out = tmp_path / "out"
@@ -112,7 +89,7 @@ def test_an_mlflow_outage_mid_study_loses_nothing(synthetic_root, tmp_path):
 
 
 def test_a_server_still_down_at_the_end_leaves_everything_on_disk_for_ablab_sync(synthetic_root, tmp_path):
-    server = Server(tmp_path)
+    server = MlflowServer(tmp_path)
     server.start()
     study = write_study(tmp_path / "outage_end.yaml", synthetic_root, epochs=3, max_images=24, layout=None)
     out = tmp_path / "out"

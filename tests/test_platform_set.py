@@ -4,10 +4,9 @@ trained trial's config in MLflow, the launch is named by it, and the reading com
 import json
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from ablab.naming import launch_key
-from platform_helpers import ablab_env, run_cli, write_study
+from platform_helpers import ablab_env, local_store, run_cli, study_runs, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +32,7 @@ def test_the_override_reaches_the_trained_trials_config_in_mlflow(launched):
     folder = out / "set_study" / key
     assert json.loads((folder / "launch.json").read_text())["set"] == {"train.lr": 0.005, "train.steps": [1]}
     assert json.loads((folder / "trials" / "iou_seed0" / "config.json").read_text())["train"]["lr"] == 0.005
-    client = MlflowClient(f"sqlite:///{out / 'set_study' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("ablab/set_study").experiment_id])
+    runs = study_runs(local_store(out, "set_study"), "set_study")[1]
     assert {x.data.tags["ablab.role"] for x in runs} == {"launch", "trial"} and len(runs) == 2
     for run in runs:  # the launch run and the trial's carry the launch's name and its overrides
         assert run.data.tags["ablab.profile"] == key and run.info.status == "FINISHED"
