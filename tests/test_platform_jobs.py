@@ -11,8 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from platform_helpers import (MlflowServer, ablab_env, free_port, local_store, readme_block, readme_line, study_runs,
-                              wait_for_http,
-                              write_study)
+                              wait_for_http, write_study)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
