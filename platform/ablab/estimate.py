@@ -23,8 +23,7 @@ One trial (seconds)::
 
 and the study: STUDY_OVERHEAD_S + the trials list-scheduled in grid order onto ``concurrency`` slots (each starts
 when a slot frees, as Ray Tune starts them). Not modelled: other programs on the machine, DDP's gradient
-all-reduce (a CPU trial on 2 workers of 1 thread was measured 1.5x slower than 1 worker of 2: README,
-bench/ddp_cpu.py), and the time data loading hides on a GPU.
+all-reduce (a CPU trial on 2 workers of 1 thread was measured 1.5x slower than 1 worker of 2: bench/ddp_cpu.py), and the time data loading hides on a GPU.
 """
 from __future__ import annotations
 
@@ -56,16 +55,16 @@ THROUGHPUT_TABLE = Path(__file__).resolve().parents[2] / "studies" / "profiles" 
 POST_S = 0.00086
 """Seconds per val image and inference variant after the forward pass: rescoring, top-k, NMS (select 0.89 s),
 the detections as columns (0.03 s), COCO metrics and correlations (0.37 s) and the bootstrap (0.29 s) of 10
-variants on 200 images with 100 detections each: 1.71 s / 2000 (README "Measured here", bench/eval.py)."""
+variants on 200 images with 100 detections each: 1.71 s / 2000 (bench/README.md, bench/eval.py)."""
 
 TRIAL_OVERHEAD_S = {"tune": 2.2, "train": 14.7}
 """Seconds a trial costs beyond its training and evaluation, by executor: 2.2 s in the Tune trial's process, 14.7 s
-on a TorchTrainer (its six fresh processes) (README "Measured here", bench/orchestration.py). The measured
+on a TorchTrainer (its six fresh processes) (bench/README.md, bench/orchestration.py). The measured
 ``setup_s`` (data split, model, loader) is added to it."""
 
 STUDY_OVERHEAD_S = 12.0
 """Seconds a study costs beyond its trials: Ray's start, Tune's setup and end, the claims' check. bench/orchestration.py
-measured `ablab run` at 3.0 s per trial more than its trials alone, over 4 trials (README "Measured here")."""
+measured `ablab run` at 3.0 s per trial more than its trials alone, over 4 trials (bench/README.md)."""
 
 MAX_BENCH_SHARE = 0.05
 """`ablab run` measures only where its benchmark's training steps are at most this share of the study's (a
