@@ -21,8 +21,13 @@ PACKAGES = {"ablab": REPO / "platform" / "ablab", "detector": REPO / "detector",
 LAYER = {"detector": 0, "ablab": 1, "dashboards": 2}
 """Which package may import which: a package imports only those on a lower layer, and itself."""
 COMMAND_MODULES = {"ablab.cli", "ablab"}
-"""The composition root (the commands and the public `ablab.results/claims/effects`): they resolve a profile
-name; below them nothing should take one."""
+"""The composition root: the commands resolve a profile name; below them nothing should take one."""
+EDGE = {"ablab.launch.open_launch", "ablab.launch.of", "ablab.launch.sibling", "ablab.query.results",
+        "ablab.query.claims", "ablab.query.effects", "ablab.naming.launch_key", "ablab.naming.launch_args",
+        "ablab.paths.study_dir"}
+"""Where a profile name is the input by design: resolving a launch (``open_launch``, ``Launch.of``), the public
+``ablab.results`` / ``claims`` / ``effects`` (a user's entry points, as the commands are), and the names a launch's
+profile and --set spell (its key, its arguments, its folder). Counted apart."""
 
 
 def modules() -> dict[str, Path]:
@@ -115,7 +120,7 @@ def main() -> int:
     floor = floors(graph, cycles)
     upward = sorted(f"{m} -> {w}" for m, ws in graph.items() for w in ws
                     if LAYER[w.split(".")[0]] > LAYER[m.split(".")[0]])
-    clients, long_functions, profile_takers = Counter(), [], []
+    clients, long_functions, profile_takers, edge = Counter(), [], [], []
     for name, path in found.items():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -127,7 +132,7 @@ def main() -> int:
                     long_functions.append(f"{name}.{node.name} ({length} lines)")
                 params = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
                 if "profile" in params and name not in COMMAND_MODULES:
-                    profile_takers.append(f"{name}.{node.name}")
+                    (edge if f"{name}.{node.name}" in EDGE else profile_takers).append(f"{name}.{node.name}")
     print(f"modules: {len(found)} on {max(floor.values()) + 1} floors")
     print(f"import circles: {len(cycles)}" + "".join(f"\n  {' <-> '.join(c)}" for c in cycles))
     print(f"imports up a layer: {len(upward)}" + "".join(f"\n  {u}" for u in upward))
@@ -135,6 +140,7 @@ def main() -> int:
     print(f"functions over {args.max_lines} lines: {len(long_functions)}" + "".join(f"\n  {f}" for f in long_functions))
     print(f"functions below the commands taking a profile: {len(profile_takers)}"
           + "".join(f"\n  {f}" for f in profile_takers))
+    print(f"functions that take a profile by design (EDGE): {len(edge)}: {', '.join(sorted(edge))}")
     return 0
 
 

@@ -16,7 +16,8 @@ from ablab.launch import Launch
 from ablab.logs import log
 from ablab.paths import browse_hint, output_root, run_url
 from ablab.query import launch_results
-from ablab.table import as_trained, effects_text, setting, table_text
+from ablab.labels import as_trained, setting
+from ablab.table import effects_text, table_text
 
 from . import plots
 

@@ -125,7 +125,7 @@ def test_a_smoke_table_names_the_backbone_it_trained_beside_the_papers():
     from pathlib import Path
 
     from ablab.study import load_study
-    from ablab.table import as_trained, setting
+    from ablab.labels import as_trained, setting
 
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "table5.yaml")
     smoke_full, paper, smoke = (Launch.of(study, p) for p in ("smoke_full", "paper", "smoke"))
@@ -155,7 +155,7 @@ def test_the_trained_backbone_goes_beside_the_papers_name_or_after_the_label(lab
         "profiles": {"paper": {"base": {"model": {"backbone": {"name": "resnet50"}}}},
                      "smoke": {"base": {"model": {"backbone": {"name": trained, "pretrained": "none", "norm": "bn"}}}}},
         "layout": {"columns": ["AP"], "rows": [{"label": label, "trial": "a"}]}})
-    from ablab.table import as_trained
+    from ablab.labels import as_trained
 
     assert as_trained(Launch.of(study, "smoke")).study.table_layout.rows[0].label == shown
 
@@ -166,7 +166,7 @@ def test_the_delta_to_the_paper_is_shown_only_in_the_papers_setting(monkeypatch)
     from pathlib import Path
 
     from ablab.study import load_study
-    from ablab.table import papers_setting
+    from ablab.labels import papers_setting
 
     monkeypatch.setenv("ABLAB_COCO_ROOT", "/data/coco")
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "table1.yaml")

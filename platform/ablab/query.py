@@ -80,7 +80,7 @@ def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = Non
 
 def launch_claims(launch: Launch, tracking_uri: Optional[str] = None, out_root: Optional[str] = None) -> pd.DataFrame:
     from .evidence import claims_frame
-    from .table import as_trained
+    from .labels import as_trained
 
     read = launch_results(launch, tracking_uri, out_root)
     return claims_frame(as_trained(launch), read.frame, read.replicates)
@@ -91,7 +91,7 @@ def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = No
     """Each change of a study file against its baseline, per column (ablab.evidence.effects_frame), with the
     row labels naming what the profile trained (in the launch with ``overrides``)."""
     from .evidence import effects_frame
-    from .table import as_trained
+    from .labels import as_trained
 
     launch = open_launch(study, profile, overrides)
     read = launch_results(launch, tracking_uri, out_root)

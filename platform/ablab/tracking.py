@@ -59,15 +59,16 @@ class MlflowStudyLogger(Callback):
     The experiment and the launch run are made when the study starts (the store was checked just before);
     every later write goes through the study's :class:`~ablab.journal.Journal`, so no trial and no Tune
     callback waits on an MLflow write, and an outage costs nothing but delay (the one read left is a trial's
-    logged epochs, once per trial and process). ``profile`` is the launch's key (naming.launch_key): the runs'
+    logged epochs, once per trial and process). ``key`` is the launch's (naming.launch_key): the runs'
     ``ablab.profile`` tag."""
 
-    def __init__(self, tracking_uri: str, study, profile: str, configs: dict[str, dict], artifacts_root: Path,
+    def __init__(self, tracking_uri: str, study, key: str, configs: dict[str, dict], artifacts_root: Path,
                  registry_path: Path):
         # Tuner.restore unpickles this object as it was when the experiment state was saved: keep only
-        # plain state here, and read the run registry from disk whenever a run is looked up.
+        # plain state here (its names too: `profile` holds the key), and read the run registry from disk whenever
+        # a run is looked up.
         self.tracking_uri = tracking_uri
-        self.study, self.profile, self.configs = study, profile, configs
+        self.study, self.profile, self.configs = study, key, configs
         self.artifacts_root, self.registry_path = artifacts_root, registry_path
         self.commit = git_commit()
         self._reset()
