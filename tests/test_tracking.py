@@ -4,7 +4,6 @@ is a clear error."""
 import json
 from types import SimpleNamespace
 
-import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
