@@ -35,7 +35,10 @@ def aa_study(study_path: Path, trial: str, seeds: int, folder: Path) -> Path:
 
     launch = open_launch(study_path, "smoke")
     study, smoke = launch.study, launch.spec
-    data_root = study.path_of(launch.first_config(trial).data.root)
+    trained = launch.first_config(trial)
+    if trained is None:
+        raise SystemExit(f"bench/aa.py: {study_path}: its smoke profile does not train {trial!r}")
+    data_root = study.path_of(trained.data.root)
     raw = yaml.safe_load(study_path.read_text())
     for key in ("layout", "claims"):
         raw.pop(key, None)
@@ -66,11 +69,12 @@ def main() -> int:
     import ablab
     from ablab.evidence import BETWEEN, INCONCLUSIVE, WITHIN, estimate, judge
     from ablab.paths import resolve_tracking_uri
-    from ablab.query import replicates
     from ablab.launch import open_launch
+    from ablab.store import replicates
 
-    study = open_launch(args.study, "smoke").study
-    n = args.per_arm or open_launch(args.study, "smoke").min_seeds
+    launch = open_launch(args.study, "smoke")
+    study = launch.study
+    n = args.per_arm or launch.min_seeds
     if args.seeds < 2 * n:
         ap.error(f"--seeds {args.seeds}: an A/A pair of {n} + {n} seeds needs at least {2 * n}")
     layout = study.table_layout

@@ -460,4 +460,4 @@ def reference_select(raw: RawPredictions, p: Tensor, cfg: InferenceConfig) -> De
         ranks = torch.arange(len(v), 0, -1, dtype=torch.float64)  # ties broken by index
         keep = batched_nms(box.double(), ranks, label, cfg.nms_iou)[: cfg.max_dets]
         boxes.append(box[keep]), scores.append(v[keep]), labels.append(label[keep]), counts.append(len(keep))
-    return Detections(torch.cat(boxes), torch.cat(scores), torch.cat(labels), torch.tensor(counts))
+    return Detections(torch.cat(boxes), torch.cat(scores), torch.cat(labels), torch.tensor(counts, device=p.device))

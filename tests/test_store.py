@@ -74,12 +74,25 @@ def test_what_a_study_writes_through_its_journal_every_reader_gets_back(uri, tmp
     # The launch run: found by its key, written through the journal after the study, read back by the report.
     assert store.launch_run(uri, experiment, "smoke") == parent and store.launch_run(uri, experiment, "x") is None
     assert write_now(uri, registry, "log_batch", run=LAUNCH, metrics=[["wall_s", 12.5, now, 0]],
-                     tags=[["ablab.estimate", "estimate 10s, took 12s"]]) == 0
+                     tags=[["ablab.estimate", "estimate 10s, took 12s"]])
     assert store.run_tags(uri, parent)["ablab.estimate"] == "estimate 10s, took 12s"
     plot = tmp_path / "effects.png"
     plot.write_bytes(b"\x89PNG")
     store.log_artifacts(uri, parent, [plot], "plots")
     assert [a.path for a in store.mlflow_client(uri).list_artifacts(parent, "plots")] == ["plots/effects.png"]
+
+
+def test_a_write_after_the_study_that_the_store_cannot_take_waits_in_the_journal(tmp_path, monkeypatch):
+    from ablab.journal import pending_entries
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    registry = RunRegistry(tmp_path / "mlflow_runs.json")
+    registry.data["parent"] = "0123"
+    registry.save()
+    entry = {"op": "log_batch", "run": LAUNCH, "tags": [["ablab.claims", "1 reproduced"]]}
+    assert not write_now("http://127.0.0.1:9", registry.path, **entry)  # nothing listens there
+    assert pending_entries(tmp_path) == [entry]  # for `ablab sync`
 
 
 def test_an_unusable_store_is_an_error_naming_it():

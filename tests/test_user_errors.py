@@ -262,6 +262,8 @@ CASES = [
      ["mine", "notes.txt", "not a synthetic dataset"]),
     # --- queries
     ("table_before_any_run", lambda c: ["table", c.study(), "--out-root", str(c.out)], ["no MLflow store", "run the study"]),
+    ("table_of_a_study_without_layout", lambda c: ["table", c.study(layout=None), "--out-root", str(c.out)],
+     ["s.yaml", "no layout", "ablab results"]),
     ("report_before_any_run", lambda c: ["report", c.study(), "--out-root", str(c.out)], ["no MLflow store"]),
     ("results_profile_with_a_quote", lambda c: ["results", c.study(), "--profile", "a'b", "--out-root", str(c.out)],
      ["--profile", "\"a'b\""]),

@@ -159,16 +159,16 @@ def cmd_table(args) -> int:
     from .table import effects_text, table_text
 
     launch = _launch(args)
+    if launch.study.table_layout is None:
+        flag = "--effects: " if args.effects else ""
+        raise ConfigError(f"{args.study}: {flag}the study has no layout (its rows are what a table shows and effects "
+                          f"compare); `ablab results {args.study} {launch.args}` lists its runs")
     read = launch_results(launch, args.tracking_uri, args.out_root)
     if read.frame.empty:
         what = f"{launch.args} (a launch is named by its profile and its --set)" if launch.sets else \
             f"profile {args.profile!r}"
         raise ConfigError(f"{args.study}: no runs of {what} in MLflow yet; `ablab run {args.study} {launch.args}` "
                           f"makes them")
-    if launch.study.table_layout is None:
-        flag = "--effects: " if args.effects else ""
-        raise ConfigError(f"{args.study}: {flag}the study has no layout (its rows are what a table shows and effects "
-                          f"compare); `ablab results {args.study} {launch.args}` lists its runs")
     if args.effects:
         if args.format == "latex":
             raise ConfigError("--effects: prints md, csv or html (not latex)")
@@ -188,13 +188,13 @@ REPORTS = "ablab.reports"
 
 
 def _report(args, tracking_uri: Optional[str] = None) -> None:
+    from importlib import import_module
     from importlib.metadata import entry_points
 
     builders = entry_points(group=REPORTS, name="html")
-    if not builders:
-        raise ConfigError(f"no report builder is installed (entry point {REPORTS}:html): `pip install -e .` in the "
-                          f"checkout installs the dashboards package's")
-    build = next(iter(builders)).load()
+    # A checkout that is not installed (a Ray job's working dir on a cluster) has no entry points: its own
+    # dashboards package, on the path, builds it.
+    build = next(iter(builders)).load() if builders else import_module("dashboards.report").build_report
     build(_launch(args), tracking_uri or args.tracking_uri, args.out_root, getattr(args, "dashboards", None))
 
 

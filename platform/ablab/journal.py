@@ -337,10 +337,19 @@ def finished_trials(tracking_uri: str, registry_path: Path) -> frozenset[str]:
     return finished(tracking_uri, RunRegistry(registry_path).data["trials"])
 
 
-def write_now(tracking_uri: str, registry_path: Path, op: str, **args: Any) -> int:
-    """One write of a launch's (an entry as the journal takes it, e.g. ``log_batch`` on ``run=LAUNCH``) through
-    its journal, beside the registry, waited for: a store that does not take it within FLUSH_WAIT_S leaves it
-    in the journal for ``ablab sync``. Returns the entries still waiting (0: written)."""
-    journal = Journal(registry_path.parent, MlflowWriter(tracking_uri, registry_path).apply)
-    journal.write(op, **args)
-    return journal.drain(FLUSH_WAIT_S)
+def write_now(tracking_uri: str, registry_path: Path, op: str, **args: Any) -> bool:
+    """One write of a launch's after its study (an entry as the journal takes it, e.g. ``log_batch`` on
+    ``run=LAUNCH``), made now, in this thread: a store that cannot take it leaves it in the launch's journal (the
+    folder of the registry) for ``ablab sync``; a write the store refuses raises. Returns whether it was made."""
+    entry = {"op": op, **args}
+    try:
+        MlflowWriter(tracking_uri, registry_path).apply(entry)
+        return True
+    except Exception as err:
+        if not unavailable(err):
+            raise
+    with open(registry_path.parent / JOURNAL_FILE, "a") as f:  # after whatever waits there (pending_entries)
+        f.write(json.dumps(entry) + "\n")
+    log.warning(f"tracking: {tracking_uri} did not take a write ({op} of the {args.get('run')} run); it waits in "
+                f"{registry_path.parent / JOURNAL_FILE}")
+    return False

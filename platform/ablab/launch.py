@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -27,30 +27,33 @@ RESOURCES = "resources."
 """The ``--set`` prefix of a launch's resources (``--set resources.workers=2``); any other key is a config field."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Launch:
     """One launch of a study: ``study`` under ``profile`` with ``sets`` (the command line's ``--set``, applied to
     every trial config after the profile and the trials' own overrides: they win), training each trial with its
-    seeds (``seeds``, or ``trial_seeds`` for the trials it names). The seeds can grow (``with_seeds``)."""
+    seeds (``seeds``, or ``trial_seeds`` for the trials it names). Made by ``Launch.of`` (or ``open_launch``);
+    ``with_seeds`` gives the same launch with other seeds."""
 
     study: Study
     profile: str
-    sets: dict[str, Any] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=list)
-    trial_seeds: dict[str, list[int]] = field(default_factory=dict)
-    study_path: str = ""
+    sets: dict[str, Any]
+    seeds: tuple[int, ...]
+    trial_seeds: dict[str, tuple[int, ...]]
+    study_path: str
     """The study file as the command named it (for the commands the log suggests)."""
 
     @classmethod
-    def of(cls, study: Study, profile: str, sets: Optional[dict[str, Any]] = None) -> "Launch":
+    def of(cls, study: Study, profile: str, sets: Optional[dict[str, Any]] = None,
+           study_path: Optional[str] = None) -> "Launch":
         """``study`` under ``profile`` with ``sets``, checked: a study axis is refused (the seeds, a grid key, the
         variants: their values are the trials' keys and the table's rows, which one value for all would make
-        lie), and so is a bad resources value, before anything runs."""
+        lie), and so is a bad resources value, before anything runs. ``study_path``: as the command named the
+        file (default: the file it was read from)."""
         spec = study.profile(profile)
         sets = dict(sets or {})
         _check_sets(study, sets)
-        launch = cls(study, profile, sets, list(spec.seeds or study.seeds), dict(spec.trial_seeds),
-                     study_path=study.source)
+        launch = cls(study, profile, sets, (), {}, study_path or study.source).with_seeds(
+            spec.seeds or study.seeds, spec.trial_seeds)
         try:  # now: a bad value is an error before anything runs
             launch.resources
         except ValidationError as err:
@@ -88,7 +91,7 @@ class Launch:
         return Launch.of(self.study, profile)
 
     def relabelled(self, study: Study) -> "Launch":
-        """This launch over a copy of its study (e.g. rows labelled as trained: table.as_trained)."""
+        """This launch over a copy of its study (e.g. rows labelled as trained: labels.as_trained)."""
         return dataclasses.replace(self, study=study)
 
     # ---- what it trains ----
@@ -105,17 +108,16 @@ class Launch:
         """The paired seeds a claim between models needs for a verdict: the profile's, else the study's."""
         return self.spec.min_seeds or self.study.min_seeds
 
-    def seeds_of(self, trial: str) -> list[int]:
+    def seeds_of(self, trial: str) -> tuple[int, ...]:
         """The seeds ``trial`` trains with."""
         return self.trial_seeds.get(trial) or self.seeds
 
-    def with_seeds(self, seeds: Sequence[int], trial_seeds: Optional[dict[str, list[int]]] = None) -> "Launch":
-        """The launch's seeds (``--seeds N``, or what a resumed launch ran): ``seeds`` for every trial but those
-        ``trial_seeds`` names. Returns the launch itself."""
-        self.seeds, self.trial_seeds = list(seeds), dict(trial_seeds or {})
-        return self
+    def with_seeds(self, seeds: Sequence[int], trial_seeds: Optional[dict[str, Sequence[int]]] = None) -> "Launch":
+        """This launch with other seeds (``--seeds N``, or what a resumed launch ran): ``seeds`` for every trial but
+        those ``trial_seeds`` names."""
+        return dataclasses.replace(self, seeds=tuple(seeds),
+                                   trial_seeds={t: tuple(s) for t, s in (trial_seeds or {}).items()})
 
-    @property
     def trial_names(self) -> list[str]:
         allowed = self.spec.trials
         return [t.name for t in self.study.trials if allowed is None or t.name in allowed]
@@ -123,14 +125,14 @@ class Launch:
     def trial_count(self) -> int:
         """len(trial_points()), without building them."""
         return sum(len(self.seeds_of(n)) * math.prod(len(v) for v in self.study.grid_of(n).values())
-                   for n in self.trial_names)
+                   for n in self.trial_names())
 
     def trial_points(self) -> list[dict[str, Any]]:
         """Every training point: {"trial": name, "seed": s, <grid key>: value, ...} for each trial x seed x its
         grid (the study's crossed with the trial's own). A grid value may itself be a list (a grid over
         ``train.steps``: ``[[8, 11], [9]]``)."""
         points = []
-        for name in self.trial_names:
+        for name in self.trial_names():
             grid = self.study.grid_of(name)
             for seed, *values in itertools.product(self.seeds_of(name), *grid.values()):
                 points.append({"trial": name, "seed": seed, **dict(zip(grid, values))})
@@ -222,9 +224,7 @@ def _check_rows_evaluable(study: Study, resolved: list[tuple[dict[str, Any], Con
 
 def open_launch(study_path: str | Path, profile: str, overrides: Sequence[str] = ()) -> Launch:
     """The launch a command names: the study file, ``--profile`` and its ``--set`` items (parse_sets)."""
-    launch = Launch.of(load_study(study_path), profile, parse_sets(overrides))
-    launch.study_path = str(study_path)
-    return launch
+    return Launch.of(load_study(study_path), profile, parse_sets(overrides), str(study_path))
 
 
 # ---- a launch resolved: every config, its folder ------------------------------------------------------------------
@@ -295,10 +295,10 @@ def plan_study(launch: Launch, out_root: Optional[str] = None, check_data: bool 
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds: {seeds} must be at least 1")
-        launch.with_seeds(range(seeds))
+        launch = launch.with_seeds(range(seeds))
     elif resume and launch_file.is_file():
         ran = json.loads(launch_file.read_text())  # a launch from before trial_seeds ran its seeds on every trial
-        launch.with_seeds(ran.get("seeds", launch.spec.seeds or launch.study.seeds), ran.get("trial_seeds", {}))
+        launch = launch.with_seeds(ran.get("seeds", launch.spec.seeds or launch.study.seeds), ran.get("trial_seeds", {}))
     count = launch.trial_count()
     if count > MAX_TRIALS and not allow_large_grid:
         raise ConfigError(f"{launch.study_path}: grid: profile {launch.profile} has {count} trials (trials x seeds x "

@@ -65,7 +65,7 @@ def metric_key(variant: str, metric: str) -> str:
 
 
 def write_eval_outputs(out: Path, result) -> None:
-    """An evaluation's files (``result``: a detector.engine.EvalResult): METRICS_FILE,
+    """An evaluation's files (``result``: a detector.evaluator.EvalResult): METRICS_FILE,
     DETECTIONS_DIR/<variant slug>.json (COCO results), SCATTER_FILE (the confidence / IoU_eval samples of
     Figure 4) and BOOTSTRAP_FILE (each metric's replicates over val images, for paired intervals)."""
     out.mkdir(parents=True, exist_ok=True)

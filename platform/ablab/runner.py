@@ -1,6 +1,7 @@
-"""Running a study: validate everything, start or join Ray, run the grid on Ray Tune (each trial training in
-its own process, or on a Ray Train TorchTrainer's workers: trial.py), mirror it into MLflow from this (driver)
-process, and summarise."""
+"""Running a launch: its plan (ablab.launch: every config checked), the checks of where it runs and logs, the
+cluster (ablab.cluster), the grid on Ray Tune (each trial training in its own process, or on a Ray Train
+TorchTrainer's workers: trial.py), mirrored into MLflow from this (driver) process (tracking.py), and its summary;
+and `ablab sync`."""
 from __future__ import annotations
 
 import errno
@@ -137,12 +138,13 @@ def run_study(launch: Launch, address: Optional[str] = None, tracking_uri: Optio
     pending = len(pending_entries(plan.out_dir))
     if plan.study.claims and not pending:
         _check_claims(plan, tracking_uri)
+    if not unfinished:
+        forecast.finish(None if pending else tracking_uri)
+    pending = len(pending_entries(plan.out_dir))  # with the claims' and the estimate's writes, if the store failed
     if pending:
         log.warning(f"tracking: {pending} MLflow writes are not in {tracking_uri} yet (it did not answer); they are "
                     f"kept in {plan.out_dir / JOURNAL_FILE}, beside the trials' own files: "
                     f"`ablab sync {plan.study_path} {plan.args}` writes them once it answers")
-    if not unfinished:
-        forecast.finish(None if pending else tracking_uri)
     if where == "local":
         ray_temp.clean = not (failed or unfinished or pending)
         if not ray_temp.clean:

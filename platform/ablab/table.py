@@ -42,7 +42,7 @@ def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = No
                 replicates: Optional[dict] = None) -> list[tuple[Row, list[Cell]]]:
     """One (row, cells) per layout row. Ours: the mean over seeds of the row's results (row_results), times the
     layout's scale (100: percent), or None when MLflow holds no finished value for it. ``replicates`` (run
-    id -> variant -> metric -> bootstrap replicates, ablab.query.replicates): each cell gets its interval."""
+    id -> variant -> metric -> bootstrap replicates, ablab.store.replicates): each cell gets its interval."""
     layout = study.table_layout
     if layout is None:
         raise ValueError(f"study {study.study} has no table layout")
