@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -188,6 +189,33 @@ def test_claims_come_out_reproduced_contradicted_and_inconclusive(store):
     assert frame.loc[2, "lo"] < 0 < frame.loc[2, "hi"] and frame.loc[2, "power"] < 0.5
     assert frame.loc[2, "detectable"] > 1.0
     assert frame["power"].isna().tolist() == [False, False, False, True]  # within one model: no seeds needed
+
+
+def test_the_claims_from_the_trials_own_files_are_those_from_mlflow(store, tmp_path):
+    """While MLflow lacks a launch's writes, `ablab run` checks its claims on the trials' files: the same verdicts,
+    values and intervals as from the runs in MLflow."""
+    import ablab
+    from ablab.evidence import claims_frame
+    from ablab.labels import as_trained
+    from ablab.launch import open_launch
+    from ablab.query import trial_files
+
+    study, uri = store
+    noise = np.random.default_rng(0).normal(0, 0.01, 200)
+    for trial, values in OURS.items():  # as the store fixture logged them
+        for seed, ap in enumerate(values):
+            folder = tmp_path / "out" / "trials" / f"{trial}_seed{seed}"
+            folder.mkdir(parents=True)
+            rescored, shift = ap + (0.004 if trial == "up" else 0.0), 0.002 * seed if trial == "same" else 0
+            (folder / "metrics.json").write_text(json.dumps({"cls/AP": ap, "alpha=0.5/AP": rescored}))
+            (folder / "config.json").write_text(json.dumps({"inference": {"variants": [{"name": "cls"},
+                                                                                      {"name": "alpha=0.5"}]}}))
+            (folder / "bootstrap.json").write_text(json.dumps({"cls": {"AP": list(ap + noise + shift)},
+                                                               "alpha=0.5": {"AP": list(rescored + noise + shift)}}))
+    launch = open_launch(str(study), "smoke")
+    from_files = claims_frame(as_trained(launch), *trial_files(launch, tmp_path / "out"))
+    from_mlflow = ablab.claims(str(study), profile="smoke", tracking_uri=uri)
+    pd.testing.assert_frame_equal(from_files, from_mlflow)
 
 
 def test_below_the_seed_minimum_a_claim_between_models_is_inconclusive_and_says_why(store):

@@ -1,7 +1,9 @@
 """Query a study's results from MLflow alone: anyone with the tracking URI can tabulate them (the public
-``ablab.results`` / ``claims`` / ``effects``, and what the commands read of a launch)."""
+``ablab.results`` / ``claims`` / ``effects``, and what the commands read of a launch); and, while MLflow still
+lacks a launch's writes, the same results from its trials' own files (``trial_files``)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -12,7 +14,7 @@ import pandas as pd
 from detector.config import ConfigError, parse_sets
 
 from .launch import Launch, open_launch
-from .naming import launch_key
+from .naming import BOOTSTRAP_FILE, CONFIG_FILE, METRICS_FILE, launch_key, point_key
 from .paths import check_name, resolve_tracking_uri, results_root
 from .store import replicates, trial_runs
 
@@ -68,6 +70,33 @@ def launch_results(launch: Launch, tracking_uri: Optional[str] = None, out_root:
     uri = resolve_tracking_uri(launch.study.study, tracking_uri, out_root)
     frame = trial_runs(uri, launch.study.study, launch.key).reset_index(drop=True)
     return LaunchResults(frame, replicates(frame, uri) if not frame.empty else {}, out_root, uri)
+
+
+def trial_files(launch: Launch, out_dir: Path) -> tuple[pd.DataFrame, dict[str, dict[str, dict[str, np.ndarray]]]]:
+    """A launch's results read from its trials' own files (``<out_dir>/trials/<key>/``: config.json, metrics.json,
+    bootstrap.json) in the frame and replicates ``launch_results`` reads from MLflow, the trial keys standing for
+    run ids: what a launch's claims are checked on while MLflow has not taken all its writes. A trial without its
+    metrics has not finished and is left out."""
+    rows, reps = [], {}
+    for point in launch.trial_points():
+        key = point_key(point)
+        folder = out_dir / "trials" / key
+        try:
+            metrics = json.loads((folder / METRICS_FILE).read_text())
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            bootstrap = json.loads((folder / BOOTSTRAP_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        variants = [v["name"] for v in config.get("inference", {}).get("variants", [])] or sorted(
+            {k.rpartition("/")[0] for k in metrics})
+        flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
+        identity = {"study": launch.study.study, "profile": launch.key, "trial": point["trial"], "seed": point["seed"],
+                    "trial_key": key, "run_id": key, "status": "FINISHED"}
+        for variant in variants:
+            values = {k[len(variant) + 1:]: v for k, v in metrics.items() if k.startswith(f"{variant}/")}
+            rows.append({**identity, "variant": variant, **flat, **values})
+        reps[key] = {v: {m: np.asarray(r, np.float64) for m, r in by_metric.items()} for v, by_metric in bootstrap.items()}
+    return pd.DataFrame(rows), reps
 
 
 def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,

@@ -19,7 +19,7 @@ from detector.config import ConfigError
 
 from .cluster import ray_temp, start_ray
 from .estimate import RunEstimate
-from .evidence import verdict_text
+from .evidence import claims_frame, verdict_text
 from .launch import Launch, Plan, plan_study
 from .paths import adopt_credentials, browse_lines, in_ray_job, resolve_tracking_uri
 from .preflight import (check_embedded_resources, check_output_dir, check_ray_address, check_tracking_uri,
@@ -136,8 +136,8 @@ def run_study(launch: Launch, address: Optional[str] = None, tracking_uri: Optio
         log.info(f"interrupted: {unfinished} trial(s) stopped at their last checkpoint; "
                  f"`ablab resume {plan.study_path} {plan.args}` finishes the study")
     pending = len(pending_entries(plan.out_dir))
-    if plan.study.claims and not pending:
-        _check_claims(plan, tracking_uri)
+    if plan.study.claims:
+        _check_claims(plan, tracking_uri, pending)
     if not unfinished:
         forecast.finish(None if pending else tracking_uri)
     pending = len(pending_entries(plan.out_dir))  # with the claims' and the estimate's writes, if the store failed
@@ -174,18 +174,25 @@ def _full_disk(plan: Plan) -> OSError:
                    str(plan.out_dir))
 
 
-def _check_claims(plan: Plan, tracking_uri: str) -> None:
-    """The claims' verdicts, logged and on the launch run; a store that fails here costs the study nothing
-    (`ablab table` computes them again from MLflow)."""
+def _check_claims(plan: Plan, tracking_uri: str, pending: int) -> None:
+    """The claims' verdicts, logged and on the launch run; with MLflow writes ``pending``, read from the trials'
+    own files and logged only (`ablab sync`, then `ablab table`, puts them in MLflow). A failure here costs the
+    study nothing (`ablab table` computes them again from MLflow)."""
+    from .labels import as_trained
+    from .query import trial_files
     from .tracking import log_claims
 
     try:
-        frame = log_claims(plan.launch, tracking_uri, plan.out_dir / REGISTRY_FILE)
+        if pending:
+            frame = claims_frame(as_trained(plan.launch), *trial_files(plan.launch, plan.out_dir))
+        else:
+            frame = log_claims(plan.launch, tracking_uri, plan.out_dir / REGISTRY_FILE)
     except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost
         log.warning(f"claims: not checked ({type(err).__name__}: {str(err)[:200]}); `ablab table` checks them")
         return
     counts = frame.apply(verdict_text, axis=1).value_counts()
-    log.info(f"claims of the paper: {', '.join(f'{n} {v}' for v, n in counts.items())} "
+    source = " from the trials' own files (MLflow does not hold them all yet)" if pending else ""
+    log.info(f"claims of the paper{source}: {', '.join(f'{n} {v}' for v, n in counts.items())} "
              f"(`ablab table {plan.study_path} {plan.args}` shows each)")
 
 
