@@ -296,6 +296,8 @@ def evaluate(model: Detector, cfg: Config, val_set: Optional[DetectionSet] = Non
         with precision.autocast():
             out, priors = model(batch.images)
         raw = raw_predictions(out, priors, model.family, batch.targets if truth else None, batch.image_sizes)
+        if device.type != "cpu":  # the network stays busy on its device; selection and metrics run on the host
+            raw = raw.cpu()
         t1 = time.perf_counter()
         selected = select(raw)
         evaluator.seconds["forward"] += t1 - t

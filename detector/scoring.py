@@ -34,6 +34,11 @@ class RawPredictions:
     iou_truth: Optional[Tensor]
     level_sizes: list[int]
 
+    def cpu(self) -> "RawPredictions":
+        """The same predictions in host memory."""
+        host = lambda t: None if t is None else t.cpu()
+        return RawPredictions(host(self.boxes), host(self.p), host(self.q), host(self.iou_truth), self.level_sizes)
+
 
 @dataclass
 class Detections:
