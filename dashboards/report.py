@@ -12,8 +12,10 @@ from typing import Optional
 
 from ablab import store
 from ablab.evidence import effect_pairs
+from ablab.journal import LAUNCH, RunRegistry, write_now
 from ablab.launch import Launch
 from ablab.logs import log
+from ablab.naming import REGISTRY_FILE
 from ablab.paths import browse_hint, output_root, run_url
 from ablab.query import launch_results
 from ablab.labels import as_trained, setting
@@ -35,6 +37,18 @@ code { background: #f4f4f4; padding: 1px 4px; } .failed { color: #b00; }
 # Lets a headless browser (and a reader) confirm every embedded image decoded: data-images-rendered on <body>.
 ONLOAD = """<script>window.addEventListener('load', () => { const imgs = Array.from(document.images);
 document.body.dataset.imagesRendered = imgs.filter(i => i.complete && i.naturalWidth > 0).length; });</script>"""
+
+
+def _log_plots(uri: str, launch_run: str, folder: Path, images: list[Path]) -> None:
+    """The plots on the launch run: through the launch's journal where its folder is here (the run `ablab run`
+    logs to, so a store that is down keeps them for `ablab sync`), else straight to the store (a report rebuilt
+    elsewhere, from the tracking URI alone)."""
+    registry = folder / REGISTRY_FILE
+    if registry.is_file() and RunRegistry(registry).data.get("parent") == launch_run:
+        for path in images:
+            write_now(uri, registry, "artifact", run=LAUNCH, path=str(path), artifact_path="plots")
+    else:
+        store.log_artifacts(uri, launch_run, images, "plots")
 
 
 def _img(path: Path) -> str:
@@ -126,7 +140,7 @@ def build_report(launch: Launch, tracking_uri: Optional[str] = None, out_root: O
                               plots.confidence_vs_iou(study, df, store.scatter_samples(uri, runs), plot_dir)) if p]
     launch_run = store.launch_run(uri, experiment_id, launch.key)
     if launch_run:
-        store.log_artifacts(uri, launch_run, images, "plots")
+        _log_plots(uri, launch_run, plot_dir.parent, images)
 
     table_html = ""
     if study.table_layout:  # the effect view first (what an ablation is read for), then the paper's table

@@ -289,7 +289,7 @@ class MlflowWriter:
             if e.get("tags"):
                 self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["tags"]])
         elif op == "artifact":
-            self.client.log_artifact(run_id, e["path"])
+            self.client.log_artifact(run_id, e["path"], e.get("artifact_path"))
         elif op == "artifacts":
             self.client.log_artifacts(run_id, e["path"], e["artifact_path"])
         elif op == "end":
