@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ablab.study import Study  # noqa: E402
-from ablab.rows import finished, row_results, row_variant  # noqa: E402
+from ablab.rows import ResultSet  # noqa: E402
 from detector.config import parse_variant  # noqa: E402
 from detector.options import POINT_RULES  # noqa: E402  (each rule names the field that holds its threshold)
 
@@ -38,14 +38,15 @@ def _save(fig, path: Path) -> Path:
 def _measured_rows(study: Study, df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """(label, variant, its results) of every table row that reads one of our runs and has results."""
     layout = study.table_layout
-    rows = [(r.label, row_variant(r, df), row_results(r, df)) for r in (layout.rows if layout else []) if r.measured]
+    results = ResultSet(df)
+    rows = [(r.label, results.variant_of(r), results.of_row(r)) for r in (layout.rows if layout else []) if r.measured]
     return [(label, variant, sel) for label, variant, sel in rows if not sel.empty]
 
 
 def alpha_sweep(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
     """AP, AP50 ... AP90 vs alpha, one panel per trained model with at least three alphas (Tables 3/4 of
     000, Table 5 of 004). The x axis is alpha in the study's own convention."""
-    df = finished(df)
+    df = ResultSet(df).finished().frame
     sweeps = []
     for trial, group in df.groupby("trial_key", sort=False):  # each trained model
         points = []
@@ -75,7 +76,7 @@ def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path
     """The table's first metric vs the assignment threshold, one line per assigner (Tables 1a and 2 of 003):
     Pseudo-IoU T, centerness c, scaled-box s. The inside-box baseline is Pseudo-IoU at T = 0."""
     metric = study.table_layout.metric(study.table_layout.columns[0]) if study.table_layout else None
-    df = finished(df)
+    df = ResultSet(df).finished().frame
     if metric not in df or "model.assigner.name" not in df or df["model.assigner.name"].isin(["max_iou"]).all():
         return None
     points: dict[tuple[str, float], list[float]] = {}
@@ -104,7 +105,7 @@ def threshold_curves(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path
 
 def ap_vs_iou(study: Study, df: pd.DataFrame, out: Path) -> Optional[Path]:
     """AP at each single IoU threshold, one line per measured table row."""
-    df = finished(df)
+    df = ResultSet(df).finished().frame
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     drawn = 0
     for label, _, sel in _measured_rows(study, df)[:MAX_LINES]:
@@ -128,7 +129,7 @@ def confidence_vs_iou(study: Study, df: pd.DataFrame, scatter: dict[str, dict], 
     """Figure 4 of paper 000: detection confidence vs IoU_eval per measured row (e.g. the baseline, the
     predicted IoU and the ground-truth IoU), with Pearson and Spearman coefficients in each title.
     scatter: trial key -> {variant: {"confidence": [...], "iou_eval": [...]}} (a row's first seed)."""
-    df = finished(df)
+    df = ResultSet(df).finished().frame
     panels = []
     for label, variant, sel in _measured_rows(study, df):
         coef = sel.iloc[0]
@@ -158,13 +159,13 @@ def _thresholds(df: pd.DataFrame) -> list[tuple[float, str]]:
     return voc or sorted((t, c) for c, t in COCO_AT.items() if c in df and df[c].notna().any())
 
 
-def effects_vs_iou(study: Study, df: pd.DataFrame, replicates: dict, out: Path) -> Optional[Path]:
+def effects_vs_iou(study: Study, results: ResultSet, out: Path) -> Optional[Path]:
     """Each change's effect against its baseline (ablab.evidence.effect_pairs) at every single IoU threshold:
     one small panel per pair, ours with its 95% band, the paper's where its table has that threshold."""
     from ablab.evidence import effect_pairs, metric_difference
 
     layout = study.table_layout
-    pairs, thresholds = effect_pairs(study), _thresholds(finished(df))
+    pairs, thresholds = effect_pairs(study), _thresholds(results.finished().frame)
     if not layout or not pairs or len(thresholds) < 2:
         return None
     paper_at = {}  # metric -> column, for the paper's references
@@ -175,7 +176,7 @@ def effects_vs_iou(study: Study, df: pd.DataFrame, replicates: dict, out: Path) 
     rows = -(-len(pairs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False, sharey=True)
     for ax, (row, vs) in zip(axes.flat, pairs):
-        ours = [(t, metric_difference(study, row, vs, m, df, replicates)) for t, m in thresholds]
+        ours = [(t, metric_difference(study, row, vs, m, results)) for t, m in thresholds]
         ours = [(t, e) for t, e in ours if e.value is not None]
         if ours:
             ax.plot([t for t, _ in ours], [e.value for _, e in ours], marker="o", label="ours")

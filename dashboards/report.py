@@ -18,6 +18,7 @@ from ablab.logs import log
 from ablab.naming import REGISTRY_FILE
 from ablab.paths import browse_hint, output_root, run_url
 from ablab.query import launch_results
+from ablab.rows import ResultSet
 from ablab.labels import as_trained, setting
 from ablab.table import effects_text, table_text
 
@@ -68,9 +69,10 @@ def _cost(uri: str, launch: Optional[str]) -> str:
             f'{html.escape(tags.get("ablab.estimate_source", "?"))} (<code>ablab plan</code> prints the estimate).</p>')
 
 
-def _page(launch: Launch, df, table_html: str, images: list[Path], runs_html: str, browse: str, cost: str = "") -> str:
+def _page(launch: Launch, results: ResultSet, table_html: str, images: list[Path], runs_html: str, browse: str,
+          cost: str = "") -> str:
     study, key = launch.study, launch.key
-    title = f"{study.study} ({key}): {setting(launch, df)}"
+    title = f"{study.study} ({key}): {setting(launch, results)}"
     paper_setting = study.title or study.paper + " table " + study.table
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = "".join(_img(p) for p in images) or "<p>No plots for this study yet.</p>"
@@ -123,7 +125,8 @@ def build_report(launch: Launch, tracking_uri: Optional[str] = None, out_root: O
     """Write <dashboards>/<study>-<launch key>.html (the key: the profile, with a digest of the launch's
     ``--set`` where it had some) and refresh the index; returns the page's path."""
     read = launch_results(launch, tracking_uri, out_root)
-    df, reps, uri, out_root = read.frame, read.replicates, read.tracking_uri, read.out_root
+    results, uri, out_root = read.results, read.tracking_uri, read.out_root
+    df = results.frame
     experiment_id = store.experiment_id(uri, launch.study.study)
 
     plot_dir = launch.folder(out_root) / "plots"
@@ -132,7 +135,7 @@ def build_report(launch: Launch, tracking_uri: Optional[str] = None, out_root: O
     study = launch.study
     if not df.empty:  # e.g. a profile never run
         runs = {r["trial_key"]: r["run_id"] for _, r in df.drop_duplicates("run_id").iterrows()}
-        effects = plots.effects_vs_iou(study, df, reps, plot_dir)
+        effects = plots.effects_vs_iou(study, results, plot_dir)
         curves = store.histories(uri, df["run_id"].unique(), ("train/loss", "val/"))
         images = [p for p in (effects, plots.learning_curves(study, df, curves, plot_dir),
                               plots.alpha_sweep(study, df, plot_dir), plots.threshold_curves(study, df, plot_dir),
@@ -144,9 +147,9 @@ def build_report(launch: Launch, tracking_uri: Optional[str] = None, out_root: O
 
     table_html = ""
     if study.table_layout:  # the effect view first (what an ablation is read for), then the paper's table
-        table_html = (effects_text(launch, df, "html", reps) if effect_pairs(study) else "") + \
-            table_text(launch, df, "html", reps)
-    page = _page(launch, df, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id),
+        table_html = (effects_text(launch, results, "html") if effect_pairs(study) else "") + \
+            table_text(launch, results, "html")
+    page = _page(launch, results, table_html, images, _runs_table(df, uri, experiment_id), _browse(uri, experiment_id),
                  _cost(uri, launch_run))
 
     out = Path(dashboards_dir) if dashboards_dir else output_root(out_root) / "dashboards"

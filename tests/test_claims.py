@@ -213,7 +213,7 @@ def test_the_claims_from_the_trials_own_files_are_those_from_mlflow(store, tmp_p
             (folder / "bootstrap.json").write_text(json.dumps({"cls": {"AP": list(ap + noise + shift)},
                                                                "alpha=0.5": {"AP": list(rescored + noise + shift)}}))
     launch = open_launch(str(study), "smoke")
-    from_files = claims_frame(as_trained(launch), *trial_files(launch, tmp_path / "out"))
+    from_files = claims_frame(as_trained(launch), trial_files(launch, tmp_path / "out"))
     from_mlflow = ablab.claims(str(study), profile="smoke", tracking_uri=uri)
     pd.testing.assert_frame_equal(from_files, from_mlflow)
 
@@ -280,10 +280,11 @@ def test_a_claim_on_a_row_the_profile_does_not_train_says_so(tmp_path):
 
     from ablab.evidence import NOT_MEASURED, claims_frame, verdict_text
     from ablab.launch import open_launch
+    from ablab.rows import ResultSet
 
     path = tmp_path / "claims_t.yaml"
     path.write_text(yaml.safe_dump(STUDY, sort_keys=False))
-    frame = claims_frame(open_launch(path, "partial"), pd.DataFrame(), {})  # nothing ran yet
+    frame = claims_frame(open_launch(path, "partial"), ResultSet(pd.DataFrame(), {}))  # nothing ran yet
     assert list(frame["verdict"]) == [NOT_MEASURED] * 4
     assert list(frame["reason"]) == ["", "profile partial does not train down", "profile partial does not train same", ""]
     assert verdict_text(frame.iloc[1]) == "not measured (profile partial does not train down)"

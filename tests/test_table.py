@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from ablab.launch import Launch
+from ablab.rows import ResultSet
 from ablab.study import Study
 from ablab.table import build_table, caption, render
 
@@ -23,7 +24,7 @@ def test_ours_beside_paper_with_delta_and_seed_mean():
         {"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.30, "AP90": 0.10},
         {"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.32, "AP90": 0.12},  # second seed
         {"trial": "iou", "variant": "alpha=0.4", "status": "FAILED", "AP": 0.99, "AP90": 0.99}])
-    rows = build_table(_study(), df)
+    rows = build_table(_study(), ResultSet(df))
     cited, base, iou = (cells for _, cells in rows)
     assert cited[0].ours is None and cited[0].paper == 33.0  # cited rows are never run
     assert base[0].ours == pytest.approx(31.0) and base[0].delta == pytest.approx(31.0 - 34.4)
@@ -33,7 +34,7 @@ def test_ours_beside_paper_with_delta_and_seed_mean():
 def test_renderings_show_missing_cells_as_missing():
     df = pd.DataFrame([{"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.31, "AP90": 0.11}])
     study = _study()
-    table = build_table(study, df)
+    table = build_table(study, ResultSet(df))
     cap = caption(Launch.of(study, "smoke"), "synthetic val")
     md = render(study, table, "md", cap)
     assert "| baseline" in md and "31.0 / 34.4 (-3.4)" in md and "YOLOv3 (cited)" in md
@@ -53,7 +54,7 @@ def test_exports_stay_well_formed_whatever_a_label_holds():
     nasty = 'R50 "x", 100% & $5 #1 {a_b} ~^ \\ <b>|</b>'
     study.table_layout.rows[1].label = nasty
     df = pd.DataFrame([{"trial": "base", "variant": "cls", "status": "FINISHED", "AP": 0.31, "AP90": 0.11}])
-    table = build_table(study, df)
+    table = build_table(study, ResultSet(df))
     cap = caption(Launch.of(study, "smoke"), "synthetic val")
     rows = list(csv.reader(io.StringIO(render(study, table, "csv", cap))))
     assert rows[2][0] == nasty and len(rows[2]) == len(rows[0])
@@ -74,10 +75,10 @@ def test_columns_read_mapped_metrics_and_unreproduced_rows_stay_empty():
             {"label": "Pseudo-IoU", "trial": "piou", "reference": {"mAP": 79.0}},
             {"label": "Pseudo-IoU DCN", "not_reproduced": "DCN backbone not built", "reference": {"mAP": 43.4}}]}})
     df = pd.DataFrame([{"trial": "piou", "variant": "cls", "status": "FINISHED", "mAP": 0.2, "mAP50": 0.7}])
-    (_, (piou,)), (_, (dcn,)) = build_table(study, df)
+    (_, (piou,)), (_, (dcn,)) = build_table(study, ResultSet(df))
     assert piou.ours == pytest.approx(70.0)  # the VOC "mAP" column is mAP at IoU 0.5
     assert dcn.ours is None and dcn.paper == 43.4
-    md = render(study, build_table(study, df), "md", "cap")
+    md = render(study, build_table(study, ResultSet(df)), "md", "cap")
     assert "Pseudo-IoU DCN (not reproduced: DCN backbone not built)" in md
 
 
@@ -104,7 +105,7 @@ def test_a_row_reads_the_grid_point_its_where_names(tmp_path):
     assert [p.get("model.assigner.threshold") for p in Launch.of(study, "smoke").trial_points()] == [None, 0.3, 0.4]
     df = pd.DataFrame([{"trial": "piou", "variant": "cls", "model.assigner.threshold": t, "mAP": m, "status": "FINISHED"}
                        for t, m in ((0.3, 0.5), (0.4, 0.7))])
-    (r04, cells04), (r03, cells03) = build_table(study, df)
+    (r04, cells04), (r03, cells03) = build_table(study, ResultSet(df))
     assert cells04[0].ours == 0.7 and cells04[0].paper == 0.8 and cells03[0].ours == 0.5
 
 

@@ -164,7 +164,7 @@ def cmd_table(args) -> int:
         raise ConfigError(f"{args.study}: {flag}the study has no layout (its rows are what a table shows and effects "
                           f"compare); `ablab results {args.study} {launch.args}` lists its runs")
     read = launch_results(launch, args.tracking_uri, args.out_root)
-    if read.frame.empty:
+    if read.results.empty:
         what = f"{launch.args} (a launch is named by its profile and its --set)" if launch.sets else \
             f"profile {args.profile!r}"
         raise ConfigError(f"{args.study}: no runs of {what} in MLflow yet; `ablab run {args.study} {launch.args}` "
@@ -172,9 +172,9 @@ def cmd_table(args) -> int:
     if args.effects:
         if args.format == "latex":
             raise ConfigError("--effects: prints md, csv or html (not latex)")
-        print(effects_text(launch, read.frame, args.format, read.replicates), end="")
+        print(effects_text(launch, read.results, args.format), end="")
         return 0
-    print(table_text(launch, read.frame, args.format, read.replicates), end="")
+    print(table_text(launch, read.results, args.format), end="")
     return 0
 
 

@@ -39,7 +39,7 @@ from scipy import optimize, stats
 
 from .launch import Launch
 from .study import Row, Study
-from .rows import finished, row_results, row_variant
+from .rows import ResultSet
 
 LEVEL = 0.95
 POWER = 0.8
@@ -49,7 +49,6 @@ NOT_MEASURED = "not measured"
 WITHIN, BETWEEN = "within one model", "between models"
 SMALLER, LARGER = "smaller", "larger"
 
-Replicates = dict[str, dict[str, dict[str, np.ndarray]]]
 """run id -> variant -> metric -> (R,) bootstrap replicates (a trial's bootstrap.json)."""
 
 
@@ -196,14 +195,14 @@ def claim_kind(study: Study, row: str, vs: str) -> str:
     return WITHIN if (a.trial, a.where) == (b.trial, b.where) else BETWEEN
 
 
-def _per_seed(row: Row, done: pd.DataFrame, metric: str, replicates: Replicates, scale: float):
+def _per_seed(row: Row, done: ResultSet, metric: str, scale: float):
     """A row's value per seed (its runs of that seed averaged, e.g. over a grid it spans) and, where every run
     has them, their replicates: (seeds (S,), values (S,), replicates (S, R) or None)."""
-    mine = row_results(row, done)
+    mine = done.of_row(row)
     if metric not in mine or mine[metric].isna().all():
         return np.zeros(0, int), np.zeros(0), None
     mine = mine[mine[metric].notna()]
-    variant = row_variant(row, done)
+    variant, replicates = done.variant_of(row), done.replicates or {}
     seeds = np.array(sorted(mine["seed"].unique()))
     values = np.array([mine.loc[mine["seed"] == s, metric].mean() for s in seeds]) * scale
     reps = []
@@ -215,28 +214,26 @@ def _per_seed(row: Row, done: pd.DataFrame, metric: str, replicates: Replicates,
     return seeds, values, np.stack(reps)
 
 
-def cell_estimate(study: Study, row: Row, column: str, results: pd.DataFrame, replicates: Replicates) -> Estimate:
+def cell_estimate(study: Study, row: Row, column: str, results: ResultSet) -> Estimate:
     """One table cell: the row's mean over seeds (in the table's units) with its interval."""
     layout = study.table_layout
-    _, values, reps = _per_seed(row, finished(results), layout.metric(column), replicates, layout.scale)
+    _, values, reps = _per_seed(row, results.finished(), layout.metric(column), layout.scale)
     return estimate(values, reps)
 
 
-def difference_estimate(study: Study, row: str, vs: str, column: str, results: pd.DataFrame,
-                        replicates: Replicates) -> Estimate:
+def difference_estimate(study: Study, row: str, vs: str, column: str, results: ResultSet) -> Estimate:
     """Ours for row - vs on a column (row labels): over the seeds both have, paired by seed and by bootstrap
     replicate."""
-    return metric_difference(study, row, vs, study.table_layout.metric(column), results, replicates)
+    return metric_difference(study, row, vs, study.table_layout.metric(column), results)
 
 
-def metric_difference(study: Study, row: str, vs: str, metric: str, results: pd.DataFrame,
-                      replicates: Replicates) -> Estimate:
+def metric_difference(study: Study, row: str, vs: str, metric: str, results: ResultSet) -> Estimate:
     """difference_estimate on a metric as the evaluation names it (e.g. ``mAP85``, no column of its own)."""
     layout = study.table_layout
     rows = {r.label: r for r in layout.rows}
-    done = finished(results)
-    s_a, v_a, r_a = _per_seed(rows[row], done, metric, replicates, layout.scale)
-    s_b, v_b, r_b = _per_seed(rows[vs], done, metric, replicates, layout.scale)
+    done = results.finished()
+    s_a, v_a, r_a = _per_seed(rows[row], done, metric, layout.scale)
+    s_b, v_b, r_b = _per_seed(rows[vs], done, metric, layout.scale)
     common = np.intersect1d(s_a, s_b)
     ia, ib = np.searchsorted(s_a, common), np.searchsorted(s_b, common)
     reps = r_a[ia] - r_b[ib] if r_a is not None and r_b is not None else None
@@ -247,7 +244,7 @@ CLAIM_COLUMNS = ["claim", "kind", "row", "vs", "metric", "paper", "ours", "lo", 
                  "reason", "against_paper", "power", "detectable", "says"]
 
 
-def claims_frame(launch: Launch, results: pd.DataFrame, replicates: Replicates) -> pd.DataFrame:
+def claims_frame(launch: Launch, results: ResultSet) -> pd.DataFrame:
     """One row per claim of the study: its kind, the paper's difference, ours with its 95% interval (table units),
     the seeds it pairs, what the interval covers, the verdict and the rule that kept it inconclusive (``reason``:
     the profile's seed minimum), or why it was not measured (a row the profile does not train), how it stands
@@ -258,7 +255,7 @@ def claims_frame(launch: Launch, results: pd.DataFrame, replicates: Replicates) 
     trained = launch.spec.trials
     out = []
     for i, claim in enumerate(study.claims):
-        ours = difference_estimate(study, claim.row, claim.vs, claim.metric, results, replicates)
+        ours = difference_estimate(study, claim.row, claim.vs, claim.metric, results)
         kind = claim_kind(study, claim.row, claim.vs)
         j = judge(claim.paper, ours, kind, launch.min_seeds)
         untrained = [rows[r].trial for r in (claim.row, claim.vs) if trained is not None and rows[r].trial not in trained]
@@ -280,7 +277,7 @@ def effect_pairs(study: Study) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
-def effects_frame(launch: Launch, results: pd.DataFrame, replicates: Replicates) -> pd.DataFrame:
+def effects_frame(launch: Launch, results: ResultSet) -> pd.DataFrame:
     """Each change's effect against its baseline, per column: ours (row - vs, table units) with its 95%
     interval, the paper's (the rows' references), and where the paper gives a difference the verdict as the
     claims get it (``verdict``: Judgement.text, e.g. 'inconclusive (needs 3 seeds)')."""
@@ -291,7 +288,7 @@ def effects_frame(launch: Launch, results: pd.DataFrame, replicates: Replicates)
     for row, vs in effect_pairs(study):
         kind = claim_kind(study, row, vs)
         for column in layout.columns:
-            ours = difference_estimate(study, row, vs, column, results, replicates)
+            ours = difference_estimate(study, row, vs, column, results)
             a, b = refs[row].get(column), refs[vs].get(column)
             paper = None if a is None or b is None else round(a - b, 6)
             word = judge(paper, ours, kind, launch.min_seeds).text if paper and ours.value is not None else ""

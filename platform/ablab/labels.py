@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-import pandas as pd
 
 from detector.config import sets_source
 
 from .launch import Launch
-from .rows import finished
+from .rows import ResultSet
 
 
 BACKBONE_NAMES = {"resnet10": "ResNet10", "resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
@@ -66,7 +65,7 @@ def papers_setting(launch: Launch) -> bool:
     return shown is study or [r.label for r in shown.table_layout.rows] == [r.label for r in study.table_layout.rows]
 
 
-def setting(launch: Launch, results: Optional[pd.DataFrame] = None) -> str:
+def setting(launch: Launch, results: Optional[ResultSet] = None) -> str:
     """What a profile trained: data, val images, image size, backbones and their initialisation, epochs, seeds
     (e.g. "synthetic val (500 images), 128 px, ResNet10/18/34 from scratch, 4 epochs, 1 seed"), and the launch's
     ``--set`` overrides (e.g. "... 1 seed with --set train.steps=[9]"), from its
@@ -74,7 +73,7 @@ def setting(launch: Launch, results: Optional[pd.DataFrame] = None) -> str:
     configs = [launch.trial_config(p) for p in launch.trial_points()]
     data = configs[0].data
     images = ""
-    done = finished(results) if results is not None and not results.empty else None
+    done = results.finished().frame if results is not None and not results.empty else None
     if done is not None and "val_images" in done and done["val_images"].notna().any():
         counts = sorted({int(n) for n in done["val_images"].dropna()})
         images = f" ({'/'.join(map(str, counts))} images)"

@@ -16,6 +16,7 @@ from detector.config import ConfigError, parse_sets
 from .launch import Launch, open_launch
 from .naming import BOOTSTRAP_FILE, CONFIG_FILE, METRICS_FILE, launch_key, point_key
 from .paths import check_name, resolve_tracking_uri, results_root
+from .rows import ResultSet
 from .store import replicates, trial_runs
 
 
@@ -54,11 +55,10 @@ def results(study: str, profile: Optional[str] = None, tracking_uri: Optional[st
 
 @dataclass
 class LaunchResults:
-    """What every reader of a launch needs from its store: its trial runs, their bootstrap replicates, and
-    where they were read (its output root and tracking URI)."""
+    """What every reader of a launch needs from its store: its results (trial runs and their bootstrap
+    replicates) and where they were read (its output root and tracking URI)."""
 
-    frame: pd.DataFrame
-    replicates: dict[str, dict[str, dict[str, np.ndarray]]]
+    results: ResultSet
     out_root: Optional[str]
     tracking_uri: str
 
@@ -69,13 +69,12 @@ def launch_results(launch: Launch, tracking_uri: Optional[str] = None, out_root:
     out_root = results_root(launch.study.study, out_root)
     uri = resolve_tracking_uri(launch.study.study, tracking_uri, out_root)
     frame = trial_runs(uri, launch.study.study, launch.key).reset_index(drop=True)
-    return LaunchResults(frame, replicates(frame, uri) if not frame.empty else {}, out_root, uri)
+    return LaunchResults(ResultSet(frame, replicates(frame, uri) if not frame.empty else {}), out_root, uri)
 
 
-def trial_files(launch: Launch, out_dir: Path) -> tuple[pd.DataFrame, dict[str, dict[str, dict[str, np.ndarray]]]]:
+def trial_files(launch: Launch, out_dir: Path) -> ResultSet:
     """A launch's results read from its trials' own files (``<out_dir>/trials/<key>/``: config.json, metrics.json,
-    bootstrap.json) in the frame and replicates ``launch_results`` reads from MLflow, the trial keys standing for
-    run ids: what a launch's claims are checked on while MLflow has not taken all its writes. A trial without its
+    bootstrap.json) as ``launch_results`` reads them from MLflow, the trial keys standing for run ids: what a launch's claims are checked on while MLflow has not taken all its writes. A trial without its
     metrics has not finished and is left out."""
     rows, reps = [], {}
     for point in launch.trial_points():
@@ -96,7 +95,7 @@ def trial_files(launch: Launch, out_dir: Path) -> tuple[pd.DataFrame, dict[str, 
             values = {k[len(variant) + 1:]: v for k, v in metrics.items() if k.startswith(f"{variant}/")}
             rows.append({**identity, "variant": variant, **flat, **values})
         reps[key] = {v: {m: np.asarray(r, np.float64) for m, r in by_metric.items()} for v, by_metric in bootstrap.items()}
-    return pd.DataFrame(rows), reps
+    return ResultSet(pd.DataFrame(rows), reps)
 
 
 def claims(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
@@ -111,8 +110,7 @@ def launch_claims(launch: Launch, tracking_uri: Optional[str] = None, out_root: 
     from .evidence import claims_frame
     from .labels import as_trained
 
-    read = launch_results(launch, tracking_uri, out_root)
-    return claims_frame(as_trained(launch), read.frame, read.replicates)
+    return claims_frame(as_trained(launch), launch_results(launch, tracking_uri, out_root).results)
 
 
 def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = None,
@@ -123,5 +121,4 @@ def effects(study: str, profile: str = "smoke", tracking_uri: Optional[str] = No
     from .labels import as_trained
 
     launch = open_launch(study, profile, overrides)
-    read = launch_results(launch, tracking_uri, out_root)
-    return effects_frame(as_trained(launch), read.frame, read.replicates)
+    return effects_frame(as_trained(launch), launch_results(launch, tracking_uri, out_root).results)

@@ -184,7 +184,7 @@ def _check_claims(plan: Plan, tracking_uri: str, pending: int) -> None:
 
     try:
         if pending:
-            frame = claims_frame(as_trained(plan.launch), *trial_files(plan.launch, plan.out_dir))
+            frame = claims_frame(as_trained(plan.launch), trial_files(plan.launch, plan.out_dir))
         else:
             frame = log_claims(plan.launch, tracking_uri, plan.out_dir / REGISTRY_FILE)
     except Exception as err:  # noqa: BLE001 - the study is done; only this summary is lost

@@ -16,7 +16,7 @@ import pandas as pd
 from .evidence import INCONCLUSIVE, POWER, WITHIN, cell_estimate, claims_frame, effects_frame, verdict_text
 from .labels import as_trained, papers_setting, setting
 from .launch import Launch
-from .rows import finished, row_results
+from .rows import ResultSet
 from .study import Row, Study
 
 
@@ -38,22 +38,21 @@ class Cell:
         return None if self.ours is None or self.paper is None else self.ours - self.paper
 
 
-def build_table(study: Study, results: pd.DataFrame, scale: Optional[float] = None,
-                replicates: Optional[dict] = None) -> list[tuple[Row, list[Cell]]]:
-    """One (row, cells) per layout row. Ours: the mean over seeds of the row's results (row_results), times the
-    layout's scale (100: percent), or None when MLflow holds no finished value for it. ``replicates`` (run
-    id -> variant -> metric -> bootstrap replicates, ablab.store.replicates): each cell gets its interval."""
+def build_table(study: Study, results: ResultSet, scale: Optional[float] = None) -> list[tuple[Row, list[Cell]]]:
+    """One (row, cells) per layout row. Ours: the mean over seeds of the row's results (ResultSet.of_row), times
+    the layout's scale (100: percent), or None when MLflow holds no finished value for it. Where the results have
+    their replicates (ablab.store.replicates), each cell gets its interval."""
     layout = study.table_layout
     if layout is None:
         raise ValueError(f"study {study.study} has no table layout")
-    if replicates is not None:
-        return [(row, [_cell(cell_estimate(study, row, col, results, replicates), row.reference.get(col))
+    if results.replicates is not None:
+        return [(row, [_cell(cell_estimate(study, row, col, results), row.reference.get(col))
                        for col in layout.columns]) for row in layout.rows]
     scale = layout.scale if scale is None else scale
-    done = finished(results)
+    done = results.finished()
     out = []
     for row in layout.rows:
-        mine = row_results(row, done)
+        mine = done.of_row(row)
         cells = []
         for col in layout.columns:
             ours = None
@@ -77,27 +76,27 @@ def _fmt(x: Optional[float], digits: int, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def table_text(launch: Launch, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
+def table_text(launch: Launch, results: ResultSet, fmt: str) -> str:
     """The paper's table with our results beside it, captioned with the launch's data set, as md/csv/html/latex;
-    with ``replicates``, each cell's interval, and (md, html) the study's claims with their verdicts below."""
+    where the results have their replicates, each cell's interval, and (md, html) the study's claims with their verdicts below."""
     comparable = papers_setting(launch)
     launch = as_trained(launch)
     study = launch.study
-    text = render(study, build_table(study, results, replicates=replicates), fmt,
+    text = render(study, build_table(study, results), fmt,
                   caption(launch, setting(launch, results), comparable), deltas=comparable)
     if study.claims and fmt in ("md", "html"):
         digits = 1 if study.table_layout.scale >= 100 else 3
-        frame = claims_frame(launch, results, replicates or {})
+        frame = claims_frame(launch, results)
         text += ("\n" if fmt == "md" else "") + render_claims(frame, fmt, digits)
     return text
 
 
-def effects_text(launch: Launch, results: pd.DataFrame, fmt: str, replicates: Optional[dict] = None) -> str:
+def effects_text(launch: Launch, results: ResultSet, fmt: str) -> str:
     """Each change against its baseline (the claims' pairs, and rows' ``baseline``), per column: ours (row - vs)
     with its 95% interval / the paper's, and the verdict where the paper gives a difference; md, csv or html."""
     launch = as_trained(launch)
     study = launch.study
-    frame = effects_frame(launch, results, replicates or {})
+    frame = effects_frame(launch, results)
     digits = 1 if study.table_layout.scale >= 100 else 3
     cap = (f"Effects of {study.paper} table {study.table}: row - baseline, ours [95% interval] / paper (verdict). "
            f"Ours: profile '{launch.profile}': {setting(launch, results)}.")
